@@ -1,5 +1,9 @@
 //! Modbus southbound: addresses, the read planner, register codecs, and the TCP client.
 
 pub mod address;
+pub mod codec;
+pub mod plan;
+pub mod poller;
+pub mod report;
 
 pub use address::{Address, AddressError, Area, ByteOrder, ByteOrderError};
