@@ -1,1 +1,134 @@
-fn main() {}
+//! The `edge-agent` command line: tracing, parse, dispatch. Each command lives in the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use edge_agent::{check, demo, runtime, EXIT_CONFIG};
+use tracing::{error, info};
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "edge-agent",
+    version,
+    about = "Industrial edge gateway: PLCs → durable store → MQTT"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the gateway daemon.
+    Run {
+        /// The board config (TOML).
+        #[arg(short, long)]
+        config: PathBuf,
+    },
+    /// Validate a board config; print devices, tags and the Modbus read plan.
+    Check {
+        #[arg(short, long)]
+        config: PathBuf,
+    },
+    /// The whole product on one machine: simulated PLC, embedded broker, the agent.
+    Demo(demo::DemoArgs),
+    /// Inspect the store.
+    Buffer {
+        #[command(subcommand)]
+        command: BufferCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum BufferCommand {
+    /// Depth and age per northbound, disk use, dropped counts.
+    Stats {
+        #[arg(short, long)]
+        config: PathBuf,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // The demo's embedded broker logs every connection at info; keep the demo's screen for
+    // the agent's own lines unless RUST_LOG asks for more.
+    let default_filter = match cli.command {
+        Command::Demo(_) => "info,rumqttd=off",
+        _ => "info",
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter)),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    edge_agent::init_tls();
+    match cli.command {
+        Command::Check { config } => ExitCode::from(check::run(&config) as u8),
+        Command::Buffer {
+            command: BufferCommand::Stats { config, json },
+        } => ExitCode::from(check::buffer_stats(&config, json) as u8),
+        Command::Run { config } => run(config),
+        Command::Demo(args) => match demo::run(args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                error!("{e:#}");
+                ExitCode::FAILURE
+            }
+        },
+    }
+}
+
+fn run(path: PathBuf) -> ExitCode {
+    let cfg = match edge_config::load(&path) {
+        Ok(c) => c,
+        Err(errors) => {
+            eprintln!("{errors}");
+            return ExitCode::from(EXIT_CONFIG as u8);
+        }
+    };
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            error!(error = %e, "cannot start the async runtime");
+            return ExitCode::FAILURE;
+        }
+    };
+    rt.block_on(async move {
+        let running = match runtime::start(&cfg).await {
+            Ok(r) => r,
+            Err(e) => {
+                error!("{e:#}");
+                return ExitCode::FAILURE;
+            }
+        };
+        info!(gateway = %cfg.gateway.id, config = %path.display(), "edge-agent running");
+        wait_for_stop_signal().await;
+        info!("stopping");
+        running.stop().await;
+        ExitCode::SUCCESS
+    })
+}
+
+async fn wait_for_stop_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}

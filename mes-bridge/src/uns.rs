@@ -336,7 +336,12 @@ mod tests {
             device: DeviceId("filler".into()),
             samples: vec![
                 sample("temp", Some(Value::F32(21.5)), Quality::Good, 10),
-                sample("name", Some(Value::String("WO-1".into())), Quality::Good, 11),
+                sample(
+                    "name",
+                    Some(Value::String("WO-1".into())),
+                    Quality::Good,
+                    11,
+                ),
             ],
         };
         assert_eq!(enc.message_count(&batch), 1);

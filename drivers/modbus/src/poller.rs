@@ -226,7 +226,15 @@ impl DevicePoller {
                             break;
                         }
                         for item in &req.items {
-                            push_if_reported(&spec, item.id, None, Quality::Bad, read_ts, &mut states, &mut batch);
+                            push_if_reported(
+                                &spec,
+                                item.id,
+                                None,
+                                Quality::Bad,
+                                read_ts,
+                                &mut states,
+                                &mut batch,
+                            );
                         }
                     }
                 }
@@ -252,7 +260,11 @@ impl DevicePoller {
         }
         counters.connected.store(false, Ordering::Relaxed);
         if let Some(mut ctx) = conn {
-            let _ = timeout(spec.timeout, tokio_modbus::client::Client::disconnect(&mut ctx)).await;
+            let _ = timeout(
+                spec.timeout,
+                tokio_modbus::client::Client::disconnect(&mut ctx),
+            )
+            .await;
         }
         debug!(device = %spec.name, "poller stopped");
     }
@@ -394,7 +406,15 @@ fn decode_request(
             },
         };
         match decoded {
-            Ok(value) => push_if_reported(spec, item.id, Some(value), Quality::Good, read_ts, states, batch),
+            Ok(value) => push_if_reported(
+                spec,
+                item.id,
+                Some(value),
+                Quality::Good,
+                read_ts,
+                states,
+                batch,
+            ),
             Err(e) => {
                 warn!(device = %spec.name, tag = %tag.name, address = %tag.address, error = %e,
                     "the device's data does not decode as the configured type; the tag is bad");

@@ -1,0 +1,484 @@
+//! `[[northbound]]`: one MQTT destination each — broker url, identity, credentials, TLS files,
+//! payload format, topic root and the publisher's flow-control settings.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::broker_url::{BrokerUrl, BrokerUrlError};
+use crate::error::Diagnostics;
+use crate::gateway::{resolve, Gateway};
+use crate::names::{check_name, check_topic_root, Underscore, UniqueNames};
+use crate::reader::{Span, TableReader, Val};
+use crate::secret::{Secret, SecretSource};
+
+/// `[[northbound]]`: one MQTT broker the samples are published to. Each northbound has its
+/// own cursor in the store: a sample is released for it only when its broker acknowledged it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Northbound {
+    /// `name` (required): unique among the northbounds, letters, digits, `-` and `_`. Names
+    /// this northbound in logs, metrics and `edge-agent buffer stats`.
+    pub name: String,
+    /// `url` (required): `mqtt://host[:port]` (port 1883 by default) or `mqtts://host[:port]`
+    /// (TLS, port 8883 by default). IPv6 addresses go in brackets: `mqtt://[fd00::5]:1883`.
+    pub url: BrokerUrl,
+    /// `client_id` (1 to 64 characters, default `edge-{gateway id}-{name}`): the MQTT client
+    /// id. It must be stable and unique on the broker, because the broker keeps the session
+    /// (unacknowledged messages) under it across reconnects.
+    pub client_id: String,
+    /// `username`, with `password_env` (the name of an environment variable holding the
+    /// password) or `password_file` (a file holding it; a trailing newline is ignored). At
+    /// most one of the two, and only together with `username`. Passwords are never logged.
+    pub credentials: Option<Credentials>,
+    /// `ca_file` (required for `mqtts://`, refused for `mqtt://`): PEM bundle of the CA that
+    /// signed the broker's certificate. `client_cert_file` and `client_key_file` (optional,
+    /// together): PEM client certificate and key for brokers that authenticate clients by
+    /// certificate. Relative paths are relative to the config file's directory.
+    pub tls: Option<TlsFiles>,
+    /// `format` (default `"uns-json"`): the payload format. `uns-json` is the JSON Unified
+    /// Namespace of the MES tier.
+    pub format: Format,
+    /// `topic_root` (default `enterprise/site/area/line` from [gateway]): the prefix of every
+    /// topic. Levels separated by single `/`, no leading or trailing `/`, no `+` or `#`.
+    pub topic_root: String,
+    /// `batching` (default `"per-tag"`): `"per-tag"` publishes one message per sample on
+    /// `{root}/{device}/{tag}`; `"per-device"` publishes each device's samples together on
+    /// `{root}/{device}/_batch`, far fewer messages for the same data.
+    pub batching: Batching,
+    /// `max_inflight` (1 to 65535, default 256): QoS 1 publishes that may await their PUBACK
+    /// at once. Higher values help over high-latency links.
+    pub max_inflight: u16,
+    /// `keep_alive_s` (5 to 3600, default 30): the MQTT keep-alive; a silent broker connection
+    /// is declared dead after about one and a half times this.
+    pub keep_alive: Duration,
+    /// `connect_timeout_ms` (100 to 600,000, default 5000): how long one connection attempt
+    /// (TCP, TLS and CONNACK) may take.
+    pub connect_timeout: Duration,
+    /// `reconnect_min_ms` (default 500): the first wait before reconnecting after a failure;
+    /// it doubles with each failure, with jitter, up to `reconnect_max_ms` (default 30000).
+    /// Both 10 to 3,600,000, min not above max.
+    pub reconnect_min: Duration,
+    /// See `reconnect_min`.
+    pub reconnect_max: Duration,
+}
+
+/// A user name and, optionally, its password.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Credentials {
+    pub username: String,
+    pub password: Option<Secret>,
+}
+
+/// The files of an `mqtts://` connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// PEM bundle of the CA(s) the broker's certificate must chain to.
+    pub ca_file: PathBuf,
+    /// Client certificate and private key (PEM), for mutual TLS.
+    pub client_cert: Option<(PathBuf, PathBuf)>,
+}
+
+/// Payload format of a northbound.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// JSON in a Unified Namespace (SPEC §5).
+    UnsJson,
+}
+
+impl Format {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Format::UnsJson => "uns-json",
+        }
+    }
+}
+
+/// How telemetry is grouped into MQTT messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Batching {
+    /// One message per sample, on `{root}/{device}/{tag}`.
+    PerTag,
+    /// One message per device and scan, on `{root}/{device}/_batch`.
+    PerDevice,
+}
+
+impl Batching {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Batching::PerTag => "per-tag",
+            Batching::PerDevice => "per-device",
+        }
+    }
+}
+
+impl Northbound {
+    pub const DEFAULT_MAX_INFLIGHT: u16 = 256;
+    pub const DEFAULT_KEEP_ALIVE_S: u64 = 30;
+    pub const DEFAULT_CONNECT_TIMEOUT_MS: u64 = 5000;
+    pub const DEFAULT_RECONNECT_MIN_MS: u64 = 500;
+    pub const DEFAULT_RECONNECT_MAX_MS: u64 = 30_000;
+    pub const MAX_CLIENT_ID_CHARS: usize = 64;
+}
+
+pub(crate) fn read_northbounds(
+    cx: &mut Diagnostics<'_>,
+    root: &mut TableReader<'_, '_>,
+    gateway: Option<&Gateway>,
+    base_dir: &Path,
+    secrets: &dyn SecretSource,
+) -> Option<Vec<Northbound>> {
+    let tables = match root.tables(cx, "northbound", "[[northbound]]") {
+        Val::Present(tables, span) if tables.is_empty() => {
+            cx.error(&span, "at least one [[northbound]] is required", None);
+            return None;
+        }
+        Val::Present(tables, _) => tables,
+        Val::Invalid => return None,
+        Val::Absent => {
+            cx.structural(
+                &root.span(),
+                "no [[northbound]]: the agent needs at least one MQTT destination",
+                Some(
+                    "add [[northbound]] with name = \"mes\" and url = \"mqtt://broker:1883\""
+                        .to_owned(),
+                ),
+            );
+            return None;
+        }
+    };
+    let mut names = UniqueNames::new("northbound name", "");
+    let mut all = Some(Vec::with_capacity(tables.len()));
+    for mut t in tables {
+        let northbound = read_northbound(cx, &mut t, gateway, base_dir, secrets, &mut names);
+        t.finish(cx);
+        match (northbound, all.as_mut()) {
+            (Some(n), Some(all)) => all.push(n),
+            _ => all = None,
+        }
+    }
+    all
+}
+
+fn read_northbound(
+    cx: &mut Diagnostics<'_>,
+    t: &mut TableReader<'_, '_>,
+    gateway: Option<&Gateway>,
+    base_dir: &Path,
+    secrets: &dyn SecretSource,
+    names: &mut UniqueNames,
+) -> Option<Northbound> {
+    let name = t.string(cx, "name");
+    let name = t
+        .require(cx, "name", name, "name = \"mes\"")
+        .filter(|(name, span)| {
+            check_name(cx, span, "northbound name", name, Underscore::Allowed)
+                && names.insert(cx, span, name)
+        });
+
+    let url = t
+        .string(cx, "url")
+        .and_then(|url, span| match url.parse::<BrokerUrl>() {
+            Ok(url) => Some(url),
+            Err(e @ BrokerUrlError::UserInfo) => {
+                cx.error_masked(span, e.to_string(), None);
+                None
+            }
+            Err(e) => {
+                cx.error(span, e.to_string(), None);
+                None
+            }
+        });
+    let url = t.require(cx, "url", url, "url = \"mqtt://127.0.0.1:1883\"");
+
+    let client_id = t.string(cx, "client_id").and_then(|id, span| {
+        let chars = id.chars().count();
+        if chars == 0 || chars > Northbound::MAX_CLIENT_ID_CHARS {
+            cx.error(
+                span,
+                format!(
+                    "`client_id` must be 1 to {} characters long, found {chars}",
+                    Northbound::MAX_CLIENT_ID_CHARS
+                ),
+                None,
+            );
+            None
+        } else {
+            Some(id.to_owned())
+        }
+    });
+
+    let credentials = read_credentials(cx, t, base_dir, secrets);
+    let tls = read_tls(cx, t, url.as_ref(), base_dir);
+
+    let format = t.choice(
+        cx,
+        "format",
+        &[("uns-json", Format::UnsJson)],
+        &[(
+            "sparkplug-b",
+            "use format = \"uns-json\"; Sparkplug B for the SCADA tier comes in a later version",
+        )],
+    );
+    let topic_root = t
+        .string(cx, "topic_root")
+        .and_then(|root, span| check_topic_root(cx, span, root).then(|| root.to_owned()));
+    let batching = t.choice(
+        cx,
+        "batching",
+        &[
+            ("per-tag", Batching::PerTag),
+            ("per-device", Batching::PerDevice),
+        ],
+        &[],
+    );
+    let max_inflight: Option<u16> = t
+        .integer(cx, "max_inflight", 1..=65_535)
+        .or(Northbound::DEFAULT_MAX_INFLIGHT);
+    let keep_alive_s: Option<u64> = t
+        .integer(cx, "keep_alive_s", 5..=3600)
+        .or(Northbound::DEFAULT_KEEP_ALIVE_S);
+    let connect_timeout_ms: Option<u64> = t
+        .integer(cx, "connect_timeout_ms", 100..=600_000)
+        .or(Northbound::DEFAULT_CONNECT_TIMEOUT_MS);
+    let (reconnect_min, reconnect_max) = read_backoff(
+        cx,
+        t,
+        ("reconnect_min_ms", Northbound::DEFAULT_RECONNECT_MIN_MS),
+        ("reconnect_max_ms", Northbound::DEFAULT_RECONNECT_MAX_MS),
+    );
+
+    let (name, name_span) = name?;
+    let client_id = match client_id {
+        Val::Present(id, _) => id,
+        Val::Invalid => return None,
+        Val::Absent => {
+            let id = format!("edge-{}-{name}", gateway?.id);
+            if id.chars().count() > Northbound::MAX_CLIENT_ID_CHARS {
+                cx.error(
+                    &name_span,
+                    format!(
+                        "the default client id `{id}` is longer than {} characters",
+                        Northbound::MAX_CLIENT_ID_CHARS
+                    ),
+                    Some("set a shorter `client_id` for this northbound".to_owned()),
+                );
+                return None;
+            }
+            id
+        }
+    };
+    let topic_root = match topic_root {
+        Val::Present(root, _) => root,
+        Val::Invalid => return None,
+        Val::Absent => gateway?.uns.root(),
+    };
+    Some(Northbound {
+        name: name.to_owned(),
+        url: url?.0,
+        client_id,
+        credentials: credentials?,
+        tls: tls?,
+        format: format.or(Format::UnsJson)?,
+        topic_root,
+        batching: batching.or(Batching::PerTag)?,
+        max_inflight: max_inflight?,
+        keep_alive: Duration::from_secs(keep_alive_s?),
+        connect_timeout: Duration::from_millis(connect_timeout_ms?),
+        reconnect_min: reconnect_min?,
+        reconnect_max: reconnect_max?,
+    })
+}
+
+/// A reconnect backoff given as a minimum and a maximum in milliseconds, min not above max.
+pub(crate) fn read_backoff(
+    cx: &mut Diagnostics<'_>,
+    t: &mut TableReader<'_, '_>,
+    (min_key, min_default): (&'static str, u64),
+    (max_key, max_default): (&'static str, u64),
+) -> (Option<Duration>, Option<Duration>) {
+    let min = t.integer::<u64>(cx, min_key, 10..=3_600_000);
+    let max = t.integer::<u64>(cx, max_key, 10..=3_600_000);
+    let at = max.span().or(min.span());
+    let (min, max) = (min.or(min_default), max.or(max_default));
+    if let (Some(lo), Some(hi), Some(at)) = (min, max, at) {
+        if lo > hi {
+            cx.error(
+                &at,
+                format!("`{min_key}` ({lo}) is above `{max_key}` ({hi})"),
+                Some(format!("{min_key} is the first wait and {max_key} the longest; give {min_key} <= {max_key}")),
+            );
+            return (None, None);
+        }
+    }
+    (
+        min.map(Duration::from_millis),
+        max.map(Duration::from_millis),
+    )
+}
+
+/// `Some(None)`: no credentials; `None`: invalid (reported).
+fn read_credentials(
+    cx: &mut Diagnostics<'_>,
+    t: &mut TableReader<'_, '_>,
+    base_dir: &Path,
+    secrets: &dyn SecretSource,
+) -> Option<Option<Credentials>> {
+    let username = t.text(cx, "username").optional();
+    let password_env = t.text(cx, "password_env").optional();
+    let password_file = t.text(cx, "password_file").optional();
+    let (username, password_env, password_file) = (username?, password_env?, password_file?);
+
+    let password = match (password_env, password_file) {
+        (Some((_, env_span)), Some((_, file_span))) => {
+            let second = if env_span.start > file_span.start {
+                env_span
+            } else {
+                file_span
+            };
+            cx.error(
+                &second,
+                "give either `password_env` or `password_file`, not both",
+                Some("keep the one that holds the password and remove the other".to_owned()),
+            );
+            return None;
+        }
+        (Some((name, span)), None) => Some((PasswordFrom::Env(name), span)),
+        (None, Some((path, span))) => Some((PasswordFrom::File(resolve(base_dir, path)), span)),
+        (None, None) => None,
+    };
+    let Some((username, _)) = username else {
+        if let Some((_, span)) = password {
+            cx.error(
+                &span,
+                "a password needs a `username`",
+                Some("add `username = \"...\"` to this [[northbound]]".to_owned()),
+            );
+            return None;
+        }
+        return Some(None);
+    };
+    let password = match password {
+        None => None,
+        Some((from, span)) => Some(from.fetch(cx, &span, secrets)?),
+    };
+    Some(Some(Credentials {
+        username: username.to_owned(),
+        password,
+    }))
+}
+
+enum PasswordFrom<'a> {
+    Env(&'a str),
+    File(PathBuf),
+}
+
+impl PasswordFrom<'_> {
+    /// Looks the password up; errors name where it was looked for, never what was found.
+    fn fetch(
+        &self,
+        cx: &mut Diagnostics<'_>,
+        span: &Span,
+        secrets: &dyn SecretSource,
+    ) -> Option<Secret> {
+        let value = match self {
+            PasswordFrom::Env(name) => match secrets.env(name) {
+                Some(value) => value,
+                None => {
+                    cx.error(
+                        span,
+                        format!("environment variable `{name}` is not set"),
+                        Some("set it in the agent's environment (for systemd, `Environment=` or `EnvironmentFile=` in a drop-in), or use password_file".to_owned()),
+                    );
+                    return None;
+                }
+            },
+            PasswordFrom::File(path) => match secrets.file(path) {
+                Ok(content) => content.trim_end_matches(['\r', '\n']).to_owned(),
+                Err(e) => {
+                    cx.error(
+                        span,
+                        format!("cannot read password file `{}`: {e}", path.display()),
+                        Some("the file must exist and be readable by the agent's user".to_owned()),
+                    );
+                    return None;
+                }
+            },
+        };
+        if value.is_empty() {
+            let source = match self {
+                PasswordFrom::Env(name) => format!("environment variable `{name}`"),
+                PasswordFrom::File(path) => format!("password file `{}`", path.display()),
+            };
+            cx.error(span, format!("the password from {source} is empty"), None);
+            return None;
+        }
+        Some(Secret::new(value))
+    }
+}
+
+/// `Some(None)`: plain MQTT; `None`: invalid (reported).
+fn read_tls(
+    cx: &mut Diagnostics<'_>,
+    t: &mut TableReader<'_, '_>,
+    url: Option<&(BrokerUrl, Span)>,
+    base_dir: &Path,
+) -> Option<Option<TlsFiles>> {
+    let ca = t.text(cx, "ca_file").optional();
+    let cert = t.text(cx, "client_cert_file").optional();
+    let key = t.text(cx, "client_key_file").optional();
+    let (ca, cert, key) = (ca?, cert?, key?);
+    let (url, url_span) = url?;
+
+    if !url.tls {
+        let mut ok = true;
+        for (key, file) in [
+            ("ca_file", &ca),
+            ("client_cert_file", &cert),
+            ("client_key_file", &key),
+        ] {
+            if let Some((_, span)) = file {
+                cx.error(
+                    span,
+                    format!("`{key}` only applies to mqtts:// urls"),
+                    Some("use an mqtts:// url to connect over TLS, or remove this key".to_owned()),
+                );
+                ok = false;
+            }
+        }
+        return ok.then_some(None);
+    }
+
+    let client_cert = match (cert, key) {
+        (Some((cert, _)), Some((key, _))) => {
+            Some((resolve(base_dir, cert), resolve(base_dir, key)))
+        }
+        (None, None) => None,
+        (Some((_, span)), None) => {
+            cx.error(
+                &span,
+                "`client_cert_file` needs `client_key_file`",
+                Some("a client certificate is used together with its private key; add client_key_file".to_owned()),
+            );
+            return None;
+        }
+        (None, Some((_, span))) => {
+            cx.error(
+                &span,
+                "`client_key_file` needs `client_cert_file`",
+                Some("a private key is used together with its client certificate; add client_cert_file".to_owned()),
+            );
+            return None;
+        }
+    };
+    let Some((ca, _)) = ca else {
+        cx.error(
+            url_span,
+            "an mqtts:// url needs `ca_file`",
+            Some("ca_file is required for mqtts://: add ca_file = \"/etc/edge-agent/ca.pem\", the PEM bundle of the CA that signed the broker's certificate".to_owned()),
+        );
+        return None;
+    };
+    Some(Some(TlsFiles {
+        ca_file: resolve(base_dir, ca),
+        client_cert,
+    }))
+}

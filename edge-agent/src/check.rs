@@ -1,0 +1,280 @@
+//! `edge-agent check` and `edge-agent buffer stats`: what a technician runs at the line. Both
+//! print plain text meant to be read, and exit 64 on a config the agent cannot use.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use edge_config::{Config, ConfigErrors, Protocol};
+use edge_store::{Store, StoreError};
+
+use crate::runtime::{self, StatusSnapshot};
+use crate::EXIT_CONFIG;
+
+fn load(path: &Path) -> Result<Config, i32> {
+    edge_config::load(path).map_err(|errors: ConfigErrors| {
+        eprintln!("{errors}");
+        EXIT_CONFIG
+    })
+}
+
+/// Validates the config and prints devices, tags and the read plan. Returns the exit code.
+pub fn run(path: &Path) -> i32 {
+    let cfg = match load(path) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    match describe(&cfg) {
+        Ok(text) => {
+            print!("{text}");
+            for warning in file_warnings(&cfg) {
+                eprintln!("warning: {warning}");
+            }
+            0
+        }
+        Err(e) => {
+            eprintln!("{}: {e:#}", path.display());
+            EXIT_CONFIG
+        }
+    }
+}
+
+/// Files the config names but this machine cannot read (a config is often written before the
+/// certificates are deployed, so these are warnings: the northbound stays offline until fixed).
+pub fn file_warnings(cfg: &Config) -> Vec<String> {
+    let mut out = Vec::new();
+    for nb in &cfg.northbounds {
+        let Some(tls) = &nb.tls else { continue };
+        let mut files = vec![("ca_file", &tls.ca_file)];
+        if let Some((cert, key)) = &tls.client_cert {
+            files.push(("client_cert_file", cert));
+            files.push(("client_key_file", key));
+        }
+        for (key, path) in files {
+            if let Err(e) = std::fs::File::open(path) {
+                out.push(format!(
+                    "northbound {}: {key} {} cannot be read ({e}); this northbound stays offline until it can",
+                    nb.name,
+                    path.display()
+                ));
+            }
+        }
+    }
+    out
+}
+
+/// The human-readable summary `check` prints.
+pub fn describe(cfg: &Config) -> anyhow::Result<String> {
+    let mut out = String::new();
+    let g = &cfg.gateway;
+    writeln!(out, "config {} is valid", cfg.source.display())?;
+    writeln!(
+        out,
+        "gateway {}  data {}  uns {}",
+        g.id,
+        g.data_dir.display(),
+        g.uns.root()
+    )?;
+    writeln!(
+        out,
+        "store   quota {} MiB, drop oldest when full, commit window {} ms",
+        cfg.store.max_disk_bytes / (1024 * 1024),
+        cfg.store.commit_interval.as_millis()
+    )?;
+    for nb in &cfg.northbounds {
+        writeln!(
+            out,
+            "northbound {}  {}  client id {}  topics {}/…  {:?}, up to {} in flight",
+            nb.name, nb.url, nb.client_id, nb.topic_root, nb.batching, nb.max_inflight
+        )?;
+    }
+    let mut total_requests = 0usize;
+    let mut total_tags = 0usize;
+    let mut total_rate = 0.0f64;
+    for dev in &cfg.devices {
+        let Protocol::ModbusTcp {
+            host,
+            port,
+            unit_id,
+        } = &dev.protocol;
+        writeln!(out)?;
+        writeln!(
+            out,
+            "device {}  modbus-tcp {}:{} unit {}  poll {} ms  timeout {} ms  {} tags",
+            dev.name,
+            host,
+            port,
+            unit_id,
+            dev.poll_interval.as_millis(),
+            dev.timeout.as_millis(),
+            dev.tags.len()
+        )?;
+        for t in &dev.tags {
+            let mut extra = String::new();
+            if t.scale != 1.0 || t.offset != 0.0 {
+                write!(extra, "  ×{}+{}", t.scale, t.offset)?;
+            }
+            if let Some(u) = &t.unit {
+                write!(extra, "  [{u}]")?;
+            }
+            if let Some(d) = t.deadband {
+                write!(extra, "  deadband {d}")?;
+            }
+            if let Some(h) = t.heartbeat {
+                write!(extra, "  heartbeat {} s", h.as_secs())?;
+            }
+            if t.writable {
+                extra.push_str("  writable");
+            }
+            writeln!(
+                out,
+                "  tag {:<24} {:<10} {:<10} {}  every {} ms{}",
+                t.name,
+                t.address.to_string(),
+                t.data_type.to_string(),
+                t.byte_order,
+                t.poll_interval.as_millis(),
+                extra
+            )?;
+        }
+        let plan = runtime::device_plan(dev)?;
+        writeln!(
+            out,
+            "  read plan: {} request(s) per scan for {} tags, {:.1} requests/s (max block {} registers / {} bits, max gap {} / {})",
+            plan.request_count(),
+            dev.tags.len(),
+            plan.requests_per_second(),
+            dev.max_registers,
+            dev.max_bits,
+            dev.max_gap_registers,
+            dev.max_gap_bits
+        )?;
+        for group in &plan.groups {
+            writeln!(out, "    every {} ms:", group.interval.as_millis())?;
+            for req in &group.requests {
+                writeln!(
+                    out,
+                    "      {}  → {} tag(s)",
+                    req.describe(),
+                    req.items.len()
+                )?;
+            }
+        }
+        total_requests += plan.request_count();
+        total_tags += dev.tags.len();
+        total_rate += plan.requests_per_second();
+    }
+    writeln!(out)?;
+    writeln!(
+        out,
+        "{} device(s), {} tag(s), {} Modbus request(s) per scan, {:.1} requests/s",
+        cfg.devices.len(),
+        total_tags,
+        total_requests,
+        total_rate
+    )?;
+    Ok(out)
+}
+
+/// `buffer stats`: from the store itself when no agent holds it, else from the running agent's
+/// status snapshot. Returns the exit code.
+pub fn buffer_stats(path: &Path, json: bool) -> i32 {
+    let cfg = match load(path) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let dir = runtime::store_dir(&cfg);
+    if !dir.exists() {
+        println!(
+            "no store yet at {} (the agent has not run with this config)",
+            dir.display()
+        );
+        return 0;
+    }
+    let (snap, source) = match Store::open(
+        &dir,
+        runtime::store_options(&cfg),
+        &runtime::northbound_names(&cfg),
+    ) {
+        Ok((store, _)) => (
+            runtime::snapshot(&store, &[], &[]),
+            format!("store {}", dir.display()),
+        ),
+        Err(StoreError::Locked { .. }) => match read_snapshot(&runtime::status_path(&cfg)) {
+            Ok(s) => {
+                let age = edge_model::now_ms().saturating_sub(s.written_ms) / 1000;
+                let src = format!("running agent (pid {}), snapshot {} s old", s.pid, age);
+                (s, src)
+            }
+            Err(e) => {
+                eprintln!(
+                    "the store {} is in use by a running agent and its status snapshot cannot be read: {e}",
+                    dir.display()
+                );
+                return 1;
+            }
+        },
+        Err(e) => {
+            eprintln!("cannot open the store: {e}");
+            return 1;
+        }
+    };
+    if json {
+        match serde_json::to_string_pretty(&snap) {
+            Ok(s) => println!("{s}"),
+            Err(e) => {
+                eprintln!("cannot encode the stats: {e}");
+                return 1;
+            }
+        }
+    } else {
+        print!("{}", render_stats(&snap, &source));
+    }
+    0
+}
+
+fn read_snapshot(path: &Path) -> anyhow::Result<StatusSnapshot> {
+    let bytes = std::fs::read(path)?;
+    Ok(serde_json::from_slice(&bytes)?)
+}
+
+fn age(ts: Option<u64>) -> String {
+    match ts {
+        None => "-".to_owned(),
+        Some(ts) => {
+            let s = edge_model::now_ms().saturating_sub(ts) / 1000;
+            format!("{s} s")
+        }
+    }
+}
+
+pub fn render_stats(s: &StatusSnapshot, source: &str) -> String {
+    let mut out = String::new();
+    let st = &s.store;
+    let _ = writeln!(out, "source: {source}");
+    let _ = writeln!(
+        out,
+        "store: {} records, {} samples, oldest {} ago, {:.1} MiB on disk ({:.1} MiB of records)",
+        st.records,
+        st.samples,
+        age(st.oldest_read_ts_ms),
+        st.disk_bytes as f64 / 1048576.0,
+        st.logical_bytes as f64 / 1048576.0
+    );
+    let _ = writeln!(
+        out,
+        "dropped by quota: {} records, {} samples",
+        st.dropped_records, st.dropped_samples
+    );
+    for nb in &s.northbounds {
+        let _ = writeln!(
+            out,
+            "northbound {}: {} records pending, oldest {} ago, cursor {}{}",
+            nb.name,
+            nb.pending_records,
+            age(nb.oldest_pending_read_ts_ms),
+            nb.cursor,
+            if nb.connected { ", connected" } else { "" }
+        );
+    }
+    out
+}

@@ -1,0 +1,18 @@
+//! The durable sample store of edge-agent. Every batch a driver produces is committed here
+//! (on disk, with a record id and per-device seqs) before anything is published; each
+//! northbound reads from its own cursor and releases records by acknowledging them, so delivery
+//! is at-least-once and in order across crashes. The model is Vector's disk buffer.
+//!
+//! One sled tree holds everything (see `keys`), so every change is one atomic `apply_batch`.
+
+mod error;
+mod evictions;
+mod index;
+mod keys;
+mod quota;
+mod store;
+mod writer;
+
+pub use error::StoreError;
+pub use store::{NorthboundStats, RecordId, Recovery, Store, StoreOptions, StoreStats, FIRST_SEQ};
+pub use writer::{spawn_writer, MAX_GROUP_SAMPLES};

@@ -1,0 +1,138 @@
+//! Group commit: one task takes the batches the drivers send, commits whatever has queued up in
+//! one durable write (one flush for many batches), and retries a failed commit with backoff
+//! instead of dropping anything.
+
+use std::time::Duration;
+
+use edge_model::Batch;
+use tokio::sync::mpsc::{self, error::TryRecvError};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tracing::{error, warn};
+
+use crate::{Store, StoreError};
+
+/// A group stops growing at this many samples (a single larger batch still goes whole).
+pub const MAX_GROUP_SAMPLES: usize = 10_000;
+/// Attempts per group before the writer gives up and returns the error.
+const MAX_ATTEMPTS: u32 = 5;
+const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+
+/// Spawns the writer. It waits for a batch, gathers what else is queued (and, when `max_delay`
+/// is not zero, what arrives within `max_delay`), commits the group, and ends once the channel
+/// is closed and everything received is committed. A commit that keeps failing ends it with
+/// the error: the samples it held are then not stored, and the agent must stop.
+pub fn spawn_writer(
+    store: Store,
+    mut rx: mpsc::Receiver<Batch>,
+    max_delay: Duration,
+) -> JoinHandle<Result<(), StoreError>> {
+    tokio::spawn(async move {
+        while let Some(first) = rx.recv().await {
+            let (group, closed) = gather(&mut rx, first, max_delay).await;
+            commit_with_retry(&store, group).await?;
+            if closed {
+                break;
+            }
+        }
+        Ok(())
+    })
+}
+
+/// The group started by `first`; `true` when the channel turned out closed.
+async fn gather(
+    rx: &mut mpsc::Receiver<Batch>,
+    first: Batch,
+    max_delay: Duration,
+) -> (Vec<Batch>, bool) {
+    let mut samples = first.len();
+    let mut group = vec![first];
+    while samples < MAX_GROUP_SAMPLES {
+        match rx.try_recv() {
+            Ok(batch) => {
+                samples += batch.len();
+                group.push(batch);
+            }
+            Err(TryRecvError::Empty) => break,
+            Err(TryRecvError::Disconnected) => return (group, true),
+        }
+    }
+    if max_delay.is_zero() {
+        return (group, false);
+    }
+    let deadline = Instant::now() + max_delay;
+    while samples < MAX_GROUP_SAMPLES {
+        match tokio::time::timeout_at(deadline, rx.recv()).await {
+            Ok(Some(batch)) => {
+                samples += batch.len();
+                group.push(batch);
+            }
+            Ok(None) => return (group, true),
+            Err(_elapsed) => break,
+        }
+    }
+    (group, false)
+}
+
+async fn commit_with_retry(store: &Store, group: Vec<Batch>) -> Result<(), StoreError> {
+    // `Some` until the records are written; after that only the flush is retried, so that a
+    // retry never stores them twice.
+    let mut unwritten = Some(group);
+    let mut attempt = 1;
+    loop {
+        let result = match unwritten.take() {
+            Some(batches) => store
+                .commit_or_return(batches)
+                .await
+                .map(|_| ())
+                .map_err(|f| {
+                    unwritten = f.batches;
+                    f.error
+                }),
+            None => store.flush().await,
+        };
+        let error = match result {
+            Ok(()) => return Ok(()),
+            Err(error) => error,
+        };
+        if attempt >= MAX_ATTEMPTS {
+            error!(store = %store.dir().display(), attempts = attempt, error = %error,
+                "cannot commit samples to the store; giving up");
+            return Err(error);
+        }
+        let backoff = backoff(attempt);
+        warn!(store = %store.dir().display(), attempt, retry_in_ms = backoff.as_millis() as u64,
+            error = %error, "cannot commit samples to the store; retrying");
+        store.note_commit_retry();
+        tokio::time::sleep(backoff).await;
+        attempt += 1;
+    }
+}
+
+/// Doubles per attempt, with up to half of it again as jitter (from the clock: no need for a
+/// random generator to keep retries of several gateways apart).
+fn backoff(attempt: u32) -> Duration {
+    let base = FIRST_BACKOFF * 2u32.saturating_pow(attempt.saturating_sub(1));
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    base + base.mul_f64(f64::from(nanos % 1000) / 2000.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_and_stays_within_half_again() {
+        for attempt in 1..5 {
+            let base = FIRST_BACKOFF * 2u32.pow(attempt - 1);
+            let b = backoff(attempt);
+            assert!(
+                b >= base && b <= base + base / 2,
+                "attempt {attempt}: {b:?}"
+            );
+        }
+    }
+}

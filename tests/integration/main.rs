@@ -1,0 +1,12 @@
+//! Integration tests of the whole product: the real `edge-agent` binary, a real Mosquitto
+//! started on a free port of 127.0.0.1, and simulated PLCs speaking Modbus TCP on real sockets.
+//! One test binary, so the suite shares one build.
+
+#[path = "../support/mod.rs"]
+mod support;
+
+mod common;
+mod config_errors;
+mod delivery;
+mod devices;
+mod types;
