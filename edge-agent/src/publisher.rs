@@ -219,7 +219,7 @@ impl Publisher {
                         self.stats.connected.store(true, Ordering::Relaxed);
                         self.stats.ever_connected.store(true, Ordering::Relaxed);
                         self.stats.connects.fetch_add(1, Ordering::Relaxed);
-                        let backlog = replay_below.saturating_sub(w.next_to_send);
+                        let backlog = replay_below.saturating_sub(w.next_to_read);
                         info!(northbound = %self.nb.name, url = %self.nb.url, session_present = ack.session_present,
                             backlog_records = backlog, "connected to broker");
                         let online = self.encoder.status_online(&self.gateway.id, &self.gateway.version, self.gateway.started_ms);
@@ -240,7 +240,7 @@ impl Publisher {
                     Ok(other) => debug!(northbound = %self.nb.name, event = ?other, "mqtt event"),
                     Err(e) => return SessionEnd::Lost(e.to_string()),
                 },
-                changed = head.changed(), if connected && !w.has_room_blocked(self.nb.max_inflight) => {
+                changed = head.changed(), if connected && !w.is_full(self.nb.max_inflight) => {
                     if changed.is_err() {
                         // The store is gone: the agent is stopping.
                         return SessionEnd::Shutdown;
@@ -260,8 +260,10 @@ impl Publisher {
     ) -> Result<(), String> {
         let max = self.nb.max_inflight as usize;
         loop {
-            // Continue a record whose messages did not all fit.
-            if let Some(rec) = w.records.iter_mut().find(|r| !r.unsent.is_empty()) {
+            // Continue the record whose messages did not all fit. Records are taken from the
+            // store only once the previous one is fully handed over, so only the newest record
+            // can have messages left.
+            if let Some(rec) = w.records.back_mut().filter(|r| !r.unsent.is_empty()) {
                 while w.inflight_msgs < max {
                     let Some(m) = rec.unsent.pop_front() else {
                         break;
@@ -279,38 +281,35 @@ impl Publisher {
                 if !rec.unsent.is_empty() {
                     break;
                 }
-                continue;
             }
-            if w.inflight_msgs >= max || w.next_to_send >= self.store.next_id() {
+            if w.inflight_msgs >= max {
                 break;
             }
-            let records = self
-                .store
-                .read(&self.nb.name, w.next_to_send, READ_CHUNK)
-                .map_err(|e| format!("cannot read the store: {e}"))?;
-            if records.is_empty() {
-                break;
-            }
-            for (id, batch) in records {
-                let mut out = Vec::with_capacity(self.encoder.message_count(&batch));
-                self.encoder.encode(&batch, id < replay_below, &mut out);
-                w.next_to_send = id + 1;
-                if out.is_empty() {
-                    // Nothing to say for this record: it counts as delivered once the records
-                    // before it are.
-                    w.records.push_back(InflightRecord {
-                        id,
-                        unsent: VecDeque::new(),
-                        unacked: 0,
-                    });
-                    continue;
+            if w.ahead.is_empty() {
+                if w.next_to_read >= self.store.next_id() {
+                    break;
                 }
-                w.records.push_back(InflightRecord {
-                    id,
-                    unacked: out.len(),
-                    unsent: out.into(),
-                });
+                let records = self
+                    .store
+                    .read(&self.nb.name, w.next_to_read, READ_CHUNK)
+                    .map_err(|e| format!("cannot read the store: {e}"))?;
+                let Some((last, _)) = records.last() else {
+                    break;
+                };
+                w.next_to_read = last + 1;
+                w.ahead.extend(records);
             }
+            let Some((id, batch)) = w.ahead.pop_front() else {
+                break;
+            };
+            let mut out = Vec::with_capacity(self.encoder.message_count(&batch));
+            self.encoder.encode(&batch, id < replay_below, &mut out);
+            // A record with nothing to say counts as delivered once those before it are.
+            w.records.push_back(InflightRecord {
+                id,
+                unacked: out.len(),
+                unsent: out.into(),
+            });
             self.advance(w);
         }
         self.stats
@@ -322,8 +321,11 @@ impl Publisher {
     fn on_ack(&mut self, w: &mut Window, id: RecordId) {
         w.inflight_msgs = w.inflight_msgs.saturating_sub(1);
         self.stats.acked.fetch_add(1, Ordering::Relaxed);
-        if let Some(rec) = w.records.iter_mut().find(|r| r.id == id) {
-            rec.unacked = rec.unacked.saturating_sub(1);
+        // Records are in id order: find the acknowledged one by bisection.
+        if let Ok(i) = w.records.binary_search_by_key(&id, |r| r.id) {
+            if let Some(rec) = w.records.get_mut(i) {
+                rec.unacked = rec.unacked.saturating_sub(1);
+            }
         }
         self.advance(w);
     }
@@ -420,7 +422,10 @@ struct Window {
     sent: VecDeque<Sent>,
     by_pkid: HashMap<u16, RecordId>,
     inflight_msgs: usize,
-    next_to_send: RecordId,
+    /// Records read from the store but not yet encoded (at most one chunk).
+    ahead: VecDeque<(RecordId, edge_model::Batch)>,
+    /// The next record id to read from the store.
+    next_to_read: RecordId,
     /// Records below this were sent on an earlier connection (resends).
     resend_below: RecordId,
 }
@@ -432,13 +437,14 @@ impl Window {
             sent: VecDeque::new(),
             by_pkid: HashMap::new(),
             inflight_msgs: 0,
-            next_to_send: cursor,
+            ahead: VecDeque::new(),
+            next_to_read: cursor,
             resend_below: cursor,
         }
     }
 
     /// True when the window is full, so new records are not worth waking up for.
-    fn has_room_blocked(&self, max: u16) -> bool {
+    fn is_full(&self, max: u16) -> bool {
         self.inflight_msgs >= max as usize
     }
 }
