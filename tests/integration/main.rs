@@ -9,4 +9,6 @@ mod common;
 mod config_errors;
 mod delivery;
 mod devices;
+mod lifecycle;
+mod security;
 mod types;

@@ -479,12 +479,7 @@ impl Store {
             .range(keys::record_key(from)..keys::record_key(end))
         {
             let (key, value) = item.map_err(|e| self.sled_err("read records", e))?;
-            let decoded = match keys::record_id(&key) {
-                Some(id) => Batch::decode(&value)
-                    .map(|b| (id, b))
-                    .map_err(|e| e.to_string()),
-                None => Err("malformed record key".to_owned()),
-            };
+            let decoded = decode_record(&key, &value);
             match decoded {
                 Ok(record) => {
                     out.push(record);
@@ -984,12 +979,7 @@ fn load(db: &sled::Db, dir: &Path) -> Result<Loaded, sled::Error> {
         };
         match prefix {
             keys::RECORD => {
-                let decoded = match keys::record_id(&key) {
-                    Some(id) => Batch::decode(&value)
-                        .map(|b| (id, b))
-                        .map_err(|e| e.to_string()),
-                    None => Err("malformed record key".to_owned()),
-                };
+                let decoded = decode_record(&key, &value);
                 match decoded {
                     Ok((id, batch)) => {
                         if let Some(max) = batch.samples.iter().map(|s| s.seq).max() {
@@ -1055,6 +1045,15 @@ fn load(db: &sled::Db, dir: &Path) -> Result<Loaded, sled::Error> {
         db.apply_batch(writes)?;
     }
     Ok(loaded)
+}
+
+
+/// A stored record from its sled key and value; any malformation is an error text for the log.
+fn decode_record(key: &[u8], value: &[u8]) -> Result<(RecordId, Batch), String> {
+    match keys::record_id(key) {
+        Some(id) => Batch::decode(value).map(|b| (id, b)).map_err(|e| e.to_string()),
+        None => Err("malformed record key".to_owned()),
+    }
 }
 
 #[cfg(test)]
