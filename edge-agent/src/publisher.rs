@@ -89,6 +89,8 @@ pub struct Publisher {
     encoder: UnsEncoder,
     gateway: GatewayInfo,
     stats: Arc<PublisherStats>,
+    /// Records below this were handed to an earlier connection: sending them again is a resend.
+    sent_below: RecordId,
 }
 
 impl Publisher {
@@ -99,6 +101,7 @@ impl Publisher {
             encoder,
             gateway,
             stats: Arc::new(PublisherStats::default()),
+            sent_below: 0,
         }
     }
 
@@ -191,22 +194,38 @@ impl Publisher {
         eventloop
             .network_options
             .set_connection_timeout(self.nb.connect_timeout.as_secs().max(1));
+        let mut w = Window::new(self.store.cursor(&self.nb.name), self.sent_below);
+        let end = self
+            .connection(&client, &mut eventloop, &mut w, shutdown, drain)
+            .await;
+        // Whatever this connection was handed is a resend when sent again.
+        self.sent_below = self.sent_below.max(w.handed_below);
+        end
+    }
+
+    async fn connection(
+        &mut self,
+        client: &AsyncClient,
+        eventloop: &mut EventLoop,
+        w: &mut Window,
+        shutdown: &mut watch::Receiver<bool>,
+        drain: Duration,
+    ) -> SessionEnd {
         let mut head = self.store.watch();
-        let mut w = Window::new(self.store.cursor(&self.nb.name));
         let mut connected = false;
         // Records below this were stored before the connection came up: a backlog.
         let mut replay_below = self.store.next_id();
 
         loop {
             if connected {
-                if let Err(reason) = self.fill(&client, &mut w, replay_below) {
+                if let Err(reason) = self.fill(client, w, replay_below) {
                     return SessionEnd::Lost(reason);
                 }
             }
             tokio::select! {
                 biased;
                 _ = stopped(shutdown) => {
-                    self.drain(&client, &mut eventloop, &mut w, connected, drain).await;
+                    self.drain(client, eventloop, w, connected, drain).await;
                     return SessionEnd::Shutdown;
                 }
                 event = eventloop.poll() => match event {
@@ -234,7 +253,7 @@ impl Publisher {
                     }
                     Ok(Event::Incoming(Incoming::PubAck(ack))) => {
                         if let Some(id) = w.by_pkid.remove(&ack.pkid) {
-                            self.on_ack(&mut w, id);
+                            self.on_ack(w, id);
                         }
                     }
                     Ok(other) => debug!(northbound = %self.nb.name, event = ?other, "mqtt event"),
@@ -305,6 +324,7 @@ impl Publisher {
             let mut out = Vec::with_capacity(self.encoder.message_count(&batch));
             self.encoder.encode(&batch, id < replay_below, &mut out);
             // A record with nothing to say counts as delivered once those before it are.
+            w.handed_below = id + 1;
             w.records.push_back(InflightRecord {
                 id,
                 unacked: out.len(),
@@ -428,10 +448,12 @@ struct Window {
     next_to_read: RecordId,
     /// Records below this were sent on an earlier connection (resends).
     resend_below: RecordId,
+    /// Records below this were handed to this connection's client.
+    handed_below: RecordId,
 }
 
 impl Window {
-    fn new(cursor: RecordId) -> Window {
+    fn new(cursor: RecordId, resend_below: RecordId) -> Window {
         Window {
             records: VecDeque::new(),
             sent: VecDeque::new(),
@@ -439,7 +461,8 @@ impl Window {
             inflight_msgs: 0,
             ahead: VecDeque::new(),
             next_to_read: cursor,
-            resend_below: cursor,
+            resend_below,
+            handed_below: cursor,
         }
     }
 

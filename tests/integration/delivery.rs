@@ -217,3 +217,90 @@ async fn a_full_store_drops_the_oldest_records_counts_them_and_keeps_running() {
     );
     assert!(text.contains("dropped by quota"), "{text}");
 }
+
+fn signal(pid: u32, sig: &str) {
+    let status = std::process::Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(status.success(), "kill {sig} {pid}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_that_lost_the_session_gets_every_unacknowledged_sample_again() {
+    // No persistence: a broker killed and restarted remembers nothing of the agent's session.
+    let mut broker = Mosquitto::start().expect("mosquitto starts");
+    let plc = start_plc().await;
+    let _p = counting(&plc, Duration::from_millis(10));
+    let dir = TestDir::new();
+    let data = dir.path().join("data");
+    let config = config_toml(
+        &data,
+        broker.port(),
+        "per-tag",
+        "",
+        &[device(
+            "capper",
+            plc.local_addr().port(),
+            20,
+            counter_tags(),
+        )],
+    );
+    let path = dir.write_config(&config);
+    let collector = Collector::start(broker.port(), "lost-session-sub", &[&format!("{ROOT}/#")])
+        .await
+        .expect("subscriber connects");
+    let mut agent = AgentProcess::spawn(&bin(), &path, &[]).expect("agent starts");
+    collector
+        .wait_for(|m| m.len() >= 100, Duration::from_secs(20))
+        .await
+        .expect("telemetry flows");
+
+    // Freeze the broker: the agent keeps publishing into the socket and no PUBACK comes back,
+    // so its window fills with messages the broker read but never acknowledged or delivered.
+    signal(broker.pid(), "-STOP");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Freeze the agent too, so it cannot reconnect before the subscriber is back.
+    signal(agent.pid(), "-STOP");
+    let subscribed = collector.subscriptions();
+    // Killed while frozen: everything it held is gone, including the agent's session.
+    broker.kill().expect("broker killed");
+    broker
+        .restart()
+        .expect("broker restarts empty on the same port");
+    collector
+        .wait_subscribed(subscribed, Duration::from_secs(15))
+        .await
+        .expect("the subscriber is back before the agent");
+    signal(agent.pid(), "-CONT");
+
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while agent.log().matches("connected to broker").count() < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "agent reconnects:\n{}",
+            agent.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    plc.stop().await;
+    wait_status(
+        &data,
+        Duration::from_secs(30),
+        "everything delivered",
+        |s| pending(s) == 0,
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let r = report_for(&collector.messages(), "capper");
+    assert_complete(&r);
+    // The messages the frozen broker swallowed were sent again, from the store.
+    let resent = status(&data).map(|s| s["northbounds"][0]["resent"].as_u64().unwrap_or(0));
+    assert!(
+        resent.unwrap_or(0) > 0,
+        "unacknowledged messages resent: {:#?}",
+        status(&data)
+    );
+    assert!(agent.is_running());
+}
