@@ -149,3 +149,74 @@ async fn modbus_exceptions_turn_only_the_refused_tags_bad_and_are_named_in_the_l
         .await
         .expect("the tag recovers");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_from_a_plc_turns_the_tag_bad_is_logged_once_and_recovers() {
+    let broker = Mosquitto::start().expect("mosquitto starts");
+    let plc = start_plc().await;
+    let _p = counting(&plc, Duration::from_millis(20));
+    // Not UTF-8: what a PLC holds when a string register is used for something else.
+    plc.set_registers(Area::HoldingRegister, 50, &[0xFFFE, 0xC328]);
+    let dir = TestDir::new();
+    let mut tags = counter_tags();
+    tags.push(tag("batch_code", "hr:50", "string:4"));
+    let config = config_toml(
+        &dir.path().join("data"),
+        broker.port(),
+        "per-tag",
+        "",
+        &[device("labeler", plc.local_addr().port(), 50, tags)],
+    );
+    let path = dir.write_config(&config);
+    let collector = Collector::start(broker.port(), "garbage-sub", &[&format!("{ROOT}/#")])
+        .await
+        .expect("subscriber connects");
+    let mut agent = AgentProcess::spawn(&bin(), &path, &[]).expect("agent starts");
+    let code = format!("{ROOT}/labeler/batch_code");
+    let count = format!("{ROOT}/labeler/count");
+    collector
+        .wait_for(
+            |m| {
+                last_quality(m, &code).is_some()
+                    && count_from(m, &count, Instant::now() - Duration::from_secs(60)) >= 40
+            },
+            Duration::from_secs(20),
+        )
+        .await
+        .expect("telemetry flows");
+    assert_eq!(
+        last_quality(&collector.messages(), &code).as_deref(),
+        Some("bad")
+    );
+    assert_eq!(
+        last_quality(&collector.messages(), &count).as_deref(),
+        Some("good")
+    );
+    let warnings = agent
+        .log()
+        .matches("does not decode as the configured type")
+        .count();
+    assert_eq!(
+        warnings,
+        1,
+        "logged once, not at every poll:\n{}",
+        agent.log()
+    );
+
+    plc.set_registers(Area::HoldingRegister, 50, &[0x4C34, 0x3200]); // "L42"
+    collector
+        .wait_for(
+            |m| last_quality(m, &code).as_deref() == Some("good"),
+            Duration::from_secs(10),
+        )
+        .await
+        .expect("the tag recovers");
+    let value = collector
+        .json()
+        .into_iter()
+        .rev()
+        .find(|(t, _)| *t == code)
+        .map(|(_, v)| v["value"].clone());
+    assert_eq!(value, Some(serde_json::json!("L42")));
+    assert!(agent.is_running());
+}

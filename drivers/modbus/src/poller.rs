@@ -416,8 +416,11 @@ fn decode_request(
                 batch,
             ),
             Err(e) => {
-                warn!(device = %spec.name, tag = %tag.name, address = %tag.address, error = %e,
-                    "the device's data does not decode as the configured type; the tag is bad");
+                // Logged when the tag turns bad, not at every poll while it stays bad.
+                if states.get(item.id).and_then(ReportState::last_quality) != Some(Quality::Bad) {
+                    warn!(device = %spec.name, tag = %tag.name, address = %tag.address, error = %e,
+                        "the device's data does not decode as the configured type; the tag is bad");
+                }
                 push_if_reported(spec, item.id, None, Quality::Bad, read_ts, states, batch);
             }
         }

@@ -52,6 +52,11 @@ impl ReportState {
         report
     }
 
+    /// The quality last reported, if any.
+    pub fn last_quality(&self) -> Option<Quality> {
+        self.last.as_ref().map(|(_, q, _)| *q)
+    }
+
     /// Forget the reference, so the next reading is reported whatever it is (after a
     /// reconnect, the first good reading must always be seen).
     pub fn reset(&mut self) {
