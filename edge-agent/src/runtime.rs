@@ -13,6 +13,7 @@ use edge_modbus::codec::Scaling;
 use edge_modbus::plan::{PlanLimits, ReadPlan};
 use edge_modbus::poller::{DeviceCounters, DevicePoller, DeviceSpec, TagSpec};
 use edge_modbus::report::ReportRule;
+use edge_modbus::write::DeviceHandle;
 use edge_model::{Batch, DeviceId, TagName};
 use edge_store::{Store, StoreOptions};
 use mes_bridge::{Catalog, UnsEncoder};
@@ -88,6 +89,7 @@ pub fn device_spec(dev: &Device) -> DeviceSpec {
                     heartbeat: t.heartbeat,
                 },
                 interval: t.poll_interval,
+                writable: t.writable,
             })
             .collect(),
     }
@@ -117,6 +119,8 @@ pub struct Running {
     pub store: Store,
     pub devices: Vec<(String, Arc<DeviceCounters>)>,
     pub publishers: Vec<(String, Arc<PublisherStats>)>,
+    /// Where commands send writes, one handle per device.
+    pub handles: Vec<DeviceHandle>,
     poll_stop: watch::Sender<bool>,
     publish_stop: watch::Sender<bool>,
     pollers: Vec<JoinHandle<()>>,
@@ -151,11 +155,13 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Running> {
     let (poll_stop, poll_rx) = watch::channel(false);
     let mut pollers = Vec::new();
     let mut devices = Vec::new();
+    let mut handles = Vec::new();
     for dev in &cfg.devices {
         let poller = DevicePoller::new(device_spec(dev))
             .with_context(|| format!("device `{}`: cannot plan its reads", dev.name))?;
         info!(device = %dev.name, tags = dev.tags.len(), requests_per_scan = poller.plan().request_count(), "device configured");
         devices.push((dev.name.clone(), poller.counters()));
+        handles.push(poller.handle());
         pollers.push(tokio::spawn(poller.run(tx.clone(), poll_rx.clone())));
     }
     drop(tx);
@@ -193,6 +199,7 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Running> {
         store,
         devices,
         publishers,
+        handles,
         poll_stop,
         publish_stop,
         pollers,

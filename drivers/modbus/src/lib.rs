@@ -5,5 +5,6 @@ pub mod codec;
 pub mod plan;
 pub mod poller;
 pub mod report;
+pub mod write;
 
 pub use address::{Address, AddressError, Area, ByteOrder, ByteOrderError};

@@ -12,7 +12,7 @@ use edge_model::{now_ms, Batch, DataType, DeviceId, Quality, Sample, TagName, Va
 use rand::Rng;
 use tokio::sync::{mpsc, watch};
 use tokio::time::{sleep_until, timeout};
-use tokio_modbus::client::{Context, Reader};
+use tokio_modbus::client::{Context, Reader, Writer};
 use tokio_modbus::{ExceptionCode, Slave};
 use tracing::{debug, info, warn};
 
@@ -20,6 +20,7 @@ use crate::address::{Address, Area, ByteOrder};
 use crate::codec::{decode_registers, Scaling};
 use crate::plan::{plan, PlanError, PlanLimits, PlanTag, ReadPlan, ReadRequest};
 use crate::report::{ReportRule, ReportState};
+use crate::write::{DeviceHandle, WriteError, WriteOp, WriteRequest, WRITE_QUEUE};
 
 /// Everything the poller needs to know about one tag.
 #[derive(Debug, Clone)]
@@ -31,6 +32,8 @@ pub struct TagSpec {
     pub scaling: Scaling,
     pub report: ReportRule,
     pub interval: Duration,
+    /// Commands may write this tag (only coils and holding registers can be).
+    pub writable: bool,
 }
 
 /// Everything the poller needs to know about one device.
@@ -99,16 +102,31 @@ pub struct DevicePoller {
     spec: DeviceSpec,
     plan: ReadPlan,
     counters: Arc<DeviceCounters>,
+    writes: mpsc::Receiver<WriteRequest>,
+    handle: DeviceHandle,
 }
 
 impl DevicePoller {
     pub fn new(spec: DeviceSpec) -> Result<DevicePoller, PlanError> {
         let plan = plan_for(&spec)?;
+        let (tx, writes) = mpsc::channel(WRITE_QUEUE);
+        let handle = DeviceHandle {
+            name: spec.name.0.clone(),
+            tags: spec.tags.clone().into(),
+            tx,
+        };
         Ok(DevicePoller {
             spec,
             plan,
             counters: Arc::new(DeviceCounters::default()),
+            writes,
+            handle,
         })
+    }
+
+    /// Where commands send writes for this device.
+    pub fn handle(&self) -> DeviceHandle {
+        self.handle.clone()
     }
 
     pub fn plan(&self) -> &ReadPlan {
@@ -125,7 +143,11 @@ impl DevicePoller {
             spec,
             plan,
             counters,
+            mut writes,
+            handle,
         } = self;
+        // Only the handles given out keep the write channel open.
+        drop(handle);
         let mut states: Vec<ReportState> = vec![ReportState::default(); spec.tags.len()];
         let mut failing: Vec<Vec<bool>> = plan
             .groups
@@ -143,8 +165,14 @@ impl DevicePoller {
                 break;
             }
             if conn.is_none() {
-                if !wait_until(retry_at, &mut shutdown).await {
-                    break;
+                match wait(retry_at, &mut shutdown, &mut writes).await {
+                    Wake::Due => {}
+                    Wake::Shutdown => break,
+                    Wake::Write(req) => {
+                        // Not queued for later: a command must learn now that it failed.
+                        let _ = req.reply.send(Err(WriteError::Offline));
+                        continue;
+                    }
                 }
                 match connect(&spec).await {
                     Ok(ctx) => {
@@ -176,23 +204,46 @@ impl DevicePoller {
                     }
                 }
             }
-            if plan.groups.is_empty() {
-                // Nothing to read: keep the connection and wait for shutdown.
-                let _ = shutdown.changed().await;
-                break;
-            }
-
             let (gi, due) = next_due
                 .iter()
                 .enumerate()
                 .min_by_key(|(_, d)| **d)
                 .map(|(i, d)| (i, *d))
-                .unwrap_or((0, Instant::now()));
-            if !wait_until(due, &mut shutdown).await {
-                break;
-            }
-            let group = &plan.groups[gi];
+                // Nothing to poll: only writes and shutdown wake the task.
+                .unwrap_or((usize::MAX, Instant::now() + Duration::from_secs(3600)));
             let Some(ctx) = conn.as_mut() else { continue };
+            match wait(due, &mut shutdown, &mut writes).await {
+                Wake::Due => {}
+                Wake::Shutdown => break,
+                Wake::Write(req) => {
+                    let result = execute_write(ctx, &req.op, spec.timeout).await;
+                    match &result {
+                        Ok(()) => info!(device = %spec.name, op = ?req.op, "write done"),
+                        Err(e) => {
+                            warn!(device = %spec.name, op = ?req.op, error = %e, "write failed")
+                        }
+                    }
+                    let lost = matches!(
+                        result,
+                        Err(WriteError::Timeout(_) | WriteError::Transport(_))
+                    );
+                    let _ = req.reply.send(result);
+                    if lost {
+                        counters.transport_errors.fetch_add(1, Ordering::Relaxed);
+                        counters.connected.store(false, Ordering::Relaxed);
+                        conn = None;
+                        retry_at = Instant::now() + jitter(spec.backoff_min);
+                        let bad = all_bad(&spec, &mut states);
+                        if !send(&tx, bad, &counters).await {
+                            break;
+                        }
+                    }
+                    continue;
+                }
+            }
+            let Some(group) = plan.groups.get(gi) else {
+                continue;
+            };
             let mut batch = Batch::new(spec.name.clone());
             let mut lost: Option<ReadError> = None;
             for (ri, req) in group.requests.iter().enumerate() {
@@ -303,11 +354,76 @@ fn jitter(d: Duration) -> Duration {
     d.mul_f64(rand::rng().random_range(0.5..=1.0))
 }
 
-/// Sleeps until `at`; false when shutdown was asked for meanwhile.
-async fn wait_until(at: Instant, shutdown: &mut watch::Receiver<bool>) -> bool {
+/// What ended a wait of the device task.
+enum Wake {
+    Due,
+    Shutdown,
+    Write(WriteRequest),
+}
+
+/// Sleeps until `at`, unless shutdown is asked for or a write arrives first.
+async fn wait(
+    at: Instant,
+    shutdown: &mut watch::Receiver<bool>,
+    writes: &mut mpsc::Receiver<WriteRequest>,
+) -> Wake {
     tokio::select! {
-        _ = sleep_until(at.into()) => !*shutdown.borrow(),
-        r = shutdown.changed() => r.is_ok() && !*shutdown.borrow(),
+        biased;
+        r = shutdown.changed() => {
+            if r.is_err() || *shutdown.borrow() { Wake::Shutdown } else { Wake::Due }
+        }
+        Some(req) = writes.recv() => Wake::Write(req),
+        _ = sleep_until(at.into()) => {
+            if *shutdown.borrow() { Wake::Shutdown } else { Wake::Due }
+        }
+    }
+}
+
+/// Carries out one write on the connection, bounded by `limit` per request.
+async fn execute_write(ctx: &mut Context, op: &WriteOp, limit: Duration) -> Result<(), WriteError> {
+    fn flatten<T>(
+        r: Result<
+            Result<Result<T, ExceptionCode>, tokio_modbus::Error>,
+            tokio::time::error::Elapsed,
+        >,
+        limit: Duration,
+    ) -> Result<T, WriteError> {
+        match r {
+            Err(_) => Err(WriteError::Timeout(limit)),
+            Ok(Err(e)) => Err(WriteError::Transport(e.to_string())),
+            Ok(Ok(Err(code))) => Err(WriteError::Exception(code)),
+            Ok(Ok(Ok(v))) => Ok(v),
+        }
+    }
+    match op {
+        WriteOp::Coil { address, on } => flatten(
+            timeout(limit, ctx.write_single_coil(*address, *on)).await,
+            limit,
+        ),
+        WriteOp::Registers { address, words } if words.len() == 1 => flatten(
+            timeout(limit, ctx.write_single_register(*address, words[0])).await,
+            limit,
+        ),
+        WriteOp::Registers { address, words } => flatten(
+            timeout(limit, ctx.write_multiple_registers(*address, words)).await,
+            limit,
+        ),
+        WriteOp::RegisterBit { address, bit, on } => {
+            let current = flatten(
+                timeout(limit, ctx.read_holding_registers(*address, 1)).await,
+                limit,
+            )?;
+            let Some(&word) = current.first() else {
+                return Err(WriteError::Transport(
+                    "empty answer to a one-register read".into(),
+                ));
+            };
+            let word = crate::codec::set_bit(word, *bit, *on);
+            flatten(
+                timeout(limit, ctx.write_single_register(*address, word)).await,
+                limit,
+            )
+        }
     }
 }
 
