@@ -91,11 +91,18 @@ pub struct Publisher {
     stats: Arc<PublisherStats>,
     /// Records below this were handed to an earlier connection: sending them again is a resend.
     sent_below: RecordId,
+    /// The store's end when this publisher started: what an earlier run left behind.
+    start_next_id: RecordId,
+    /// No connection attempt has failed yet: the broker has not been away since start.
+    never_failed: bool,
 }
 
 impl Publisher {
     pub fn new(nb: Northbound, store: Store, encoder: UnsEncoder, gateway: GatewayInfo) -> Self {
+        let start_next_id = store.next_id();
         Publisher {
+            start_next_id,
+            never_failed: true,
             nb,
             store,
             encoder,
@@ -126,23 +133,35 @@ impl Publisher {
             }
         };
         let mut backoff = self.nb.reconnect_min;
+        // One warning per outage; the retries after it are logged at debug level.
+        let mut outage_reported = false;
         loop {
             if *shutdown.borrow() {
                 return;
             }
             let started = Instant::now();
+            let connects = self.stats.connects.load(Ordering::Relaxed);
             let outcome = self.session(transport.clone(), &mut shutdown, drain).await;
             self.stats.connected.store(false, Ordering::Relaxed);
             self.stats.inflight.store(0, Ordering::Relaxed);
             match outcome {
                 SessionEnd::Shutdown => return,
                 SessionEnd::Lost(reason) => {
+                    self.never_failed = false;
                     if started.elapsed() >= STABLE_CONNECTION {
                         backoff = self.nb.reconnect_min;
                     }
                     let wait = backoff.mul_f64(rand::rng().random_range(0.5..=1.0));
-                    warn!(northbound = %self.nb.name, url = %self.nb.url, reason = %reason, retry_in = ?wait,
-                        "broker connection lost; samples stay in the store until it is back");
+                    if self.stats.connects.load(Ordering::Relaxed) > connects {
+                        outage_reported = false;
+                    }
+                    if outage_reported {
+                        debug!(northbound = %self.nb.name, reason = %reason, retry_in = ?wait, "broker still unreachable");
+                    } else {
+                        warn!(northbound = %self.nb.name, url = %self.nb.url, reason = %reason, retry_in = ?wait,
+                            "broker unreachable; samples stay in the store until it is back");
+                        outage_reported = true;
+                    }
                     *self
                         .stats
                         .last_error
@@ -213,8 +232,8 @@ impl Publisher {
     ) -> SessionEnd {
         let mut head = self.store.watch();
         let mut connected = false;
-        // Records below this were stored before the connection came up: a backlog.
-        let mut replay_below = self.store.next_id();
+        // Records below this are a backlog (set when the connection comes up).
+        let mut replay_below = 0;
 
         loop {
             if connected {
@@ -234,7 +253,14 @@ impl Publisher {
                             return SessionEnd::Lost(format!("broker refused the connection: {:?}", ack.code));
                         }
                         connected = true;
-                        replay_below = self.store.next_id();
+                        // A backlog is what was stored while the broker was away. On a start
+                        // that connects at the first try, that is only what the previous run
+                        // left; the readings of the last few milliseconds are live.
+                        replay_below = if self.never_failed && self.stats.connects.load(Ordering::Relaxed) == 0 {
+                            self.start_next_id
+                        } else {
+                            self.store.next_id()
+                        };
                         self.stats.connected.store(true, Ordering::Relaxed);
                         self.stats.ever_connected.store(true, Ordering::Relaxed);
                         self.stats.connects.fetch_add(1, Ordering::Relaxed);

@@ -20,7 +20,9 @@ use crate::support::seqcheck::check_payloads;
 use crate::support::{free_port, AgentProcess, Collector, Mosquitto, TestDir};
 
 /// The warning the publisher logs each time a connection attempt fails.
-const CONNECTION_LOST: &str = "broker connection lost";
+/// The first refusal of an outage is a warning, each retry after it a debug line (the tests run
+/// the agent with `edge_agent=debug`); both say "unreachable" and give the reason.
+const CONNECTION_LOST: &str = "unreachable";
 /// How many failed attempts prove that a refused agent keeps retrying.
 const RETRIES: usize = 3;
 /// Fresh ports tried when the second listener's port was taken in the meantime.
