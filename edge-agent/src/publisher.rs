@@ -61,7 +61,8 @@ pub struct PublisherStats {
     pub inflight: AtomicU64,
     /// Records fully acknowledged (the cursor moved over them).
     pub records_acked: AtomicU64,
-    /// MES event messages handed to the MQTT client (included in `published`).
+    /// MES event messages derived from records (again for records resent after a
+    /// reconnect); they are sent with the records' telemetry and counted in `published`.
     pub mes_events: AtomicU64,
     /// Messages received on the command topics.
     pub commands: AtomicU64,

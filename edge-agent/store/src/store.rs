@@ -2,7 +2,7 @@
 //! cursor, forgets them once every northbound has acknowledged them, and evicts the oldest
 //! (counted and logged) when the disk quota is exceeded.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
@@ -152,6 +152,9 @@ struct State {
     /// The next seq of each device.
     seqs: HashMap<DeviceId, u64>,
     cursors: BTreeMap<String, RecordId>,
+    /// Northbounds with a stored checkpoint (which then describes their cursor, unless
+    /// eviction moved the cursor since).
+    checkpointed: BTreeSet<String>,
     counters: Counters,
     committed_samples: u64,
     committed_bytes: u64,
@@ -281,9 +284,12 @@ impl Store {
                 writes.remove(keys::named_key(CURSOR, name));
             }
         }
-        for name in &checkpoints {
-            if !northbounds.contains(name) {
-                writes.remove(keys::named_key(CHECKPOINT, name));
+        let mut checkpointed = BTreeSet::new();
+        for name in checkpoints {
+            if northbounds.contains(&name) {
+                checkpointed.insert(name);
+            } else {
+                writes.remove(keys::named_key(CHECKPOINT, &name));
             }
         }
         for name in northbounds {
@@ -342,6 +348,7 @@ impl Store {
             index,
             seqs,
             cursors,
+            checkpointed,
             counters,
             committed_samples: 0,
             committed_bytes: 0,
@@ -553,7 +560,9 @@ impl Store {
     /// below `next`) in the same atomic write, so that the cursor and the checkpoint are
     /// always found together, after a crash too. An acknowledgement that does not move the
     /// cursor stores nothing (its checkpoint is not newer than the stored one); one beyond the
-    /// last stored record is [`StoreError::BeyondStored`] and stores nothing either.
+    /// last stored record is [`StoreError::BeyondStored`] and stores nothing either. A plain
+    /// [`Store::ack`] that moves the cursor removes the checkpoint, which would no longer
+    /// describe the cursor.
     pub fn ack_with_checkpoint(
         &self,
         northbound: &str,
@@ -628,12 +637,21 @@ impl Store {
             .unwrap_or(next);
         let mut writes = sled::Batch::default();
         writes.insert(keys::named_key(CURSOR, northbound), &next.to_be_bytes());
-        if let Some(checkpoint) = checkpoint {
-            writes.insert(
-                keys::named_key(CHECKPOINT, northbound),
-                keys::checkpoint_value(next, checkpoint),
-            );
-        }
+        let checkpointed = match checkpoint {
+            Some(checkpoint) => {
+                writes.insert(
+                    keys::named_key(CHECKPOINT, northbound),
+                    keys::checkpoint_value(next, checkpoint),
+                );
+                true
+            }
+            None => {
+                if st.checkpointed.contains(northbound) {
+                    writes.remove(keys::named_key(CHECKPOINT, northbound));
+                }
+                false
+            }
+        };
         for id in st.index.ids_below(min) {
             writes.remove(&keys::record_key(id));
         }
@@ -642,6 +660,11 @@ impl Store {
             .apply_batch(writes)
             .map_err(|e| self.sled_err("record an acknowledgement", e))?;
         st.cursors.insert(northbound.to_owned(), next);
+        if checkpointed {
+            st.checkpointed.insert(northbound.to_owned());
+        } else {
+            st.checkpointed.remove(northbound);
+        }
         st.index.remove_below(min);
         Ok(())
     }

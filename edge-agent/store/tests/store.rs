@@ -242,10 +242,13 @@ async fn an_acknowledgement_that_does_not_move_the_cursor_keeps_the_newer_checkp
         .expect("same ack");
     let (_, cp) = store.resume_point("mes").expect("resume");
     assert_eq!(cp.map(|c| c.bytes), Some(b"four".to_vec()));
-    // A plain acknowledgement moves the cursor and leaves the checkpoint where it was taken.
+    // A plain acknowledgement that moves the cursor drops the checkpoint: it no longer
+    // describes the cursor (the northbound stopped deriving state).
     store.ack("mes", 5).expect("ack");
-    let (cursor, cp) = store.resume_point("mes").expect("resume");
-    assert_eq!((cursor, cp.map(|c| c.at)), (5, Some(4)));
+    assert_eq!(store.resume_point("mes").expect("resume"), (5, None));
+    drop(store);
+    let store = open(dir.path(), &["mes"]);
+    assert_eq!(store.resume_point("mes").expect("resume"), (5, None));
 }
 
 #[tokio::test]
