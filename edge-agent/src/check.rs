@@ -163,6 +163,9 @@ pub fn describe(cfg: &Config) -> anyhow::Result<String> {
         total_tags += dev.tags.len();
         total_rate += plan.requests_per_second();
     }
+    for m in &cfg.machines {
+        describe_machine(&mut out, cfg, m)?;
+    }
     writeln!(out)?;
     writeln!(
         out,
@@ -172,7 +175,73 @@ pub fn describe(cfg: &Config) -> anyhow::Result<String> {
         total_requests,
         total_rate
     )?;
+    if !cfg.machines.is_empty() {
+        writeln!(
+            out,
+            "{} machine(s): MES events on {{root}}/{{machine}}/_mes/..., commands on {{root}}/{{machine}}/_mes/cmd/workorder/dispatch and {{root}}/{{device}}/{{tag}}/_set",
+            cfg.machines.len()
+        )?;
+    }
     Ok(out)
+}
+
+/// One `[[machine]]`: where its facts come from, what its state values mean, where a
+/// dispatch is written.
+fn describe_machine(out: &mut String, cfg: &Config, m: &edge_config::Machine) -> std::fmt::Result {
+    let or_dash = |t: &Option<String>| t.clone().unwrap_or_else(|| "-".to_owned());
+    let root = cfg
+        .northbounds
+        .first()
+        .map(|n| n.topic_root.clone())
+        .unwrap_or_else(|| cfg.gateway.uns.root());
+    writeln!(out)?;
+    writeln!(
+        out,
+        "machine {}  device {}  events {root}/{}/_mes/...",
+        m.name, m.device, m.name
+    )?;
+    writeln!(
+        out,
+        "  work order {}  product {}  good {}  scrap {}  max count step {}",
+        or_dash(&m.work_order_tag),
+        or_dash(&m.product_tag),
+        or_dash(&m.good_count_tag),
+        or_dash(&m.scrap_count_tag),
+        m.max_count_step
+    )?;
+    if let Some(tag) = &m.state_tag {
+        writeln!(out, "  state word {tag}:")?;
+        for s in &m.states {
+            writeln!(
+                out,
+                "    {:>6} → {} ({}){}",
+                s.value,
+                s.state,
+                s.reason_code,
+                s.reason
+                    .as_ref()
+                    .map(|r| format!(" {r}"))
+                    .unwrap_or_default()
+            )?;
+        }
+        writeln!(out, "    other  → unknown (30000)")?;
+    }
+    if let Some(d) = &m.dispatch {
+        let mut order = vec![d.work_order_tag.clone()];
+        order.extend(d.product_tag.clone());
+        order.extend(d.quantity_tag.clone());
+        order.extend(d.parameters.iter().map(|p| {
+            format!(
+                "{} ({}{})",
+                p.tag,
+                p.name,
+                if p.required { ", required" } else { "" }
+            )
+        }));
+        order.extend(d.handshake_tag.as_ref().map(|h| format!("{h} = true")));
+        writeln!(out, "  dispatch writes {}", order.join(", then "))?;
+    }
+    Ok(())
 }
 
 /// `buffer stats`: from the store itself when no agent holds it, else from the running agent's

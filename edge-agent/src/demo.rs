@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context as _};
 use clap::Args;
 use edge_config::{BrokerUrl, Config, Protocol, SystemSecrets};
-use edge_modbus::codec::encode_registers;
+use edge_modbus::codec::{decode_registers, encode_registers};
 use edge_modbus::{Area, ByteOrder};
 use edge_model::{DataType, Value};
 use edge_sim::{Bank, ModbusSim};
@@ -125,90 +125,189 @@ fn mqtt_ping(port: u16) -> std::io::Result<()> {
     s.write_all(&[0xE0, 0x00])
 }
 
-/// Moving values for the simulated filler: what a technician would see on a real line.
-fn filler_program(tick: u64, bank: &mut Bank) {
-    let t = tick as f64 / 10.0; // ticks are 100 ms
-    let put = |bank: &mut Bank, area: Area, at: u16, dt: DataType, order: ByteOrder, v: Value| {
-        if let Ok(regs) = encode_registers(dt, order, &v) {
-            bank.set_registers(area, at, &regs);
+/// The simulated filler's program, one step every 100 ms: what a technician would see on a
+/// real line. It runs automatic work orders of 30 s each (a changeover, then production, with
+/// a valve jam now and then), and takes a work order the MES dispatches: when `new_order`
+/// (coil 1) is set it reads `next_order` (hr:30) and `target_quantity` (hr:40), clears the
+/// bit, changes over and produces until the target is reached, then idles until the next
+/// automatic order. Its counters count only while it runs, as a real filler's do.
+#[derive(Debug)]
+struct Filler {
+    /// The number of the last automatic order.
+    auto_no: u64,
+    order: String,
+    /// The tick the current order began.
+    order_tick: u64,
+    /// Parts to make in a dispatched order (0: an automatic order of 30 s).
+    target: u32,
+    /// Parts made in the current order.
+    made: u32,
+    /// When a dispatched order reached its target.
+    done_tick: Option<u64>,
+    good: u32,
+    scrap: u32,
+}
+
+/// Ticks an automatic order lasts, the changeover at the start of every order, and the idle
+/// time after a dispatched order reached its target.
+const ORDER_TICKS: u64 = 300;
+const CHANGEOVER_TICKS: u64 = 20;
+const IDLE_TICKS: u64 = 100;
+
+impl Filler {
+    fn new() -> Filler {
+        Filler {
+            auto_no: 1,
+            order: auto_order(1),
+            order_tick: 0,
+            target: 0,
+            made: 0,
+            done_tick: None,
+            good: 0,
+            scrap: 0,
         }
-    };
-    let good = (tick / 7) as u32;
-    put(
-        bank,
-        Area::HoldingRegister,
-        0,
-        DataType::U32,
-        ByteOrder::Abcd,
-        Value::U32(good),
-    );
-    put(
-        bank,
-        Area::HoldingRegister,
-        2,
-        DataType::U32,
-        ByteOrder::Abcd,
-        Value::U32((tick / 97) as u32),
-    );
-    put(
-        bank,
-        Area::HoldingRegister,
-        4,
-        DataType::F32,
-        ByteOrder::Abcd,
-        Value::F32((100.0 * (t / 6.0).sin()) as f32),
-    );
-    put(
-        bank,
-        Area::HoldingRegister,
-        6,
-        DataType::F32,
-        ByteOrder::Cdab,
-        Value::F32((21.5 + 2.0 * (t / 40.0).sin() + 0.05 * (t * 3.1).sin()) as f32),
-    );
-    put(
-        bank,
-        Area::HoldingRegister,
-        8,
-        DataType::U16,
-        ByteOrder::Abcd,
-        Value::U16((350.0 + 20.0 * (t / 9.0).cos()) as u16),
-    );
-    let order_no = 1 + tick / 300; // a new work order every 30 s
-    put(
-        bank,
-        Area::HoldingRegister,
-        10,
-        DataType::String(16),
-        ByteOrder::Abcd,
-        Value::String(format!("WO-2026-{order_no:04}")),
-    );
-    // State word: 1 running most of the time, 2 idle at each order change, 3 down now and then.
-    let phase = tick % 300;
-    let state = if phase < 20 {
-        2
-    } else if (1200..1260).contains(&(tick % 1800)) {
-        3
-    } else {
-        1
-    };
-    put(
-        bank,
-        Area::HoldingRegister,
-        20,
-        DataType::U16,
-        ByteOrder::Abcd,
-        Value::U16(state),
-    );
-    put(
-        bank,
-        Area::InputRegister,
-        0,
-        DataType::U64,
-        ByteOrder::Dcba,
-        Value::U64(1_000_000 + tick * 3),
-    );
-    bank.set_bits(Area::Coil, 0, &[state == 1]);
+    }
+
+    fn start(&mut self, order: String, tick: u64, target: u32) {
+        self.order = order;
+        self.order_tick = tick;
+        self.target = target;
+        self.made = 0;
+        self.done_tick = None;
+    }
+
+    fn step(&mut self, tick: u64, bank: &mut Bank) {
+        if bank.bit(Area::Coil, 1) {
+            let order = decode_registers(
+                DataType::String(16),
+                ByteOrder::Abcd,
+                None,
+                bank.registers(Area::HoldingRegister, 30, 8),
+            );
+            let target = decode_registers(
+                DataType::U32,
+                ByteOrder::Abcd,
+                None,
+                bank.registers(Area::HoldingRegister, 40, 2),
+            );
+            if let (Ok(Value::String(order)), Ok(Value::U32(target))) = (order, target) {
+                if !order.is_empty() {
+                    self.start(order, tick, target);
+                }
+            }
+            bank.set_bits(Area::Coil, 1, &[false]);
+        }
+        let since = tick.saturating_sub(self.order_tick);
+        let next_auto = match (self.target, self.done_tick) {
+            (0, _) => since >= ORDER_TICKS,
+            (_, Some(done)) => tick.saturating_sub(done) >= IDLE_TICKS,
+            (_, None) => false,
+        };
+        if next_auto {
+            self.auto_no += 1;
+            self.start(auto_order(self.auto_no), tick, 0);
+        }
+        let since = tick.saturating_sub(self.order_tick);
+        let state: u16 = if since < CHANGEOVER_TICKS {
+            2
+        } else if self.done_tick.is_some() {
+            4
+        } else if (1200..1260).contains(&(tick % 1800)) {
+            3
+        } else {
+            1
+        };
+        if state == 1 {
+            if tick % 7 == 0 {
+                self.good = self.good.wrapping_add(1);
+                self.made += 1;
+            }
+            if tick % 97 == 0 {
+                self.scrap = self.scrap.wrapping_add(1);
+            }
+            if self.target > 0 && self.made >= self.target {
+                self.done_tick = Some(tick);
+            }
+        }
+
+        let t = tick as f64 / 10.0;
+        let put =
+            |bank: &mut Bank, area: Area, at: u16, dt: DataType, order: ByteOrder, v: Value| {
+                if let Ok(regs) = encode_registers(dt, order, &v) {
+                    bank.set_registers(area, at, &regs);
+                }
+            };
+        use Area::{HoldingRegister as Hr, InputRegister as Ir};
+        put(
+            bank,
+            Hr,
+            0,
+            DataType::U32,
+            ByteOrder::Abcd,
+            Value::U32(self.good),
+        );
+        put(
+            bank,
+            Hr,
+            2,
+            DataType::U32,
+            ByteOrder::Abcd,
+            Value::U32(self.scrap),
+        );
+        put(
+            bank,
+            Hr,
+            4,
+            DataType::F32,
+            ByteOrder::Abcd,
+            Value::F32((100.0 * (t / 6.0).sin()) as f32),
+        );
+        put(
+            bank,
+            Hr,
+            6,
+            DataType::F32,
+            ByteOrder::Cdab,
+            Value::F32((21.5 + 2.0 * (t / 40.0).sin() + 0.05 * (t * 3.1).sin()) as f32),
+        );
+        put(
+            bank,
+            Hr,
+            8,
+            DataType::U16,
+            ByteOrder::Abcd,
+            Value::U16((350.0 + 20.0 * (t / 9.0).cos()) as u16),
+        );
+        put(
+            bank,
+            Hr,
+            10,
+            DataType::String(16),
+            ByteOrder::Abcd,
+            Value::String(self.order.clone()),
+        );
+        put(
+            bank,
+            Hr,
+            20,
+            DataType::U16,
+            ByteOrder::Abcd,
+            Value::U16(state),
+        );
+        put(
+            bank,
+            Ir,
+            0,
+            DataType::U64,
+            ByteOrder::Dcba,
+            Value::U64(1_000_000 + tick * 3),
+        );
+        bank.set_bits(Area::Coil, 0, &[state == 1]);
+    }
+}
+
+fn auto_order(n: u64) -> String {
+    format!("WO-2026-{n:04}")
 }
 
 /// Loads the demo config and points it at the simulator, the embedded broker and the data
@@ -250,7 +349,10 @@ fn demo_config(
 struct Seen {
     messages: u64,
     last: HashMap<String, String>,
+    /// The last telemetry topic.
     last_topic: Option<String>,
+    /// MES events received (`{root}/{machine}/_mes/...`, commands and answers left out).
+    mes_events: u64,
 }
 
 /// A subscriber on the embedded broker, to show that readings really arrive.
@@ -268,7 +370,13 @@ async fn watch_broker(port: u16, filter: String, seen: Arc<Mutex<Seen>>) {
                 s.messages += 1;
                 let text = String::from_utf8_lossy(&p.payload).into_owned();
                 s.last.insert(p.topic.clone(), text);
-                s.last_topic = Some(p.topic);
+                if p.topic.contains("/_mes/") {
+                    if !p.topic.contains("/_mes/cmd/") {
+                        s.mes_events += 1;
+                    }
+                } else if !p.topic.contains("/_") {
+                    s.last_topic = Some(p.topic);
+                }
             }
             Ok(_) => {}
             Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
@@ -284,8 +392,9 @@ async fn run_async(args: DemoArgs) -> anyhow::Result<()> {
     let sim = ModbusSim::start(SocketAddr::from((Ipv4Addr::LOCALHOST, modbus_port)))
         .await
         .context("cannot start the simulated PLC")?;
-    let _program = sim.spawn_program(Duration::from_millis(100), |bank: &mut Bank, tick| {
-        filler_program(tick, bank)
+    let mut filler = Filler::new();
+    let _program = sim.spawn_program(Duration::from_millis(100), move |bank: &mut Bank, tick| {
+        filler.step(tick, bank)
     });
 
     let (data_dir, temporary) = match &args.data_dir {
@@ -315,6 +424,18 @@ async fn run_async(args: DemoArgs) -> anyhow::Result<()> {
     println!("  MQTT broker     mqtt://127.0.0.1:{mqtt_port}  (embedded)");
     println!("  store           {}", data_dir.display());
     println!("  subscribe with  mosquitto_sub -h 127.0.0.1 -p {mqtt_port} -t '{root}/#' -v");
+    if let Some(m) = cfg.machines.first() {
+        println!(
+            "  MES events      mosquitto_sub -h 127.0.0.1 -p {mqtt_port} -t '{root}/{}/_mes/#' -v",
+            m.name
+        );
+        if m.dispatch.is_some() {
+            println!(
+                "  dispatch        mosquitto_pub -h 127.0.0.1 -p {mqtt_port} -t '{root}/{}/_mes/cmd/workorder/dispatch' -m '{{\"request_id\": \"1\", \"external_work_order_id\": \"WO-MES-1\", \"quantity\": 20}}'",
+                m.name
+            );
+        }
+    }
     println!("  check config    edge-agent check -c board-configs/demo.toml");
     println!("  Ctrl-C stops the demo");
     println!();
@@ -324,6 +445,7 @@ async fn run_async(args: DemoArgs) -> anyhow::Result<()> {
         "demo started"
     );
 
+    let machine = cfg.machines.first().map(|m| (root.clone(), m.name.clone()));
     let started = Instant::now();
     let limit = args.duration.map(Duration::from_secs);
     let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -332,7 +454,7 @@ async fn run_async(args: DemoArgs) -> anyhow::Result<()> {
             _ = tick.tick() => {}
             _ = tokio::signal::ctrl_c() => break,
         }
-        print_status(&running, &seen, started);
+        print_status(&running, &seen, started, &machine);
         if limit.is_some_and(|l| started.elapsed() >= l) {
             break;
         }
@@ -353,7 +475,35 @@ async fn run_async(args: DemoArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn print_status(running: &runtime::Running, seen: &Mutex<Seen>, started: Instant) {
+/// The MES view of the first machine for the status line: `filler running WO-2026-0001 good
+/// 35 scrap 0`, from the retained current state and work order.
+fn mes_status(s: &Seen, root: &str, machine: &str) -> String {
+    let json = |kind: &str| {
+        s.last
+            .get(&format!("{root}/{machine}/_mes/{kind}"))
+            .and_then(|p| serde_json::from_str::<serde_json::Value>(p).ok())
+    };
+    let state = json("state/current")
+        .and_then(|v| v["state"].as_str().map(str::to_owned))
+        .unwrap_or_else(|| "-".into());
+    let order = json("workorder/current")
+        .map(|v| match v["external_work_order_id"].as_str() {
+            Some(id) => format!(
+                "{id} good {} scrap {}",
+                v["good_quantity"], v["bad_quantity"]
+            ),
+            None => "no order".to_owned(),
+        })
+        .unwrap_or_else(|| "-".into());
+    format!("{machine} {state} {order}")
+}
+
+fn print_status(
+    running: &runtime::Running,
+    seen: &Mutex<Seen>,
+    started: Instant,
+    machine: &Option<(String, String)>,
+) {
     let snap = running.snapshot();
     let s = seen.lock().unwrap_or_else(|e| e.into_inner());
     let nb = snap.northbounds.first();
@@ -380,8 +530,16 @@ fn print_status(running: &runtime::Running, seen: &Mutex<Seen>, started: Instant
         .first()
         .map(|d| if d.connected { "up" } else { "DOWN" })
         .unwrap_or("-");
+    let mes = match machine {
+        Some((root, name)) => format!(
+            " | mes {} events: {}",
+            s.mes_events,
+            mes_status(&s, root, name)
+        ),
+        None => String::new(),
+    };
     print!(
-        "\r[{:>4}s] plc {} | stored {} samples | published {} acked {} | backlog {} | received {} | last {}   ",
+        "\r[{:>4}s] plc {} | stored {} samples | published {} acked {} | backlog {} | received {} | last {}{}   ",
         started.elapsed().as_secs(),
         plc,
         snap.store.committed_samples,
@@ -389,7 +547,83 @@ fn print_status(running: &runtime::Running, seen: &Mutex<Seen>, started: Instant
         nb.map_or(0, |n| n.acked),
         nb.map_or(0, |n| n.pending_records),
         s.messages,
-        last
+        last,
+        mes
     );
     let _ = std::io::stdout().flush();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn read(bank: &Bank, at: u16, dt: DataType, count: u16) -> Value {
+        decode_registers(
+            dt,
+            ByteOrder::Abcd,
+            None,
+            bank.registers(Area::HoldingRegister, at, count),
+        )
+        .expect("decodes")
+    }
+
+    fn run(filler: &mut Filler, bank: &mut Bank, ticks: std::ops::Range<u64>) {
+        for tick in ticks {
+            filler.step(tick, bank);
+        }
+    }
+
+    #[test]
+    fn the_filler_changes_over_then_counts_only_while_it_runs() {
+        let (mut filler, mut bank) = (Filler::new(), Bank::new());
+        run(&mut filler, &mut bank, 0..CHANGEOVER_TICKS);
+        assert_eq!(read(&bank, 20, DataType::U16, 1), Value::U16(2));
+        assert_eq!(read(&bank, 0, DataType::U32, 2), Value::U32(0));
+        run(&mut filler, &mut bank, CHANGEOVER_TICKS..200);
+        assert_eq!(read(&bank, 20, DataType::U16, 1), Value::U16(1));
+        assert!(bank.bit(Area::Coil, 0), "the running bit follows the state");
+        assert_eq!(read(&bank, 0, DataType::U32, 2), Value::U32(26));
+        assert_eq!(
+            read(&bank, 10, DataType::String(16), 8),
+            Value::String("WO-2026-0001".into())
+        );
+        run(&mut filler, &mut bank, 200..ORDER_TICKS + 1);
+        assert_eq!(
+            read(&bank, 10, DataType::String(16), 8),
+            Value::String("WO-2026-0002".into())
+        );
+    }
+
+    #[test]
+    fn a_dispatched_order_is_taken_run_to_its_target_and_followed_by_idle() {
+        let (mut filler, mut bank) = (Filler::new(), Bank::new());
+        run(&mut filler, &mut bank, 0..50);
+        let order = encode_registers(
+            DataType::String(16),
+            ByteOrder::Abcd,
+            &Value::String("WO-MES-1".into()),
+        )
+        .expect("encodes");
+        bank.set_registers(Area::HoldingRegister, 30, &order);
+        bank.set_registers(Area::HoldingRegister, 40, &[0, 5]);
+        bank.set_bits(Area::Coil, 1, &[true]);
+        filler.step(50, &mut bank);
+        assert!(!bank.bit(Area::Coil, 1), "the filler clears the handshake");
+        assert_eq!(
+            read(&bank, 10, DataType::String(16), 8),
+            Value::String("WO-MES-1".into())
+        );
+        assert_eq!(read(&bank, 20, DataType::U16, 1), Value::U16(2));
+        let before = filler.good;
+        // 20 ticks of changeover, then 5 parts at one per 7 ticks.
+        run(&mut filler, &mut bank, 51..120);
+        assert_eq!(filler.good - before, 5, "stops at the target");
+        assert_eq!(read(&bank, 20, DataType::U16, 1), Value::U16(4));
+        run(&mut filler, &mut bank, 120..230);
+        assert_eq!(
+            read(&bank, 10, DataType::String(16), 8),
+            Value::String("WO-2026-0002".into()),
+            "automatic orders resume after the idle time"
+        );
+    }
 }

@@ -3,6 +3,14 @@
 //! over an unbroken run of acknowledged records. A connection loss throws away the MQTT
 //! client's state and resends everything after the cursor from the store, so the broker losing
 //! its session (or the agent being killed) loses nothing; duplicates carry the same `seq`.
+//!
+//! With machines configured, the MES bridge derives events from each record as it is
+//! published; they travel in the record's window, and each cursor move stores the bridge's
+//! checkpoint with it, so a restart from the cursor derives the same events again (see
+//! `mes_bridge::rules`). The publisher also owns the command side of the connection: it
+//! subscribes to the command topics at every connect, hands incoming commands to the command
+//! task through a bounded queue without ever blocking the event loop, and publishes the
+//! answers on the same connection.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -11,19 +19,30 @@ use std::time::{Duration, Instant};
 
 use edge_config::{BrokerUrl, Northbound};
 use edge_store::{RecordId, Store};
-use mes_bridge::{Message, UnsEncoder};
+use mes_bridge::command::{
+    command_filters, request_id_of, Answer, MAX_COMMAND_BYTES, RESPONSE_LEVEL,
+};
+use mes_bridge::{MesBridge, Message, UnsEncoder};
 use rand::Rng;
 use rumqttc::{
-    AsyncClient, ConnectReturnCode, Event, EventLoop, Incoming, LastWill, MqttOptions, Outgoing,
-    QoS, TlsConfiguration, Transport,
+    AsyncClient, ConnectReturnCode, ConnectionError, Event, EventLoop, Incoming, LastWill,
+    MqttOptions, Outgoing, QoS, StateError, SubscribeFilter, TlsConfiguration, Transport,
 };
-use tokio::sync::watch;
+use tokio::sync::mpsc::error::TrySendError;
+use tokio::sync::{mpsc, watch};
 use tracing::{debug, error, info, warn};
+
+use crate::mes::CommandRequest;
 
 /// Records read from the store in one go when the window has room.
 const READ_CHUNK: usize = 64;
 /// A connection that stayed up this long resets the reconnect backoff.
 const STABLE_CONNECTION: Duration = Duration::from_secs(30);
+/// Answers to commands waiting for room in the MQTT client; beyond it the oldest is dropped
+/// (it is remembered by the command task: a retry with the same request id gets it again).
+const PENDING_ANSWERS: usize = 256;
+/// Incoming MQTT packets larger than this end the connection (rumqttc's limit).
+const MAX_INCOMING_PACKET: usize = 1 << 20;
 
 /// Live counters of one publisher, for status lines, health and metrics.
 #[derive(Debug, Default)]
@@ -42,6 +61,11 @@ pub struct PublisherStats {
     pub inflight: AtomicU64,
     /// Records fully acknowledged (the cursor moved over them).
     pub records_acked: AtomicU64,
+    /// MES event messages derived from records (again for records resent after a
+    /// reconnect); they are sent with the records' telemetry and counted in `published`.
+    pub mes_events: AtomicU64,
+    /// Messages received on the command topics.
+    pub commands: AtomicU64,
     pub last_error: Mutex<Option<String>>,
 }
 
@@ -72,13 +96,16 @@ struct InflightRecord {
     /// Messages not yet handed to the client, in order.
     unsent: VecDeque<Message>,
     unacked: usize,
+    /// The MES bridge's checkpoint after this record, when the record concerned a machine.
+    checkpoint: Option<Vec<u8>>,
 }
 
 /// What an `Outgoing::Publish` event stands for, in the order publishes were requested.
 #[derive(Debug, Clone, Copy)]
 enum Sent {
     Record(RecordId),
-    Status,
+    /// The gateway status, or the answer to a command: acknowledged, never resent.
+    Other,
 }
 
 /// The publisher of one northbound.
@@ -95,6 +122,18 @@ pub struct Publisher {
     start_next_id: RecordId,
     /// No connection attempt has failed yet: the broker has not been away since start.
     never_failed: bool,
+    /// The MES rules, when machines are configured.
+    mes: Option<MesBridge>,
+    /// Where incoming commands go, when commands are taken.
+    commands: Option<mpsc::Sender<CommandRequest>>,
+    /// Answers from the command task for this northbound.
+    answers_tx: Option<mpsc::Sender<Message>>,
+    answers_rx: Option<mpsc::Receiver<Message>>,
+    /// Answers not yet accepted by the MQTT client.
+    pending_answers: VecDeque<Message>,
+    /// The next connection starts a clean session: the broker kept sending a message this
+    /// client cannot read, and only a new session makes it drop it.
+    clean_next: bool,
 }
 
 impl Publisher {
@@ -109,7 +148,28 @@ impl Publisher {
             gateway,
             stats: Arc::new(PublisherStats::default()),
             sent_below: 0,
+            mes: None,
+            commands: None,
+            answers_tx: None,
+            answers_rx: None,
+            pending_answers: VecDeque::new(),
+            clean_next: false,
         }
+    }
+
+    /// Derives MES events from the published records with `bridge`.
+    pub fn with_mes(mut self, bridge: MesBridge) -> Self {
+        self.mes = Some(bridge);
+        self
+    }
+
+    /// Subscribes to the command topics and hands incoming commands to `commands`.
+    pub fn with_commands(mut self, commands: mpsc::Sender<CommandRequest>) -> Self {
+        let (tx, rx) = mpsc::channel(PENDING_ANSWERS);
+        self.commands = Some(commands);
+        self.answers_tx = Some(tx);
+        self.answers_rx = Some(rx);
+        self
     }
 
     pub fn stats(&self) -> Arc<PublisherStats> {
@@ -181,11 +241,11 @@ impl Publisher {
         let mut o = MqttOptions::new(&self.nb.client_id, &self.nb.url.host, self.nb.url.port);
         // A persistent session keeps our subscriptions across reconnects; our own outgoing
         // messages are resent from the store, not from the session.
-        o.set_clean_session(false);
+        o.set_clean_session(self.clean_next);
         o.set_keep_alive(self.nb.keep_alive);
         o.set_inflight(self.nb.max_inflight);
         o.set_request_channel_capacity(self.nb.max_inflight as usize + 16);
-        o.set_max_packet_size(1 << 20, 1 << 20);
+        o.set_max_packet_size(MAX_INCOMING_PACKET, 1 << 20);
         o.set_transport(transport);
         let offline = self.encoder.status_offline(&self.gateway.id);
         o.set_last_will(LastWill::new(
@@ -210,16 +270,62 @@ impl Publisher {
     ) -> SessionEnd {
         let (client, mut eventloop) =
             AsyncClient::new(self.options(transport), self.nb.max_inflight as usize + 16);
+        self.clean_next = false;
         eventloop
             .network_options
             .set_connection_timeout(self.nb.connect_timeout.as_secs().max(1));
-        let mut w = Window::new(self.store.cursor(&self.nb.name), self.sent_below);
+        let (cursor, checkpoint) = self.resume();
+        let mut w = Window::new(cursor, self.sent_below);
+        w.acked_checkpoint = checkpoint;
+        let mut answers = self.answers_rx.take();
         let end = self
-            .connection(&client, &mut eventloop, &mut w, shutdown, drain)
+            .connection(
+                &client,
+                &mut eventloop,
+                &mut w,
+                &mut answers,
+                shutdown,
+                drain,
+            )
             .await;
+        self.answers_rx = answers;
         // Whatever this connection was handed is a resend when sent again.
         self.sent_below = self.sent_below.max(w.handed_below);
         end
+    }
+
+    /// Where publishing resumes: the northbound's cursor, with the MES bridge restored to its
+    /// checkpoint at that cursor (and that checkpoint, to be stored again with the next
+    /// cursor move).
+    fn resume(&mut self) -> (RecordId, Option<Vec<u8>>) {
+        let name = self.nb.name.clone();
+        let Some(bridge) = self.mes.as_mut() else {
+            return (self.store.cursor(&name), None);
+        };
+        let (cursor, checkpoint) = match self.store.resume_point(&name) {
+            Ok(point) => point,
+            Err(e) => {
+                error!(northbound = %name, error = %e,
+                    "cannot read the MES checkpoint; counters start from their next readings");
+                bridge.reset();
+                return (self.store.cursor(&name), Some(bridge.checkpoint()));
+            }
+        };
+        match checkpoint {
+            None => bridge.reset(),
+            Some(cp) => {
+                if cp.at != cursor {
+                    warn!(northbound = %name, checkpoint_at = cp.at, cursor,
+                        "records after the MES checkpoint were evicted before they were published: their events are lost, counters catch up at their next readings");
+                }
+                if let Err(e) = bridge.restore(&cp.bytes) {
+                    error!(northbound = %name, error = %e,
+                        "cannot use the MES checkpoint; counters start from their next readings");
+                    bridge.reset();
+                }
+            }
+        }
+        (cursor, Some(bridge.checkpoint()))
     }
 
     async fn connection(
@@ -227,6 +333,7 @@ impl Publisher {
         client: &AsyncClient,
         eventloop: &mut EventLoop,
         w: &mut Window,
+        answers: &mut Option<mpsc::Receiver<Message>>,
         shutdown: &mut watch::Receiver<bool>,
         drain: Duration,
     ) -> SessionEnd {
@@ -240,6 +347,7 @@ impl Publisher {
                 if let Err(reason) = self.fill(client, w, replay_below) {
                     return SessionEnd::Lost(reason);
                 }
+                self.flush_answers(client, w);
             }
             tokio::select! {
                 biased;
@@ -269,9 +377,11 @@ impl Publisher {
                             backlog_records = backlog, "connected to broker");
                         let online = self.encoder.status_online(&self.gateway.id, &self.gateway.version, self.gateway.started_ms);
                         if client.try_publish(online.topic, QoS::AtLeastOnce, true, online.payload).is_ok() {
-                            w.sent.push_back(Sent::Status);
+                            w.sent.push_back(Sent::Other);
                         }
+                        self.subscribe_commands(client);
                     }
+                    Ok(Event::Incoming(Incoming::Publish(p))) => self.route_command(p),
                     Ok(Event::Outgoing(Outgoing::Publish(pkid))) => {
                         if let Some(Sent::Record(id)) = w.sent.pop_front() {
                             w.by_pkid.insert(pkid, id);
@@ -283,8 +393,22 @@ impl Publisher {
                         }
                     }
                     Ok(other) => debug!(northbound = %self.nb.name, event = ?other, "mqtt event"),
-                    Err(e) => return SessionEnd::Lost(e.to_string()),
+                    Err(e) => {
+                        if too_large(&e) && self.commands.is_some() {
+                            // With a persistent session the broker would send it again at
+                            // every reconnect.
+                            warn!(northbound = %self.nb.name, limit_bytes = MAX_INCOMING_PACKET,
+                                "the broker sent a message larger than the agent reads (a command over the size limit?); reconnecting with a clean session so that the broker drops it");
+                            self.clean_next = true;
+                        }
+                        return SessionEnd::Lost(e.to_string());
+                    }
                 },
+                answer = next_answer(answers) => {
+                    if let Some(answer) = answer {
+                        self.queue_answer(answer);
+                    }
+                }
                 changed = head.changed(), if connected && !w.is_full(self.nb.max_inflight) => {
                     if changed.is_err() {
                         // The store is gone: the agent is stopping.
@@ -349,12 +473,23 @@ impl Publisher {
             };
             let mut out = Vec::with_capacity(self.encoder.message_count(&batch));
             self.encoder.encode(&batch, id < replay_below, &mut out);
+            let mut checkpoint = None;
+            if let Some(bridge) = self.mes.as_mut() {
+                let telemetry = out.len();
+                if bridge.encode(&batch, id < replay_below, &mut out) {
+                    checkpoint = Some(bridge.checkpoint());
+                }
+                self.stats
+                    .mes_events
+                    .fetch_add((out.len() - telemetry) as u64, Ordering::Relaxed);
+            }
             // A record with nothing to say counts as delivered once those before it are.
             w.handed_below = id + 1;
             w.records.push_back(InflightRecord {
                 id,
                 unacked: out.len(),
                 unsent: out.into(),
+                checkpoint,
             });
             self.advance(w);
         }
@@ -376,7 +511,8 @@ impl Publisher {
         self.advance(w);
     }
 
-    /// Moves the cursor over the unbroken run of fully acknowledged records at the front.
+    /// Moves the cursor over the unbroken run of fully acknowledged records at the front, and
+    /// stores the MES checkpoint as of the new cursor with it.
     fn advance(&mut self, w: &mut Window) {
         let mut next = None;
         while let Some(front) = w.records.front() {
@@ -384,11 +520,21 @@ impl Publisher {
                 break;
             }
             next = Some(front.id + 1);
-            w.records.pop_front();
+            if let Some(done) = w.records.pop_front() {
+                if done.checkpoint.is_some() {
+                    w.acked_checkpoint = done.checkpoint;
+                }
+            }
             self.stats.records_acked.fetch_add(1, Ordering::Relaxed);
         }
         if let Some(next) = next {
-            if let Err(e) = self.store.ack(&self.nb.name, next) {
+            let result = match &w.acked_checkpoint {
+                Some(cp) if self.mes.is_some() => {
+                    self.store.ack_with_checkpoint(&self.nb.name, next, cp)
+                }
+                _ => self.store.ack(&self.nb.name, next),
+            };
+            if let Err(e) = result {
                 // The records stay and will be sent again after a restart: duplicates, not loss.
                 error!(northbound = %self.nb.name, error = %e, "cannot record the delivery cursor");
             }
@@ -422,7 +568,7 @@ impl Publisher {
                     )
                     .is_ok()
                 {
-                    w.sent.push_back(Sent::Status);
+                    w.sent.push_back(Sent::Other);
                 }
                 let _ = client.try_disconnect();
                 status_sent = true;
@@ -451,6 +597,113 @@ impl Publisher {
     }
 }
 
+impl Publisher {
+    /// Subscribes to the command topics (again at every connect: the broker may have lost
+    /// the session).
+    fn subscribe_commands(&self, client: &AsyncClient) {
+        if self.commands.is_none() {
+            return;
+        }
+        let filters = command_filters(&self.nb.topic_root)
+            .into_iter()
+            .map(|f| SubscribeFilter::new(f, QoS::AtLeastOnce));
+        if let Err(e) = client.try_subscribe_many(filters) {
+            warn!(northbound = %self.nb.name, error = %e,
+                "cannot subscribe to the command topics; commands are not taken until the next connect");
+        }
+    }
+
+    /// Hands a message from a command topic to the command task, never waiting: a full
+    /// queue is answered `failed` at once.
+    fn route_command(&mut self, p: rumqttc::Publish) {
+        let Some(commands) = &self.commands else {
+            return;
+        };
+        if p.topic.ends_with(RESPONSE_LEVEL) {
+            return;
+        }
+        self.stats.commands.fetch_add(1, Ordering::Relaxed);
+        let Some(reply) = self.answers_tx.clone() else {
+            return;
+        };
+        let len = p.payload.len();
+        let keep = len.min(MAX_COMMAND_BYTES + 1);
+        let request = CommandRequest {
+            root: self.nb.topic_root.clone(),
+            topic: p.topic,
+            payload: p.payload.get(..keep).unwrap_or_default().to_vec(),
+            len,
+            reply,
+        };
+        match commands.try_send(request) {
+            Ok(()) => {}
+            Err(TrySendError::Full(request)) => {
+                let id = request_id_of(&request.payload);
+                let answer = match &id {
+                    Some(id) => Answer::failed(
+                        id,
+                        "the gateway is busy with other commands; nothing was written, try again",
+                    ),
+                    None => Answer::rejected(
+                        None,
+                        "the gateway is busy with other commands; nothing was written",
+                    ),
+                };
+                warn!(northbound = %self.nb.name, topic = %request.topic, "command queue full; command refused");
+                self.queue_answer(answer.message(&request.topic));
+            }
+            Err(TrySendError::Closed(_)) => {}
+        }
+    }
+
+    fn queue_answer(&mut self, answer: Message) {
+        if self.pending_answers.len() >= PENDING_ANSWERS {
+            if let Some(dropped) = self.pending_answers.pop_front() {
+                warn!(northbound = %self.nb.name, topic = %dropped.topic,
+                    "too many command answers waiting for the broker; dropped the oldest");
+            }
+        }
+        self.pending_answers.push_back(answer);
+    }
+
+    /// Publishes waiting answers (QoS 1) while the MQTT client takes them.
+    fn flush_answers(&mut self, client: &AsyncClient, w: &mut Window) {
+        while let Some(answer) = self.pending_answers.front() {
+            if client
+                .try_publish(
+                    answer.topic.clone(),
+                    QoS::AtLeastOnce,
+                    false,
+                    answer.payload.clone(),
+                )
+                .is_err()
+            {
+                break;
+            }
+            w.sent.push_back(Sent::Other);
+            self.pending_answers.pop_front();
+        }
+    }
+}
+
+/// The next answer from the command task; never resolves without one.
+async fn next_answer(answers: &mut Option<mpsc::Receiver<Message>>) -> Option<Message> {
+    match answers {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The broker sent a packet over the incoming size limit.
+fn too_large(e: &ConnectionError) -> bool {
+    matches!(
+        e,
+        ConnectionError::MqttState(StateError::Deserialization(
+            rumqttc::mqttbytes::Error::PayloadSizeLimitExceeded(_)
+        ))
+    )
+}
+
 /// Resolves once `shutdown` turns true (or its sender is gone), holding no borrow after.
 async fn stopped(shutdown: &mut watch::Receiver<bool>) {
     let _ = shutdown.wait_for(|s| *s).await;
@@ -476,6 +729,8 @@ struct Window {
     resend_below: RecordId,
     /// Records below this were handed to this connection's client.
     handed_below: RecordId,
+    /// The MES checkpoint as of the acknowledged records (stored with each cursor move).
+    acked_checkpoint: Option<Vec<u8>>,
 }
 
 impl Window {
@@ -489,6 +744,7 @@ impl Window {
             next_to_read: cursor,
             resend_below,
             handed_below: cursor,
+            acked_checkpoint: None,
         }
     }
 

@@ -1,6 +1,7 @@
 //! Builds the running agent from a config: the store and its group-commit writer, one poller
-//! task per device, one publisher per northbound; and stops them in the order that loses
-//! nothing: pollers first, then the writer commits what it holds, then publishers drain.
+//! task per device, one publisher per northbound (with the MES rules of the configured
+//! machines), the command task; and stops them in the order that loses nothing: pollers
+//! first, then the writer commits what it holds, then publishers drain.
 
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
@@ -16,12 +17,13 @@ use edge_modbus::report::ReportRule;
 use edge_modbus::write::DeviceHandle;
 use edge_model::{Batch, DeviceId, TagName};
 use edge_store::{Store, StoreOptions};
-use mes_bridge::{Catalog, UnsEncoder};
+use mes_bridge::{Catalog, MesBridge, UnsEncoder};
 use serde::Serialize;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tracing::{error, info, warn};
 
+use crate::mes;
 use crate::publisher::{GatewayInfo, Publisher, PublisherStats};
 
 /// Batches waiting for the store writer; pollers wait when it is full (back-pressure from the
@@ -127,6 +129,8 @@ pub struct Running {
     writer: JoinHandle<Result<(), edge_store::StoreError>>,
     publisher_tasks: Vec<JoinHandle<()>>,
     status_task: JoinHandle<()>,
+    /// Carries out MES commands; ends once the publishers are gone.
+    command_task: JoinHandle<()>,
 }
 
 /// Opens the store and starts every task of the agent.
@@ -173,6 +177,11 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Running> {
         started_ms: edge_model::now_ms(),
     };
     let cat = catalog(cfg);
+    let machines = mes::machine_specs(cfg);
+    for m in &machines {
+        info!(machine = %m.name, device = %m.device, "machine configured: MES events on {{root}}/{}/_mes/...", m.name);
+    }
+    let (commands, command_task) = mes::spawn_commands(mes::command_catalog(cfg), handles.clone());
     let mut publishers = Vec::new();
     let mut publisher_tasks = Vec::new();
     for nb in &cfg.northbounds {
@@ -181,12 +190,18 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Running> {
             Batching::PerDevice => mes_bridge::Batching::PerDevice,
         };
         let encoder = UnsEncoder::new(&nb.topic_root, batching, &cat);
-        let p = Publisher::new(nb.clone(), store.clone(), encoder, gateway.clone());
+        let mut p = Publisher::new(nb.clone(), store.clone(), encoder, gateway.clone())
+            .with_commands(commands.clone());
+        if !machines.is_empty() {
+            p = p.with_mes(MesBridge::new(&nb.topic_root, machines.clone()));
+        }
         publishers.push((nb.name.clone(), p.stats()));
         publisher_tasks.push(tokio::spawn(
             p.run(publish_rx.clone(), Duration::from_secs(5)),
         ));
     }
+
+    drop(commands);
 
     let status_task = tokio::spawn(write_status_loop(
         status_path(cfg),
@@ -206,6 +221,7 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Running> {
         writer,
         publisher_tasks,
         status_task,
+        command_task,
     })
 }
 
@@ -224,6 +240,15 @@ impl Running {
         let _ = self.publish_stop.send(true);
         for p in self.publisher_tasks {
             let _ = p.await;
+        }
+        // With the publishers gone no command can arrive; one being carried out finishes
+        // within its write limit.
+        let mut command_task = self.command_task;
+        if tokio::time::timeout(mes::WRITE_LIMIT * 2, &mut command_task)
+            .await
+            .is_err()
+        {
+            command_task.abort();
         }
         self.status_task.abort();
         if let Err(e) = self.store.flush().await {

@@ -8,6 +8,7 @@ mod broker_url;
 mod device;
 mod error;
 mod gateway;
+mod machine;
 mod names;
 mod northbound;
 mod reader;
@@ -21,6 +22,8 @@ pub use broker_url::{BrokerUrl, BrokerUrlError};
 pub use device::{Device, Protocol, Tag};
 pub use error::{ConfigError, ConfigErrors};
 pub use gateway::{Gateway, StoreSettings, UnsPath};
+pub use machine::{Dispatch, DispatchParameter, Machine, StateEntry};
+pub use mes_bridge::MachineState;
 pub use northbound::{Batching, Credentials, Format, Northbound, TlsFiles};
 pub use secret::{Secret, SecretSource, SystemSecrets};
 
@@ -40,6 +43,8 @@ pub struct Config {
     pub northbounds: Vec<Northbound>,
     /// `[[device]]`, at least one, in file order.
     pub devices: Vec<Device>,
+    /// `[[machine]]`, any number, in file order.
+    pub machines: Vec<Machine>,
 }
 
 /// Reads a board config from `src`. `file` names it in errors, and relative paths in it are
@@ -59,16 +64,20 @@ pub fn parse(src: &str, file: &Path, secrets: &dyn SecretSource) -> Result<Confi
     let northbounds =
         northbound::read_northbounds(&mut cx, &mut root, gateway.as_ref(), base_dir, secrets);
     let devices = device::read_devices(&mut cx, &mut root);
+    let machines = machine::read_machines(&mut cx, &mut root, devices.as_deref());
     root.finish(&mut cx);
 
-    match (gateway, store, northbounds, devices) {
-        (Some(gateway), Some(store), Some(northbounds), Some(devices)) if !cx.has_errors() => {
+    match (gateway, store, northbounds, devices, machines) {
+        (Some(gateway), Some(store), Some(northbounds), Some(devices), Some(machines))
+            if !cx.has_errors() =>
+        {
             Ok(Config {
                 source: file.to_path_buf(),
                 gateway,
                 store,
                 northbounds,
                 devices,
+                machines,
             })
         }
         _ => {

@@ -271,7 +271,17 @@ impl<'t, 'i> TableReader<'t, 'i> {
         cx: &mut Diagnostics<'_>,
         key: &'static str,
     ) -> Val<TableReader<'t, 'i>> {
-        let name = format!("[{key}]");
+        self.table_named(cx, key, &format!("[{key}]"))
+    }
+
+    /// A sub-table named `name` in messages, as in `[machine.dispatch]`.
+    pub fn table_named(
+        &mut self,
+        cx: &mut Diagnostics<'_>,
+        key: &'static str,
+        name: &str,
+    ) -> Val<TableReader<'t, 'i>> {
+        let name = name.to_owned();
         let Some(node) = self.take(key) else {
             return Val::Absent;
         };

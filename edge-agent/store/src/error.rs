@@ -42,4 +42,13 @@ pub enum StoreError {
 
     #[error("unknown northbound `{name}`: the store was opened for {known:?}")]
     UnknownNorthbound { name: String, known: Vec<String> },
+
+    /// A checkpoint describes the state after exactly the records below its cursor, so it is
+    /// never stored with a cursor limited to what is on disk.
+    #[error("northbound `{northbound}` acknowledged up to record {next}, beyond the last stored record {next_id}; nothing was recorded")]
+    BeyondStored {
+        northbound: String,
+        next: u64,
+        next_id: u64,
+    },
 }

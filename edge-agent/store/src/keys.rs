@@ -12,6 +12,9 @@ pub(crate) const SEQ: u8 = 0x02;
 pub(crate) const CURSOR: u8 = 0x03;
 /// `[COUNTER] ++ counter name` → a lifetime counter (u64 BE).
 pub(crate) const COUNTER: u8 = 0x04;
+/// `[CHECKPOINT] ++ northbound name` → the cursor it was taken at (u64 BE) followed by the
+/// northbound's opaque checkpoint (its publisher's derived state as of that cursor).
+pub(crate) const CHECKPOINT: u8 = 0x05;
 
 pub(crate) const DROPPED_RECORDS: &str = "dropped_records";
 pub(crate) const DROPPED_SAMPLES: &str = "dropped_samples";
@@ -52,6 +55,20 @@ pub(crate) fn u64_value(v: &[u8]) -> Option<u64> {
     Some(u64::from_be_bytes(v.try_into().ok()?))
 }
 
+/// The stored form of a checkpoint taken at cursor `at`.
+pub(crate) fn checkpoint_value(at: RecordId, checkpoint: &[u8]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(8 + checkpoint.len());
+    v.extend_from_slice(&at.to_be_bytes());
+    v.extend_from_slice(checkpoint);
+    v
+}
+
+/// The cursor and the bytes of a stored checkpoint; `None` when it is too short to hold one.
+pub(crate) fn split_checkpoint(v: &[u8]) -> Option<(RecordId, &[u8])> {
+    let (at, rest) = v.split_first_chunk::<8>()?;
+    Some((RecordId::from_be_bytes(*at), rest))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -89,6 +106,17 @@ mod tests {
         assert_eq!(record_id(&[RECORD; 10]), None);
         assert_eq!(record_id(&named_key(SEQ, "plc1")), None);
         assert_eq!(record_id(&[]), None);
+    }
+
+    #[test]
+    fn a_checkpoint_value_gives_back_its_cursor_and_bytes() {
+        let v = checkpoint_value(42, b"state");
+        assert_eq!(split_checkpoint(&v), Some((42, &b"state"[..])));
+        assert_eq!(
+            split_checkpoint(&checkpoint_value(7, b"")),
+            Some((7, &b""[..]))
+        );
+        assert_eq!(split_checkpoint(&[1, 2, 3]), None);
     }
 
     #[test]

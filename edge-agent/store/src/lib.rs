@@ -14,5 +14,7 @@ mod store;
 mod writer;
 
 pub use error::StoreError;
-pub use store::{NorthboundStats, RecordId, Recovery, Store, StoreOptions, StoreStats, FIRST_SEQ};
+pub use store::{
+    Checkpoint, NorthboundStats, RecordId, Recovery, Store, StoreOptions, StoreStats, FIRST_SEQ,
+};
 pub use writer::{spawn_writer, MAX_GROUP_SAMPLES};

@@ -2,7 +2,7 @@
 //! cursor, forgets them once every northbound has acknowledged them, and evicts the oldest
 //! (counted and logged) when the disk quota is exceeded.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
@@ -16,7 +16,7 @@ use tracing::{debug, error, info, warn};
 use crate::error::StoreError;
 use crate::evictions::{EvictionLog, Evictions};
 use crate::index::{RecordIndex, RecordMeta};
-use crate::keys::{self, COUNTER, CURSOR, SEQ};
+use crate::keys::{self, CHECKPOINT, COUNTER, CURSOR, SEQ};
 use crate::quota::{BudgetChange, QuotaPolicy};
 
 /// The position of a record in the store: assigned in commit order, never reused.
@@ -102,6 +102,17 @@ pub struct NorthboundStats {
     pub oldest_pending_read_ts_ms: Option<u64>,
 }
 
+/// What a northbound's publisher derived from the records below `at` (for the MES bridge:
+/// last counter readings, current order and state), stored with its cursor so that a restart
+/// from the cursor continues from exactly that state. The bytes are the publisher's own.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Checkpoint {
+    /// The cursor the checkpoint was taken at. Differs from the northbound's cursor only when
+    /// eviction moved the cursor past records nobody derived anything from.
+    pub at: RecordId,
+    pub bytes: Vec<u8>,
+}
+
 /// The durable, ordered sample store. Cheap to clone; every clone is the same store.
 ///
 /// Records get ids in commit order, never reused (not even after every record was
@@ -141,6 +152,9 @@ struct State {
     /// The next seq of each device.
     seqs: HashMap<DeviceId, u64>,
     cursors: BTreeMap<String, RecordId>,
+    /// Northbounds with a stored checkpoint (which then describes their cursor, unless
+    /// eviction moved the cursor since).
+    checkpointed: BTreeSet<String>,
     counters: Counters,
     committed_samples: u64,
     committed_bytes: u64,
@@ -176,6 +190,8 @@ struct Loaded {
     index: RecordIndex,
     seqs: HashMap<DeviceId, u64>,
     cursors: BTreeMap<String, RecordId>,
+    /// Northbounds with a stored checkpoint.
+    checkpoints: Vec<String>,
     counters: Counters,
     corrupt_removed: u64,
 }
@@ -240,6 +256,7 @@ impl Store {
             mut index,
             seqs,
             cursors: stored_cursors,
+            checkpoints,
             mut counters,
             corrupt_removed,
         } = loaded;
@@ -265,6 +282,14 @@ impl Store {
                     pending_records = index.span_from(*cursor).records,
                     "removing the cursor of a northbound that is no longer configured; its undelivered records are no longer kept for it");
                 writes.remove(keys::named_key(CURSOR, name));
+            }
+        }
+        let mut checkpointed = BTreeSet::new();
+        for name in checkpoints {
+            if northbounds.contains(&name) {
+                checkpointed.insert(name);
+            } else {
+                writes.remove(keys::named_key(CHECKPOINT, &name));
             }
         }
         for name in northbounds {
@@ -323,6 +348,7 @@ impl Store {
             index,
             seqs,
             cursors,
+            checkpointed,
             counters,
             committed_samples: 0,
             committed_bytes: 0,
@@ -527,10 +553,73 @@ impl Store {
     /// Records every northbound has acknowledged are removed in the same write. Not flushed:
     /// sled writes it within half a second, and a lost update only means duplicates.
     pub fn ack(&self, northbound: &str, next: RecordId) -> Result<(), StoreError> {
+        self.ack_inner(northbound, next, None)
+    }
+
+    /// [`Store::ack`], storing `checkpoint` (the northbound's derived state as of the records
+    /// below `next`) in the same atomic write, so that the cursor and the checkpoint are
+    /// always found together, after a crash too. An acknowledgement that does not move the
+    /// cursor stores nothing (its checkpoint is not newer than the stored one); one beyond the
+    /// last stored record is [`StoreError::BeyondStored`] and stores nothing either. A plain
+    /// [`Store::ack`] that moves the cursor removes the checkpoint, which would no longer
+    /// describe the cursor.
+    pub fn ack_with_checkpoint(
+        &self,
+        northbound: &str,
+        next: RecordId,
+        checkpoint: &[u8],
+    ) -> Result<(), StoreError> {
+        self.ack_inner(northbound, next, Some(checkpoint))
+    }
+
+    /// The cursor of `northbound` and its stored checkpoint, read together: where a publisher
+    /// resumes after a restart or a lost connection.
+    pub fn resume_point(
+        &self,
+        northbound: &str,
+    ) -> Result<(RecordId, Option<Checkpoint>), StoreError> {
+        let st = self.state();
+        self.check_northbound(&st, northbound)?;
+        let cursor = st.cursors.get(northbound).copied().unwrap_or(0);
+        let stored = self
+            .inner
+            .db
+            .get(keys::named_key(CHECKPOINT, northbound))
+            .map_err(|e| self.sled_err("read a checkpoint", e))?;
+        let checkpoint = match stored {
+            None => None,
+            Some(v) => match keys::split_checkpoint(&v) {
+                Some((at, bytes)) => Some(Checkpoint {
+                    at,
+                    bytes: bytes.to_vec(),
+                }),
+                None => {
+                    warn!(store = %self.inner.dir.display(), northbound,
+                        "ignoring an unreadable checkpoint; derived state starts afresh");
+                    None
+                }
+            },
+        };
+        Ok((cursor, checkpoint))
+    }
+
+    fn ack_inner(
+        &self,
+        northbound: &str,
+        next: RecordId,
+        checkpoint: Option<&[u8]>,
+    ) -> Result<(), StoreError> {
         let mut st = self.state();
         self.check_northbound(&st, northbound)?;
         let current = st.cursors.get(northbound).copied().unwrap_or(0);
         let next = if next > st.next_durable {
+            if checkpoint.is_some() {
+                return Err(StoreError::BeyondStored {
+                    northbound: northbound.to_owned(),
+                    next,
+                    next_id: st.next_durable,
+                });
+            }
             warn!(store = %self.inner.dir.display(), northbound, next, next_id = st.next_durable,
                 "acknowledgement beyond the last stored record; limited to it");
             st.next_durable
@@ -548,6 +637,21 @@ impl Store {
             .unwrap_or(next);
         let mut writes = sled::Batch::default();
         writes.insert(keys::named_key(CURSOR, northbound), &next.to_be_bytes());
+        let checkpointed = match checkpoint {
+            Some(checkpoint) => {
+                writes.insert(
+                    keys::named_key(CHECKPOINT, northbound),
+                    keys::checkpoint_value(next, checkpoint),
+                );
+                true
+            }
+            None => {
+                if st.checkpointed.contains(northbound) {
+                    writes.remove(keys::named_key(CHECKPOINT, northbound));
+                }
+                false
+            }
+        };
         for id in st.index.ids_below(min) {
             writes.remove(&keys::record_key(id));
         }
@@ -556,6 +660,11 @@ impl Store {
             .apply_batch(writes)
             .map_err(|e| self.sled_err("record an acknowledgement", e))?;
         st.cursors.insert(northbound.to_owned(), next);
+        if checkpointed {
+            st.checkpointed.insert(northbound.to_owned());
+        } else {
+            st.checkpointed.remove(northbound);
+        }
         st.index.remove_below(min);
         Ok(())
     }
@@ -1022,6 +1131,12 @@ fn load(db: &sled::Db, dir: &Path) -> Result<Loaded, sled::Error> {
                         "ignoring an unreadable seq, cursor or counter entry (a missing cursor means duplicates, not loss)"),
                 }
             }
+            CHECKPOINT => match keys::key_name(CHECKPOINT, &key) {
+                Some(nb) => loaded.checkpoints.push(nb.to_owned()),
+                None => {
+                    warn!(store = %dir.display(), key = ?key.as_ref(), "ignoring a checkpoint with an unreadable name")
+                }
+            },
             _ => debug!(store = %dir.display(), key = ?key.as_ref(), "ignoring an unknown key"),
         }
     }

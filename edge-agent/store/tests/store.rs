@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use edge_model::{Batch, DeviceId, Sample, TagName, Value};
-use edge_store::{spawn_writer, RecordId, Store, StoreError, StoreOptions, FIRST_SEQ};
+use edge_store::{spawn_writer, Checkpoint, RecordId, Store, StoreError, StoreOptions, FIRST_SEQ};
 
 fn names(list: &[&str]) -> Vec<String> {
     list.iter().map(|s| (*s).to_owned()).collect()
@@ -184,6 +184,107 @@ async fn ack_never_moves_a_cursor_backwards_nor_past_the_last_record() {
         store.ack("nobody", 1),
         Err(StoreError::UnknownNorthbound { .. })
     ));
+}
+
+async fn committed(dir: &Path, northbounds: &[&str], records: usize) -> Store {
+    let store = open(dir, northbounds);
+    for _ in 0..records {
+        store
+            .commit(vec![batch("plc", 1, 0)])
+            .await
+            .expect("commit");
+    }
+    store
+}
+
+#[tokio::test]
+async fn a_checkpoint_is_stored_with_its_cursor_and_found_together_after_reopen() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let store = committed(dir.path(), &["mes"], 5).await;
+        assert_eq!(store.resume_point("mes").expect("resume"), (0, None));
+        store
+            .ack_with_checkpoint("mes", 3, b"after 0..3")
+            .expect("ack");
+        let (cursor, cp) = store.resume_point("mes").expect("resume");
+        assert_eq!(cursor, 3);
+        assert_eq!(
+            cp,
+            Some(Checkpoint {
+                at: 3,
+                bytes: b"after 0..3".to_vec()
+            })
+        );
+        store.flush().await.expect("flush");
+    }
+    let store = open(dir.path(), &["mes"]);
+    let (cursor, cp) = store.resume_point("mes").expect("resume");
+    assert_eq!(
+        (cursor, cp.map(|c| (c.at, c.bytes))),
+        (3, Some((3, b"after 0..3".to_vec())))
+    );
+    assert!(matches!(
+        store.resume_point("nobody"),
+        Err(StoreError::UnknownNorthbound { .. })
+    ));
+}
+
+#[tokio::test]
+async fn an_acknowledgement_that_does_not_move_the_cursor_keeps_the_newer_checkpoint() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = committed(dir.path(), &["mes"], 5).await;
+    store.ack_with_checkpoint("mes", 4, b"four").expect("ack");
+    store
+        .ack_with_checkpoint("mes", 2, b"two")
+        .expect("stale ack");
+    store
+        .ack_with_checkpoint("mes", 4, b"four again")
+        .expect("same ack");
+    let (_, cp) = store.resume_point("mes").expect("resume");
+    assert_eq!(cp.map(|c| c.bytes), Some(b"four".to_vec()));
+    // A plain acknowledgement that moves the cursor drops the checkpoint: it no longer
+    // describes the cursor (the northbound stopped deriving state).
+    store.ack("mes", 5).expect("ack");
+    assert_eq!(store.resume_point("mes").expect("resume"), (5, None));
+    drop(store);
+    let store = open(dir.path(), &["mes"]);
+    assert_eq!(store.resume_point("mes").expect("resume"), (5, None));
+}
+
+#[tokio::test]
+async fn a_checkpoint_beyond_the_stored_records_is_refused_and_records_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = committed(dir.path(), &["mes"], 3).await;
+    assert!(matches!(
+        store.ack_with_checkpoint("mes", 10, b"ahead"),
+        Err(StoreError::BeyondStored {
+            next: 10,
+            next_id: 3,
+            ..
+        })
+    ));
+    assert_eq!(store.resume_point("mes").expect("resume"), (0, None));
+}
+
+#[tokio::test]
+async fn a_removed_northbound_takes_its_checkpoint_with_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let store = committed(dir.path(), &["mes", "old"], 3).await;
+        store
+            .ack_with_checkpoint("old", 2, b"old state")
+            .expect("ack");
+        store
+            .ack_with_checkpoint("mes", 1, b"mes state")
+            .expect("ack");
+        store.flush().await.expect("flush");
+    }
+    drop(open(dir.path(), &["mes"]));
+    let store = open(dir.path(), &["mes", "old"]);
+    let (_, old) = store.resume_point("old").expect("resume");
+    assert_eq!(old, None, "a northbound added again starts afresh");
+    let (_, mes) = store.resume_point("mes").expect("resume");
+    assert_eq!(mes.map(|c| c.bytes), Some(b"mes state".to_vec()));
 }
 
 #[tokio::test]
@@ -408,6 +509,35 @@ async fn over_the_quota_the_oldest_records_are_dropped_counted_and_the_newest_ke
         (again.dropped_records, again.dropped_samples),
         (stats.dropped_records, stats.dropped_samples),
         "the counters are persisted"
+    );
+}
+
+#[tokio::test]
+async fn eviction_moves_the_cursor_but_the_checkpoint_keeps_saying_where_it_was_taken() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let opts = StoreOptions {
+        max_disk_bytes: 2 << 20,
+        cache_capacity_bytes: 4 << 20,
+    };
+    let (store, _) = Store::open(dir.path(), opts, &names(&["mes"])).expect("open");
+    store
+        .commit((0..16).map(kib_batch).collect())
+        .await
+        .expect("commit");
+    store.ack_with_checkpoint("mes", 1, b"early").expect("ack");
+    for c in 1..400 {
+        let group = (0..16).map(|i| kib_batch(c * 16 + i)).collect();
+        store.commit(group).await.expect("commit");
+    }
+    assert!(store.stats().dropped_records > 0);
+    let (cursor, cp) = store.resume_point("mes").expect("resume");
+    assert!(cursor > 1, "the cursor moved past the evicted records");
+    assert_eq!(
+        cp,
+        Some(Checkpoint {
+            at: 1,
+            bytes: b"early".to_vec()
+        })
     );
 }
 

@@ -1,0 +1,304 @@
+//! The MES tier of the running agent: the bridge's machine rules and the command catalog
+//! built from the config, and the task that carries out commands from the MES (SPEC §5).
+//!
+//! Commands arrive from each northbound's publisher (which owns the MQTT connection) through
+//! a bounded queue and are carried out one at a time: the envelope and the writes are
+//! validated by `mes_bridge::command` and by the device's own write checks before the first
+//! write, the writes go through the device tasks' write path in order, and the answer goes
+//! back to the publisher that received the command. Answers are remembered by request id, so
+//! a duplicate is answered again without writing twice.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use edge_config::Config;
+use edge_modbus::write::{prepare_write, DeviceHandle, WriteError};
+use edge_model::{DeviceId, TagName};
+use mes_bridge::command::{
+    Answer, AnswerCache, CommandCatalog, DispatchParameter, DispatchSpec, Parsed, PlannedWrite,
+    Status, TagInfo,
+};
+use mes_bridge::{CounterSpec, CounterWidth, MachineSpec, Message, StateMapping, StateSpec};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tracing::{debug, info, warn};
+
+/// Commands waiting to be carried out, over all northbounds; beyond it a command is answered
+/// `failed` at once.
+pub const COMMAND_QUEUE: usize = 64;
+/// How long one PLC write may take, queueing behind the device's current scan included.
+pub const WRITE_LIMIT: Duration = Duration::from_secs(5);
+/// How many answers are remembered for duplicate request ids.
+pub const ANSWERS_KEPT: usize = 1024;
+
+/// One message received on a command topic.
+#[derive(Debug)]
+pub struct CommandRequest {
+    /// The topic root of the northbound it arrived on.
+    pub root: String,
+    pub topic: String,
+    /// The payload, cut after `MAX_COMMAND_BYTES + 1` bytes (more is never read).
+    pub payload: Vec<u8>,
+    /// The payload's full length.
+    pub len: usize,
+    /// Where the answer goes: the publisher of the northbound it arrived on.
+    pub reply: mpsc::Sender<Message>,
+}
+
+/// The bridge's view of the configured machines.
+pub fn machine_specs(cfg: &Config) -> Vec<MachineSpec> {
+    cfg.machines
+        .iter()
+        .filter_map(|m| {
+            // The config checked that the device and its tags exist.
+            let device = cfg.devices.iter().find(|d| d.name == m.device)?;
+            let counter = |tag: &Option<String>| {
+                let name = tag.as_ref()?;
+                let t = device.tags.iter().find(|t| t.name == *name)?;
+                Some(CounterSpec {
+                    tag: TagName(name.clone()),
+                    width: CounterWidth::of(t.data_type)?,
+                    max_step: m.max_count_step,
+                })
+            };
+            Some(MachineSpec {
+                name: m.name.clone(),
+                device: DeviceId(m.device.clone()),
+                work_order: m.work_order_tag.clone().map(TagName),
+                product: m.product_tag.clone().map(TagName),
+                good: counter(&m.good_count_tag),
+                scrap: counter(&m.scrap_count_tag),
+                state: m.state_tag.as_ref().map(|tag| StateSpec {
+                    tag: TagName(tag.clone()),
+                    map: m
+                        .states
+                        .iter()
+                        .map(|s| StateMapping {
+                            value: s.value,
+                            state: s.state,
+                            reason_code: s.reason_code,
+                            reason: s.reason.clone(),
+                        })
+                        .collect(),
+                }),
+            })
+        })
+        .collect()
+}
+
+/// Every tag commands may name, and every machine with its dispatch targets.
+pub fn command_catalog(cfg: &Config) -> CommandCatalog {
+    let mut catalog = CommandCatalog::new();
+    for d in &cfg.devices {
+        for t in &d.tags {
+            catalog.add_tag(
+                &d.name,
+                &t.name,
+                TagInfo {
+                    data_type: t.data_type,
+                    writable: t.writable && t.address.area.is_writable(),
+                    scale: t.scale,
+                    offset: t.offset,
+                },
+            );
+        }
+    }
+    for m in &cfg.machines {
+        catalog.add_machine(
+            &m.name,
+            m.dispatch.as_ref().map(|d| DispatchSpec {
+                device: m.device.clone(),
+                work_order_tag: d.work_order_tag.clone(),
+                product_tag: d.product_tag.clone(),
+                quantity_tag: d.quantity_tag.clone(),
+                parameters: d
+                    .parameters
+                    .iter()
+                    .map(|p| DispatchParameter {
+                        name: p.name.clone(),
+                        tag: p.tag.clone(),
+                        required: p.required,
+                    })
+                    .collect(),
+                handshake_tag: d.handshake_tag.clone(),
+            }),
+        );
+    }
+    catalog
+}
+
+/// Starts the command task. It ends when every sender is gone (the publishers stopped).
+pub fn spawn_commands(
+    catalog: CommandCatalog,
+    handles: Vec<DeviceHandle>,
+) -> (mpsc::Sender<CommandRequest>, JoinHandle<()>) {
+    let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
+    let executor = Executor {
+        catalog,
+        handles: handles.into_iter().map(|h| (h.name.clone(), h)).collect(),
+        answers: AnswerCache::new(ANSWERS_KEPT),
+        limit: WRITE_LIMIT,
+    };
+    (tx, tokio::spawn(executor.run(rx)))
+}
+
+/// Carries out commands one at a time.
+#[derive(Debug)]
+pub struct Executor {
+    catalog: CommandCatalog,
+    handles: HashMap<String, DeviceHandle>,
+    answers: AnswerCache,
+    limit: Duration,
+}
+
+impl Executor {
+    async fn run(mut self, mut rx: mpsc::Receiver<CommandRequest>) {
+        while let Some(req) = rx.recv().await {
+            let Some(answer) = self
+                .handle(&req.root, &req.topic, &req.payload, req.len)
+                .await
+            else {
+                continue;
+            };
+            if let Err(e) = req.reply.try_send(answer) {
+                // The answer is remembered: a retry with the same request id gets it.
+                warn!(topic = %req.topic, error = %e, "cannot hand a command's answer to its publisher");
+            }
+        }
+        debug!("command task stopped");
+    }
+
+    /// The answer to one message on a command topic; `None` for messages that are no command.
+    pub async fn handle(
+        &mut self,
+        root: &str,
+        topic: &str,
+        payload: &[u8],
+        len: usize,
+    ) -> Option<Message> {
+        let request = match self.catalog.parse(root, topic, payload, len) {
+            Parsed::Ignore => return None,
+            Parsed::Invalid(answer) => {
+                warn!(
+                    topic,
+                    error = answer.error.as_deref().unwrap_or(""),
+                    "command rejected"
+                );
+                return Some(answer.message(topic));
+            }
+            Parsed::Request(r) => r,
+        };
+        let key = request.key();
+        if let Some(answer) = self.answers.get(&key) {
+            info!(topic, request_id = %request.request_id, status = ?answer.status,
+                "duplicate command answered again without writing");
+            return Some(answer.message(topic));
+        }
+        let answer = match self.catalog.plan(&request) {
+            Err(why) => Answer::rejected(Some(&request.request_id), why),
+            Ok(writes) => self.carry_out(&request.request_id, &writes).await,
+        };
+        match answer.status {
+            Status::Ok => info!(topic, request_id = %request.request_id, "command carried out"),
+            _ => warn!(topic, request_id = %request.request_id, status = ?answer.status,
+                error = answer.error.as_deref().unwrap_or(""), "command not carried out"),
+        }
+        let message = answer.message(topic);
+        self.answers.insert(key, answer);
+        Some(message)
+    }
+
+    /// Checks every write with the device's own write checks, then makes them in order,
+    /// stopping at the first failure.
+    async fn carry_out(&self, request_id: &str, writes: &[PlannedWrite]) -> Answer {
+        let mut checked = Vec::with_capacity(writes.len());
+        for w in writes {
+            let Some(handle) = self.handles.get(&w.device) else {
+                return Answer::rejected(
+                    Some(request_id),
+                    format!("unknown device `{}`", w.device),
+                );
+            };
+            let Some(spec) = handle.tag(&w.tag) else {
+                return Answer::rejected(
+                    Some(request_id),
+                    format!("unknown tag `{}` on device `{}`", w.tag, w.device),
+                );
+            };
+            if let Err(e) = prepare_write(spec, &w.value) {
+                return Answer::rejected(Some(request_id), e.to_string());
+            }
+            checked.push((handle, w));
+        }
+        let mut done: Vec<&str> = Vec::new();
+        for (handle, w) in checked {
+            match handle.write(&w.tag, &w.value, self.limit).await {
+                Ok(()) => done.push(&w.tag),
+                Err(e) => return failure(request_id, &w.device, &w.tag, &done, writes.len(), &e),
+            }
+        }
+        Answer::ok(request_id)
+    }
+}
+
+fn failure(
+    request_id: &str,
+    device: &str,
+    tag: &str,
+    done: &[&str],
+    total: usize,
+    e: &WriteError,
+) -> Answer {
+    if done.is_empty() {
+        let text = format!("device `{device}`, tag `{tag}`: {e}");
+        return if e.is_rejection() {
+            Answer::rejected(Some(request_id), text)
+        } else {
+            Answer::failed(request_id, text)
+        };
+    }
+    Answer::failed(
+        request_id,
+        format!(
+            "wrote {} of {total} tags ({}) before tag `{tag}` of device `{device}` failed: {e}; the rest was not written",
+            done.len(),
+            done.join(", ")
+        ),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failure_before_any_write_says_so_and_a_partial_one_lists_what_was_written() {
+        let a = failure("r", "filler", "next_order", &[], 3, &WriteError::Offline);
+        assert_eq!(a.status, Status::Failed);
+        assert_eq!(
+            a.error.as_deref(),
+            Some("device `filler`, tag `next_order`: the device is not connected; the write was not queued")
+        );
+        let a = failure(
+            "r",
+            "filler",
+            "new_order",
+            &["next_order", "target"],
+            3,
+            &WriteError::Timeout(Duration::from_secs(5)),
+        );
+        assert_eq!(a.status, Status::Failed);
+        assert!(a.error.as_deref().is_some_and(
+            |e| e.starts_with("wrote 2 of 3 tags (next_order, target) before tag `new_order`")
+        ));
+        let a = failure(
+            "r",
+            "filler",
+            "t",
+            &[],
+            1,
+            &WriteError::NotWritable("t".into()),
+        );
+        assert_eq!(a.status, Status::Rejected);
+    }
+}
