@@ -218,11 +218,11 @@ impl Filler {
             1
         };
         if state == 1 {
-            if tick % 7 == 0 {
+            if tick.is_multiple_of(7) {
                 self.good = self.good.wrapping_add(1);
                 self.made += 1;
             }
-            if tick % 97 == 0 {
+            if tick.is_multiple_of(97) {
                 self.scrap = self.scrap.wrapping_add(1);
             }
             if self.target > 0 && self.made >= self.target {

@@ -357,7 +357,7 @@ fn start_line(plc: &ModbusSim) -> (Line, tokio::task::JoinHandle<()>) {
             ticks += 1;
             g = g.wrapping_add(1);
             good.fetch_add(1, Ordering::SeqCst);
-            if ticks % 7 == 0 {
+            if ticks.is_multiple_of(7) {
                 s = s.wrapping_add(1);
                 scrap.fetch_add(1, Ordering::SeqCst);
             }
