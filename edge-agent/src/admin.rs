@@ -679,3 +679,132 @@ async fn write_response(
     stream.write_all(out.as_bytes()).await?;
     stream.shutdown().await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn input() -> MetricsInput {
+        MetricsInput {
+            version: "0.1.0",
+            devices: vec![DeviceMetrics {
+                name: "press \"A\"".into(),
+                connected: true,
+                scans: 3,
+                reads_ok: 4,
+                exceptions: 1,
+                transport_errors: 2,
+                samples: 9,
+                latency: HistogramSnapshot {
+                    cumulative: vec![(1_000, 1), (2_500, 3)],
+                    count: 4,
+                    sum_us: 5_500,
+                },
+            }],
+            northbounds: vec![NorthboundMetrics {
+                name: "mes".into(),
+                connected: false,
+                connects: 2,
+                inflight: 7,
+                published: 10,
+                acked: 8,
+                resent: 1,
+                records_acked: 5,
+            }],
+            store: StoreStats {
+                records: 12,
+                samples: 30,
+                oldest_read_ts_ms: Some(10_000),
+                next_id: 13,
+                disk_bytes: 4096,
+                logical_bytes: 100,
+                eviction_budget_bytes: None,
+                dropped_records: 0,
+                dropped_samples: 0,
+                corrupt_records: 0,
+                quarantines: 0,
+                committed_samples: 30,
+                committed_bytes: 100,
+                commits: 3,
+                commit_retries: 0,
+                northbounds: Vec::new(),
+            },
+            now_ms: 12_500,
+            memory: Some(Memory {
+                resident: 8192,
+                virtual_: 16384,
+            }),
+            reloads_ok: 1,
+            reloads_failed: 0,
+            ready: false,
+        }
+    }
+
+    #[test]
+    fn every_family_has_help_and_type_before_its_samples() {
+        let text = render(&input());
+        let mut declared = std::collections::HashSet::new();
+        for line in text.lines() {
+            if let Some(rest) = line.strip_prefix("# TYPE ") {
+                let name = rest.split(' ').next().unwrap_or_default();
+                assert!(declared.insert(name.to_owned()), "{name} declared twice");
+            } else if !line.starts_with('#') {
+                let name = line.split(['{', ' ']).next().unwrap_or_default();
+                let family = ["_bucket", "_sum", "_count"]
+                    .iter()
+                    .find_map(|s| name.strip_suffix(s).filter(|f| declared.contains(*f)))
+                    .unwrap_or(name);
+                assert!(declared.contains(family), "{name} sampled before its TYPE");
+            }
+        }
+    }
+
+    #[test]
+    fn the_histogram_ends_with_inf_equal_to_its_count_in_seconds() {
+        let text = render(&input());
+        assert!(text.contains(
+            "edge_agent_device_read_latency_seconds_bucket{device=\"press \\\"A\\\"\",le=\"0.001\"} 1"
+        ));
+        assert!(text.contains("le=\"+Inf\"} 4"));
+        assert!(text.contains(
+            "edge_agent_device_read_latency_seconds_sum{device=\"press \\\"A\\\"\"} 0.0055"
+        ));
+    }
+
+    #[test]
+    fn store_age_is_measured_from_the_oldest_reading() {
+        let text = render(&input());
+        assert!(text.contains("edge_agent_store_oldest_record_age_seconds 2.5\n"));
+        let mut empty = input();
+        empty.store.oldest_read_ts_ms = None;
+        assert!(render(&empty).contains("edge_agent_store_oldest_record_age_seconds 0\n"));
+    }
+
+    #[test]
+    fn label_values_escape_backslash_quote_and_newline() {
+        assert_eq!(escape_label("a\\b\"c\nd"), "a\\\\b\\\"c\\nd");
+    }
+
+    #[test]
+    fn statm_pages_become_bytes() {
+        assert_eq!(
+            parse_statm("100 25 3 1 0 40 0\n", 4096),
+            Some(Memory {
+                resident: 25 * 4096,
+                virtual_: 100 * 4096
+            })
+        );
+        assert_eq!(parse_statm("garbage", 4096), None);
+    }
+
+    #[test]
+    fn request_lines_are_parsed_strictly() {
+        assert_eq!(
+            parse_request_line(b"GET /metrics?x=1 HTTP/1.1\r\nHost: a\r\n\r\n"),
+            Some(("GET", "/metrics"))
+        );
+        assert_eq!(parse_request_line(b"GET /metrics\r\n\r\n"), None);
+        assert_eq!(parse_request_line(b"GET / HTTP/2 extra\r\n"), None);
+        assert_eq!(parse_request_line(b"GET / HTTP/1.1"), None);
+    }
+}

@@ -181,6 +181,10 @@ url = "mqtt://127.0.0.1:1883"
         .replace("id = \"gw\"", "id = \"gw2\"");
         let new = edge_config::parse(&src, Path::new("t.toml"), &NoSecrets).expect("valid");
         let e = plan(&old, &new).expect_err("needs a restart");
-        assert_eq!(e.sections, ["[gateway]", "[store]", "[admin]"]);
+        // The gateway id is part of the northbound's default client id, so it changes too.
+        assert_eq!(
+            e.sections,
+            ["[gateway]", "[store]", "[[northbound]]", "[admin]"]
+        );
     }
 }
