@@ -1,11 +1,15 @@
 //! edge-agent: polls PLCs, commits every reading to a durable store, and publishes it over MQTT.
 //! The binary (`main.rs`) is a thin command line over these modules.
 
+pub mod admin;
 pub mod check;
 pub mod demo;
 pub mod mes;
+pub mod notify;
 pub mod publisher;
+pub mod reload;
 pub mod runtime;
+pub mod service;
 
 /// Exit code for a configuration the agent cannot use (sysexits EX_USAGE).
 pub const EXIT_CONFIG: i32 = 64;

@@ -5,8 +5,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use edge_agent::{check, demo, runtime, EXIT_CONFIG};
-use tracing::{error, info};
+use edge_agent::{check, demo, service, EXIT_CONFIG};
+use tracing::error;
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser, Debug)]
@@ -105,33 +105,5 @@ fn run(path: PathBuf) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    rt.block_on(async move {
-        let running = match runtime::start(&cfg).await {
-            Ok(r) => r,
-            Err(e) => {
-                error!("{e:#}");
-                return ExitCode::FAILURE;
-            }
-        };
-        info!(gateway = %cfg.gateway.id, config = %path.display(), "edge-agent running");
-        wait_for_stop_signal().await;
-        info!("stopping");
-        running.stop().await;
-        ExitCode::SUCCESS
-    })
-}
-
-async fn wait_for_stop_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-        }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
+    ExitCode::from(rt.block_on(service::run(cfg, &path)))
 }

@@ -19,7 +19,7 @@ use mes_bridge::command::{
     Status, TagInfo,
 };
 use mes_bridge::{CounterSpec, CounterWidth, MachineSpec, Message, StateMapping, StateSpec};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
@@ -132,14 +132,38 @@ pub fn spawn_commands(
     catalog: CommandCatalog,
     handles: Vec<DeviceHandle>,
 ) -> (mpsc::Sender<CommandRequest>, JoinHandle<()>) {
+    let (tx, task, _targets) = spawn_reloadable_commands(catalog, handles);
+    (tx, task)
+}
+
+/// What commands may write and through which device tasks; replaced on a config reload.
+#[derive(Debug)]
+pub struct CommandTargets {
+    pub catalog: CommandCatalog,
+    pub handles: Vec<DeviceHandle>,
+}
+
+/// [`spawn_commands`], plus a sender that replaces the catalog and the device handles between
+/// two commands (a reload that adds, changes or removes devices). Answers remembered for
+/// duplicate request ids survive the replacement.
+pub fn spawn_reloadable_commands(
+    catalog: CommandCatalog,
+    handles: Vec<DeviceHandle>,
+) -> (
+    mpsc::Sender<CommandRequest>,
+    JoinHandle<()>,
+    watch::Sender<Option<CommandTargets>>,
+) {
     let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
+    let (targets_tx, targets_rx) = watch::channel(None);
     let executor = Executor {
         catalog,
         handles: handles.into_iter().map(|h| (h.name.clone(), h)).collect(),
         answers: AnswerCache::new(ANSWERS_KEPT),
         limit: WRITE_LIMIT,
+        targets: targets_rx,
     };
-    (tx, tokio::spawn(executor.run(rx)))
+    (tx, tokio::spawn(executor.run(rx)), targets_tx)
 }
 
 /// Carries out commands one at a time.
@@ -149,11 +173,23 @@ pub struct Executor {
     handles: HashMap<String, DeviceHandle>,
     answers: AnswerCache,
     limit: Duration,
+    /// Replacement targets from a reload, taken before the next command.
+    targets: watch::Receiver<Option<CommandTargets>>,
 }
 
 impl Executor {
     async fn run(mut self, mut rx: mpsc::Receiver<CommandRequest>) {
         while let Some(req) = rx.recv().await {
+            if self.targets.has_changed().unwrap_or(false) {
+                if let Some(t) = self.targets.borrow_and_update().as_ref() {
+                    self.catalog = t.catalog.clone();
+                    self.handles = t
+                        .handles
+                        .iter()
+                        .map(|h| (h.name.clone(), h.clone()))
+                        .collect();
+                }
+            }
             let Some(answer) = self
                 .handle(&req.root, &req.topic, &req.payload, req.len)
                 .await

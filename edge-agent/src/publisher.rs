@@ -108,6 +108,10 @@ enum Sent {
     Other,
 }
 
+/// Where a config reload leaves a publisher's next encoder; the publisher takes it before
+/// encoding its next record, so records are never encoded half with the old units.
+pub type EncoderSlot = Arc<Mutex<Option<UnsEncoder>>>;
+
 /// The publisher of one northbound.
 #[derive(Debug)]
 pub struct Publisher {
@@ -134,6 +138,9 @@ pub struct Publisher {
     /// The next connection starts a clean session: the broker kept sending a message this
     /// client cannot read, and only a new session makes it drop it.
     clean_next: bool,
+    /// A new encoder from a config reload (devices or units changed), taken before the next
+    /// record is encoded.
+    encoder_updates: Option<EncoderSlot>,
 }
 
 impl Publisher {
@@ -154,7 +161,14 @@ impl Publisher {
             answers_rx: None,
             pending_answers: VecDeque::new(),
             clean_next: false,
+            encoder_updates: None,
         }
+    }
+
+    /// Takes a replacement encoder from `updates` whenever a reload puts one there.
+    pub fn with_encoder_updates(mut self, updates: EncoderSlot) -> Self {
+        self.encoder_updates = Some(updates);
+        self
     }
 
     /// Derives MES events from the published records with `bridge`.
@@ -471,6 +485,13 @@ impl Publisher {
             let Some((id, batch)) = w.ahead.pop_front() else {
                 break;
             };
+            if let Some(encoder) = self
+                .encoder_updates
+                .as_ref()
+                .and_then(|slot| slot.lock().unwrap_or_else(|e| e.into_inner()).take())
+            {
+                self.encoder = encoder;
+            }
             let mut out = Vec::with_capacity(self.encoder.message_count(&batch));
             self.encoder.encode(&batch, id < replay_below, &mut out);
             let mut checkpoint = None;

@@ -1,11 +1,12 @@
 //! Builds the running agent from a config: the store and its group-commit writer, one poller
 //! task per device, one publisher per northbound (with the MES rules of the configured
 //! machines), the command task; and stops them in the order that loses nothing: pollers
-//! first, then the writer commits what it holds, then publishers drain.
+//! first, then the writer commits what it holds, then publishers drain. A reload swaps device
+//! pollers while the store, the writer and the publishers keep running.
 
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -24,13 +25,25 @@ use tokio::task::JoinHandle;
 use tracing::{error, info, warn};
 
 use crate::mes;
-use crate::publisher::{GatewayInfo, Publisher, PublisherStats};
+use crate::publisher::{EncoderSlot, GatewayInfo, Publisher, PublisherStats};
+use crate::reload::{self, NeedsRestart, ReloadPlan};
 
 /// Batches waiting for the store writer; pollers wait when it is full (back-pressure from the
 /// disk, never from the broker).
 const BATCH_QUEUE: usize = 4096;
 /// How often the status snapshot is written for `edge-agent buffer stats`.
 const STATUS_EVERY: Duration = Duration::from_secs(2);
+/// How long the publishers may drain once polling has stopped.
+pub const PUBLISH_DRAIN: Duration = Duration::from_secs(5);
+/// How long the writer may take to commit what it holds when stopping.
+const WRITER_LIMIT: Duration = Duration::from_secs(8);
+/// The longest a whole stop takes: pollers, writer, drain, command, flush, with margin. The
+/// systemd unit's `TimeoutStopSec=` is above it.
+pub const STOP_LIMIT: Duration = Duration::from_secs(25);
+
+/// The devices being polled now with their counters; replaced on reload, read by the status
+/// snapshot and the metrics endpoint.
+pub type DeviceList = Arc<RwLock<Vec<(String, Arc<DeviceCounters>)>>>;
 
 /// The store's directory inside the data directory.
 pub fn store_dir(cfg: &Config) -> PathBuf {
@@ -103,7 +116,7 @@ pub fn device_plan(dev: &Device) -> anyhow::Result<ReadPlan> {
         .with_context(|| format!("device `{}`: cannot plan its reads", dev.name))
 }
 
-fn catalog(cfg: &Config) -> Catalog {
+pub fn catalog(cfg: &Config) -> Catalog {
     let mut c = Catalog::new();
     for d in &cfg.devices {
         for t in &d.tags {
@@ -115,22 +128,89 @@ fn catalog(cfg: &Config) -> Catalog {
     c
 }
 
+/// One device's poller task.
+#[derive(Debug)]
+struct PollerTask {
+    name: String,
+    /// The longest one read can take: how long stopping it may wait for the read in flight.
+    timeout: Duration,
+    stop: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
 /// A running agent.
 #[derive(Debug)]
 pub struct Running {
     pub store: Store,
-    pub devices: Vec<(String, Arc<DeviceCounters>)>,
+    pub devices: DeviceList,
     pub publishers: Vec<(String, Arc<PublisherStats>)>,
     /// Where commands send writes, one handle per device.
     pub handles: Vec<DeviceHandle>,
-    poll_stop: watch::Sender<bool>,
+    /// The config being run (the last one applied).
+    cfg: Config,
+    /// The writer's queue; pollers started by a reload get a clone.
+    batches: mpsc::Sender<Batch>,
     publish_stop: watch::Sender<bool>,
-    pollers: Vec<JoinHandle<()>>,
+    pollers: Vec<PollerTask>,
     writer: JoinHandle<Result<(), edge_store::StoreError>>,
     publisher_tasks: Vec<JoinHandle<()>>,
     status_task: JoinHandle<()>,
     /// Carries out MES commands; ends once the publishers are gone.
     command_task: JoinHandle<()>,
+    command_targets: watch::Sender<Option<mes::CommandTargets>>,
+    encoder_slots: Vec<EncoderSlot>,
+}
+
+/// Whether the parts the watchdog vouches for are working.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Health {
+    /// Every device poller task is running.
+    pub scheduler: bool,
+    /// The store writer is running and keeping up (its queue is not full).
+    pub store: bool,
+    /// What is wrong, for the log and `/live`.
+    pub problems: Vec<String>,
+}
+
+impl Health {
+    pub fn is_healthy(&self) -> bool {
+        self.scheduler && self.store
+    }
+}
+
+fn spawn_poller(
+    dev: &Device,
+    tx: &mpsc::Sender<Batch>,
+) -> anyhow::Result<(PollerTask, Arc<DeviceCounters>, DeviceHandle)> {
+    let poller = DevicePoller::new(device_spec(dev))
+        .with_context(|| format!("device `{}`: cannot plan its reads", dev.name))?;
+    info!(device = %dev.name, tags = dev.tags.len(), requests_per_scan = poller.plan().request_count(), "device configured");
+    let counters = poller.counters();
+    let handle = poller.handle();
+    let (stop, stop_rx) = watch::channel(false);
+    let task = tokio::spawn(poller.run(tx.clone(), stop_rx));
+    Ok((
+        PollerTask {
+            name: dev.name.clone(),
+            timeout: dev.timeout,
+            stop,
+            task,
+        },
+        counters,
+        handle,
+    ))
+}
+
+/// Stops one poller: it finishes the read in flight and hands its last batch to the writer
+/// queue, so nothing it read is lost; a poller stuck beyond its limit is aborted.
+async fn stop_poller(p: PollerTask) {
+    let _ = p.stop.send(true);
+    let limit = p.timeout * 2 + Duration::from_secs(1);
+    let mut task = p.task;
+    if tokio::time::timeout(limit, &mut task).await.is_err() {
+        warn!(device = %p.name, limit = ?limit, "the device poller did not stop in time; aborted");
+        task.abort();
+    }
 }
 
 /// Opens the store and starts every task of the agent.
@@ -156,19 +236,16 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Running> {
     let (tx, rx) = mpsc::channel::<Batch>(BATCH_QUEUE);
     let writer = edge_store::spawn_writer(store.clone(), rx, cfg.store.commit_interval);
 
-    let (poll_stop, poll_rx) = watch::channel(false);
     let mut pollers = Vec::new();
     let mut devices = Vec::new();
     let mut handles = Vec::new();
     for dev in &cfg.devices {
-        let poller = DevicePoller::new(device_spec(dev))
-            .with_context(|| format!("device `{}`: cannot plan its reads", dev.name))?;
-        info!(device = %dev.name, tags = dev.tags.len(), requests_per_scan = poller.plan().request_count(), "device configured");
-        devices.push((dev.name.clone(), poller.counters()));
-        handles.push(poller.handle());
-        pollers.push(tokio::spawn(poller.run(tx.clone(), poll_rx.clone())));
+        let (task, counters, handle) = spawn_poller(dev, &tx)?;
+        devices.push((dev.name.clone(), counters));
+        handles.push(handle);
+        pollers.push(task);
     }
-    drop(tx);
+    let devices: DeviceList = Arc::new(RwLock::new(devices));
 
     let (publish_stop, publish_rx) = watch::channel(false);
     let gateway = GatewayInfo {
@@ -181,24 +258,27 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Running> {
     for m in &machines {
         info!(machine = %m.name, device = %m.device, "machine configured: MES events on {{root}}/{}/_mes/...", m.name);
     }
-    let (commands, command_task) = mes::spawn_commands(mes::command_catalog(cfg), handles.clone());
+    let (commands, command_task, command_targets) =
+        mes::spawn_reloadable_commands(mes::command_catalog(cfg), handles.clone());
     let mut publishers = Vec::new();
     let mut publisher_tasks = Vec::new();
+    let mut encoder_slots = Vec::new();
     for nb in &cfg.northbounds {
         let batching = match nb.batching {
             Batching::PerTag => mes_bridge::Batching::PerTag,
             Batching::PerDevice => mes_bridge::Batching::PerDevice,
         };
         let encoder = UnsEncoder::new(&nb.topic_root, batching, &cat);
+        let slot: EncoderSlot = Arc::new(Mutex::new(None));
+        encoder_slots.push(slot.clone());
         let mut p = Publisher::new(nb.clone(), store.clone(), encoder, gateway.clone())
-            .with_commands(commands.clone());
+            .with_commands(commands.clone())
+            .with_encoder_updates(slot);
         if !machines.is_empty() {
             p = p.with_mes(MesBridge::new(&nb.topic_root, machines.clone()));
         }
         publishers.push((nb.name.clone(), p.stats()));
-        publisher_tasks.push(tokio::spawn(
-            p.run(publish_rx.clone(), Duration::from_secs(5)),
-        ));
+        publisher_tasks.push(tokio::spawn(p.run(publish_rx.clone(), PUBLISH_DRAIN)));
     }
 
     drop(commands);
@@ -215,31 +295,147 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Running> {
         devices,
         publishers,
         handles,
-        poll_stop,
+        cfg: cfg.clone(),
+        batches: tx,
         publish_stop,
         pollers,
         writer,
         publisher_tasks,
         status_task,
         command_task,
+        command_targets,
+        encoder_slots,
     })
 }
 
 impl Running {
-    /// Stops polling, commits what was read, lets publishers drain (bounded), flushes.
-    pub async fn stop(self) {
-        let _ = self.poll_stop.send(true);
-        for p in self.pollers {
-            let _ = p.await;
+    /// The config being run.
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    /// Whether polling and the store are working, for the watchdog and `/live`.
+    pub fn health(&self) -> Health {
+        let mut problems = Vec::new();
+        for p in &self.pollers {
+            if p.task.is_finished() {
+                problems.push(format!("the poller of device `{}` has ended", p.name));
+            }
         }
-        match self.writer.await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => error!(error = %e, "the store writer failed while stopping"),
-            Err(e) => error!(error = %e, "the store writer task failed"),
+        let scheduler = problems.is_empty();
+        let mut store = true;
+        if self.writer.is_finished() {
+            problems.push("the store writer has ended".to_owned());
+            store = false;
+        } else if self.batches.capacity() == 0 {
+            problems
+                .push("the store writer's queue is full: the disk is not keeping up".to_owned());
+            store = false;
+        }
+        Health {
+            scheduler,
+            store,
+            problems,
+        }
+    }
+
+    /// Applies a valid new config: device pollers are stopped, started or replaced; nothing
+    /// else is touched, so the store keeps every record and each northbound its cursor. A
+    /// config that changes anything but devices is refused with the sections named, and the
+    /// running config stays. Every new device is planned before any poller is stopped.
+    pub async fn reload(&mut self, new: Config) -> Result<ReloadPlan, ReloadError> {
+        let plan = reload::plan(&self.cfg, &new)?;
+        if plan.is_empty() {
+            self.cfg = new;
+            return Ok(plan);
+        }
+        for d in plan.added.iter().chain(&plan.changed) {
+            device_plan(d).map_err(ReloadError::Start)?;
+        }
+        let going: Vec<&str> = plan
+            .removed
+            .iter()
+            .map(String::as_str)
+            .chain(plan.changed.iter().map(|d| d.name.as_str()))
+            .collect();
+        let (stopping, kept): (Vec<PollerTask>, Vec<PollerTask>) =
+            std::mem::take(&mut self.pollers)
+                .into_iter()
+                .partition(|p| going.contains(&p.name.as_str()));
+        self.pollers = kept;
+        // A changed device's old poller hands over its last batch before the new one reads,
+        // so its samples stay in order in the writer's queue.
+        for p in stopping {
+            info!(device = %p.name, "stopping the device's poller (reload)");
+            stop_poller(p).await;
+        }
+        let mut counters_by_name: Vec<(String, Arc<DeviceCounters>)> = self
+            .devices
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter(|(n, _)| !going.contains(&n.as_str()))
+            .cloned()
+            .collect();
+        self.handles.retain(|h| !going.contains(&h.name.as_str()));
+        for d in plan.added.iter().chain(&plan.changed) {
+            let (task, counters, handle) =
+                spawn_poller(d, &self.batches).map_err(ReloadError::Start)?;
+            self.pollers.push(task);
+            counters_by_name.push((d.name.clone(), counters));
+            self.handles.push(handle);
+        }
+        // Config order, so status and metrics list devices as the file does.
+        let order = |name: &str| new.devices.iter().position(|d| d.name == name);
+        counters_by_name.sort_by_key(|(n, _)| order(n));
+        self.pollers.sort_by_key(|p| order(&p.name));
+        *self.devices.write().unwrap_or_else(|e| e.into_inner()) = counters_by_name;
+
+        let _ = self.command_targets.send(Some(mes::CommandTargets {
+            catalog: mes::command_catalog(&new),
+            handles: self.handles.clone(),
+        }));
+        let cat = catalog(&new);
+        for (nb, slot) in new.northbounds.iter().zip(&self.encoder_slots) {
+            let batching = match nb.batching {
+                Batching::PerTag => mes_bridge::Batching::PerTag,
+                Batching::PerDevice => mes_bridge::Batching::PerDevice,
+            };
+            *slot.lock().unwrap_or_else(|e| e.into_inner()) =
+                Some(UnsEncoder::new(&nb.topic_root, batching, &cat));
+        }
+        self.cfg = new;
+        Ok(plan)
+    }
+
+    /// Stops polling, commits what was read, lets publishers drain, flushes; every step has
+    /// a limit, so the whole stop stays within [`STOP_LIMIT`].
+    pub async fn stop(self) {
+        for p in self.pollers {
+            stop_poller(p).await;
+        }
+        drop(self.batches);
+        let mut writer = self.writer;
+        match tokio::time::timeout(WRITER_LIMIT, &mut writer).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(e))) => error!(error = %e, "the store writer failed while stopping"),
+            Ok(Err(e)) => error!(error = %e, "the store writer task failed"),
+            Err(_) => {
+                error!(limit = ?WRITER_LIMIT, "the store writer did not finish in time; samples read in the last moments may be lost");
+                writer.abort();
+            }
         }
         let _ = self.publish_stop.send(true);
         for p in self.publisher_tasks {
-            let _ = p.await;
+            let mut p = p;
+            // The publisher ends its drain window itself; the margin covers its goodbye.
+            if tokio::time::timeout(PUBLISH_DRAIN + Duration::from_secs(3), &mut p)
+                .await
+                .is_err()
+            {
+                warn!("a publisher did not stop in time; aborted (its unacknowledged records stay in the store)");
+                p.abort();
+            }
         }
         // With the publishers gone no command can arrive; one being carried out finishes
         // within its write limit.
@@ -251,16 +447,32 @@ impl Running {
             command_task.abort();
         }
         self.status_task.abort();
-        if let Err(e) = self.store.flush().await {
-            warn!(error = %e, "final store flush failed");
+        match tokio::time::timeout(Duration::from_secs(3), self.store.flush()).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => warn!(error = %e, "final store flush failed"),
+            Err(_) => warn!("final store flush did not finish in time"),
         }
         info!("stopped");
     }
 
     /// A point-in-time view of the whole agent.
     pub fn snapshot(&self) -> StatusSnapshot {
-        snapshot(&self.store, &self.devices, &self.publishers)
+        let devices = self
+            .devices
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        snapshot(&self.store, &devices, &self.publishers)
     }
+}
+
+/// Why a reload was not applied. The running config stays in every case.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error(transparent)]
+    NeedsRestart(#[from] NeedsRestart),
+    #[error("{0:#}")]
+    Start(anyhow::Error),
 }
 
 /// What `buffer stats` and the demo's status line show.
@@ -376,14 +588,15 @@ pub fn snapshot(
 async fn write_status_loop(
     path: PathBuf,
     store: Store,
-    devices: Vec<(String, Arc<DeviceCounters>)>,
+    devices: DeviceList,
     publishers: Vec<(String, Arc<PublisherStats>)>,
 ) {
     let mut tick = tokio::time::interval(STATUS_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     loop {
         tick.tick().await;
-        let snap = snapshot(&store, &devices, &publishers);
+        let current = devices.read().unwrap_or_else(|e| e.into_inner()).clone();
+        let snap = snapshot(&store, &current, &publishers);
         let tmp = path.with_extension("json.tmp");
         let result = serde_json::to_vec_pretty(&snap)
             .map_err(std::io::Error::other)

@@ -11,5 +11,6 @@ mod delivery;
 mod devices;
 mod lifecycle;
 mod mes;
+mod ops;
 mod security;
 mod types;

@@ -123,6 +123,28 @@ impl AgentProcess {
         Ok(status)
     }
 
+    /// Sends SIGHUP (reload the config) while the agent runs.
+    pub fn sighup(&mut self) -> anyhow::Result<()> {
+        let Some(child) = self.child.as_mut() else {
+            bail!("agent pid {} was already stopped", self.pid);
+        };
+        if child.try_wait()?.is_some() {
+            bail!("agent pid {} has exited", self.pid);
+        }
+        let status = Command::new("sh")
+            .arg("-c")
+            .arg("kill -HUP \"$1\"")
+            .arg("sh")
+            .arg(self.pid.to_string())
+            .stdin(Stdio::null())
+            .status()
+            .context("running `sh -c kill -HUP`")?;
+        if !status.success() {
+            bail!("kill -HUP {} failed", self.pid);
+        }
+        Ok(())
+    }
+
     /// Asks it to stop with SIGTERM and waits up to 15 s for a clean exit; if it does not exit
     /// in time it is killed and this fails with the end of its log.
     pub fn terminate(&mut self) -> anyhow::Result<ExitStatus> {

@@ -68,7 +68,68 @@ pub struct DeviceCounters {
     pub scans: AtomicU64,
     /// Latency of the last read request, microseconds.
     pub last_latency_us: AtomicU64,
+    /// Latency of every read request, answered or not, for `/metrics`.
+    pub read_latency: LatencyHistogram,
     pub connected: AtomicBool,
+}
+
+/// Upper bounds of the read-latency buckets, microseconds: from a fast LAN PLC (about 1 ms) to
+/// a read that runs into a typical timeout (1 s and above).
+pub const LATENCY_BUCKETS_US: [u64; 10] = [
+    1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000, 1_000_000,
+];
+
+/// A lock-free latency histogram with fixed buckets ([`LATENCY_BUCKETS_US`]), read by the
+/// metrics endpoint while the poller writes it.
+#[derive(Debug, Default)]
+pub struct LatencyHistogram {
+    /// Observations per bucket (not cumulative); the last slot holds those above every bound.
+    buckets: [AtomicU64; LATENCY_BUCKETS_US.len() + 1],
+    count: AtomicU64,
+    sum_us: AtomicU64,
+}
+
+/// A copy of a [`LatencyHistogram`] in Prometheus' shape: cumulative counts per bound.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HistogramSnapshot {
+    /// `(upper bound in microseconds, observations at or below it)`, ascending.
+    pub cumulative: Vec<(u64, u64)>,
+    pub count: u64,
+    pub sum_us: u64,
+}
+
+impl LatencyHistogram {
+    pub fn observe(&self, latency_us: u64) {
+        let slot = LATENCY_BUCKETS_US
+            .iter()
+            .position(|&bound| latency_us <= bound)
+            .unwrap_or(LATENCY_BUCKETS_US.len());
+        if let Some(b) = self.buckets.get(slot) {
+            b.fetch_add(1, Ordering::Relaxed);
+        }
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.sum_us.fetch_add(latency_us, Ordering::Relaxed);
+    }
+
+    pub fn snapshot(&self) -> HistogramSnapshot {
+        let mut running = 0;
+        let cumulative = LATENCY_BUCKETS_US
+            .iter()
+            .zip(&self.buckets)
+            .map(|(&bound, n)| {
+                running += n.load(Ordering::Relaxed);
+                (bound, running)
+            })
+            .collect();
+        let above = self.buckets.last().map_or(0, |n| n.load(Ordering::Relaxed));
+        HistogramSnapshot {
+            cumulative,
+            // The total from the buckets, not `count`, keeps `+Inf` consistent with the
+            // bounds even when a snapshot races an observation.
+            count: running + above,
+            sum_us: self.sum_us.load(Ordering::Relaxed),
+        }
+    }
 }
 
 /// A Modbus failure, split by cause: an exception is the device refusing a request (a
@@ -250,9 +311,11 @@ impl DevicePoller {
                 let read_ts = now_ms();
                 let started = Instant::now();
                 let result = read(ctx, req, spec.timeout).await;
+                let latency_us = started.elapsed().as_micros() as u64;
                 counters
                     .last_latency_us
-                    .store(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+                    .store(latency_us, Ordering::Relaxed);
+                counters.read_latency.observe(latency_us);
                 match result {
                     Ok(data) => {
                         counters.reads_ok.fetch_add(1, Ordering::Relaxed);
@@ -589,6 +652,42 @@ fn tag_names(spec: &DeviceSpec, req: &ReadRequest) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_latency_on_a_bound_counts_in_that_bucket_and_every_larger_one() {
+        let h = LatencyHistogram::default();
+        h.observe(1_000);
+        h.observe(1_001);
+        h.observe(2_000_000);
+        let s = h.snapshot();
+        assert_eq!(s.cumulative.first(), Some(&(1_000, 1)));
+        assert_eq!(s.cumulative.get(1), Some(&(2_500, 2)));
+        assert_eq!(s.cumulative.last(), Some(&(1_000_000, 2)));
+        assert_eq!(s.count, 3);
+        assert_eq!(s.sum_us, 2_002_001);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn histogram_buckets_are_cumulative_and_the_count_matches(
+            samples in proptest::collection::vec(0u64..3_000_000, 0..200)
+        ) {
+            let h = LatencyHistogram::default();
+            for &s in &samples {
+                h.observe(s);
+            }
+            let snap = h.snapshot();
+            proptest::prop_assert_eq!(snap.count, samples.len() as u64);
+            proptest::prop_assert_eq!(snap.sum_us, samples.iter().sum::<u64>());
+            for w in snap.cumulative.windows(2) {
+                proptest::prop_assert!(w[0].1 <= w[1].1);
+            }
+            for &(bound, n) in &snap.cumulative {
+                let expected = samples.iter().filter(|&&s| s <= bound).count() as u64;
+                proptest::prop_assert_eq!(n, expected);
+            }
+        }
+    }
 
     #[test]
     fn the_schedule_advances_by_exactly_one_interval_when_on_time() {

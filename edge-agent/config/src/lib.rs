@@ -4,6 +4,7 @@
 //!
 //! The doc comments on the fields of the types below are the user documentation of the keys.
 
+mod admin;
 mod broker_url;
 mod device;
 mod error;
@@ -18,6 +19,7 @@ use std::path::{Path, PathBuf};
 
 use toml::de::DeTable;
 
+pub use admin::AdminSettings;
 pub use broker_url::{BrokerUrl, BrokerUrlError};
 pub use device::{Device, Protocol, Tag};
 pub use error::{ConfigError, ConfigErrors};
@@ -45,6 +47,8 @@ pub struct Config {
     pub devices: Vec<Device>,
     /// `[[machine]]`, any number, in file order.
     pub machines: Vec<Machine>,
+    /// `[admin]`: the health and metrics endpoint, `None` when it is off.
+    pub admin: Option<AdminSettings>,
 }
 
 /// Reads a board config from `src`. `file` names it in errors, and relative paths in it are
@@ -65,21 +69,26 @@ pub fn parse(src: &str, file: &Path, secrets: &dyn SecretSource) -> Result<Confi
         northbound::read_northbounds(&mut cx, &mut root, gateway.as_ref(), base_dir, secrets);
     let devices = device::read_devices(&mut cx, &mut root);
     let machines = machine::read_machines(&mut cx, &mut root, devices.as_deref());
+    let admin = admin::read_admin(&mut cx, &mut root);
     root.finish(&mut cx);
 
-    match (gateway, store, northbounds, devices, machines) {
-        (Some(gateway), Some(store), Some(northbounds), Some(devices), Some(machines))
-            if !cx.has_errors() =>
-        {
-            Ok(Config {
-                source: file.to_path_buf(),
-                gateway,
-                store,
-                northbounds,
-                devices,
-                machines,
-            })
-        }
+    match (gateway, store, northbounds, devices, machines, admin) {
+        (
+            Some(gateway),
+            Some(store),
+            Some(northbounds),
+            Some(devices),
+            Some(machines),
+            Some(admin),
+        ) if !cx.has_errors() => Ok(Config {
+            source: file.to_path_buf(),
+            gateway,
+            store,
+            northbounds,
+            devices,
+            machines,
+            admin,
+        }),
         _ => {
             let errors = cx.finish();
             if errors.is_empty() {

@@ -361,6 +361,7 @@ heartbeat_s = 120
             ],
         }],
         machines: vec![],
+        admin: None,
     };
     assert_eq!(config, expected);
     assert_eq!(
@@ -1189,5 +1190,74 @@ fn no_edit_of_a_valid_config_can_crash_the_reader_or_misplace_an_error() {
                 assert!(e.column <= line_chars + 1, "{e}");
             }
         }
+    }
+}
+
+mod admin {
+    use super::*;
+
+    const BASE: &str = r#"
+[gateway]
+id = "gw"
+data_dir = "/var/lib/edge-agent"
+enterprise = "acme"
+site = "plant1"
+area = "packaging"
+line = "line1"
+
+[[northbound]]
+name = "mes"
+url = "mqtt://127.0.0.1:1883"
+
+[[device]]
+name = "press"
+protocol = "modbus-tcp"
+host = "127.0.0.1"
+  [[device.tag]]
+  name = "count"
+  address = "hr:0"
+  type = "u16"
+"#;
+
+    fn parse_with(extra: &str) -> Result<Config, edge_config::ConfigErrors> {
+        let src = format!("{BASE}\n{extra}");
+        parse(&src, Path::new(FILE), &FakeSecrets::default())
+    }
+
+    #[test]
+    fn without_an_admin_table_no_endpoint_is_configured() {
+        let cfg = parse_with("").expect("valid");
+        assert_eq!(cfg.admin, None);
+    }
+
+    #[test]
+    fn an_empty_admin_table_listens_on_loopback_by_default() {
+        let cfg = parse_with("[admin]\n").expect("valid");
+        let admin = cfg.admin.expect("admin on");
+        assert_eq!(admin.listen.to_string(), "127.0.0.1:9900");
+        assert!(admin.listen.ip().is_loopback());
+    }
+
+    #[test]
+    fn an_explicit_listen_address_is_taken() {
+        let cfg = parse_with("[admin]\nlisten = \"0.0.0.0:9100\"\n").expect("valid");
+        assert_eq!(
+            cfg.admin.expect("admin on").listen.to_string(),
+            "0.0.0.0:9100"
+        );
+    }
+
+    #[test]
+    fn a_listen_value_that_is_not_ip_and_port_is_an_error_with_its_position() {
+        let errors = parse_with("[admin]\nlisten = \"localhost\"\n").expect_err("invalid");
+        let text = errors.to_string();
+        assert!(text.contains("`listen` must be ip:port"), "{text}");
+        assert!(text.contains(":"), "{text}");
+    }
+
+    #[test]
+    fn an_unknown_key_in_admin_is_an_error() {
+        let errors = parse_with("[admin]\nlisen = \"127.0.0.1:1\"\n").expect_err("invalid");
+        assert!(errors.to_string().contains("lisen"), "{errors}");
     }
 }
