@@ -4,6 +4,7 @@
 //!
 //! The doc comments on the fields of the types below are the user documentation of the keys.
 
+mod board;
 mod broker_url;
 mod device;
 mod error;
@@ -18,6 +19,7 @@ use std::path::{Path, PathBuf};
 
 use toml::de::DeTable;
 
+pub use board::{Board, DigitalInput, GpioLine, SerialParity, SerialPort};
 pub use broker_url::{BrokerUrl, BrokerUrlError};
 pub use device::{Device, Protocol, Tag};
 pub use error::{ConfigError, ConfigErrors};
@@ -45,6 +47,8 @@ pub struct Config {
     pub devices: Vec<Device>,
     /// `[[machine]]`, any number, in file order.
     pub machines: Vec<Machine>,
+    /// `[board]`: serial ports, status LED, digital inputs.
+    pub board: Board,
 }
 
 /// Reads a board config from `src`. `file` names it in errors, and relative paths in it are
@@ -63,12 +67,29 @@ pub fn parse(src: &str, file: &Path, secrets: &dyn SecretSource) -> Result<Confi
     let store = gateway::read_store(&mut cx, &mut root);
     let northbounds =
         northbound::read_northbounds(&mut cx, &mut root, gateway.as_ref(), base_dir, secrets);
-    let devices = device::read_devices(&mut cx, &mut root);
+    let board = board::read_board(&mut cx, &mut root);
+    let serial_names: Option<Vec<String>> = board
+        .as_ref()
+        .map(|b| b.serial.iter().map(|s| s.name.clone()).collect());
+    let devices = device::read_devices(&mut cx, &mut root, serial_names.as_deref());
     let machines = machine::read_machines(&mut cx, &mut root, devices.as_deref());
+    let root_span = root.span();
     root.finish(&mut cx);
 
-    match (gateway, store, northbounds, devices, machines) {
-        (Some(gateway), Some(store), Some(northbounds), Some(devices), Some(machines))
+    if let (Some(b), Some(devs)) = (&board, &devices) {
+        if !b.inputs.is_empty() && devs.iter().any(|d| d.name == b.input_device) {
+            cx.error(
+                &root_span,
+                format!(
+                    "[board] input_device `{}` is also a [[device]] name",
+                    b.input_device
+                ),
+                Some("set [board] input_device to a name no device uses".to_owned()),
+            );
+        }
+    }
+    match (gateway, store, northbounds, devices, machines, board) {
+        (Some(gateway), Some(store), Some(northbounds), Some(devices), Some(machines), Some(board))
             if !cx.has_errors() =>
         {
             Ok(Config {
@@ -78,6 +99,7 @@ pub fn parse(src: &str, file: &Path, secrets: &dyn SecretSource) -> Result<Confi
                 northbounds,
                 devices,
                 machines,
+                board,
             })
         }
         _ => {
