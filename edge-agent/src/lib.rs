@@ -1,7 +1,9 @@
 //! edge-agent: polls PLCs, commits every reading to a durable store, and publishes it over MQTT.
 //! The binary (`main.rs`) is a thin command line over these modules.
 
+pub mod board;
 pub mod check;
+pub mod probe;
 pub mod demo;
 pub mod mes;
 pub mod publisher;

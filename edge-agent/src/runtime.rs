@@ -9,7 +9,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use edge_config::{Batching, Config, Device, Protocol};
+use edge_config::{Batching, Config, Device, Protocol, SerialParity};
+use edge_modbus::bus::{spawn_serial_bus, BusClient, Parity, SerialSettings};
+use edge_modbus::learn::{LimitStore, LIMITS_FILE};
+use edge_modbus::link::Transport;
 use edge_modbus::codec::Scaling;
 use edge_modbus::plan::{PlanLimits, ReadPlan};
 use edge_modbus::poller::{DeviceCounters, DevicePoller, DeviceSpec, TagSpec};
@@ -23,6 +26,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tracing::{error, info, warn};
 
+use crate::board::{self, Health};
 use crate::mes;
 use crate::publisher::{GatewayInfo, Publisher, PublisherStats};
 
@@ -53,18 +57,21 @@ pub fn northbound_names(cfg: &Config) -> Vec<String> {
     cfg.northbounds.iter().map(|n| n.name.clone()).collect()
 }
 
-/// The poller's view of a configured device.
-pub fn device_spec(dev: &Device) -> DeviceSpec {
-    let Protocol::ModbusTcp {
-        host,
-        port,
-        unit_id,
-    } = &dev.protocol;
+/// The poller's view of a configured device, reached through `transport`.
+pub fn device_spec(dev: &Device, transport: Transport) -> DeviceSpec {
+    let (host, port) = match &dev.protocol {
+        Protocol::ModbusTcp { host, port, .. } | Protocol::ModbusRtuTcp { host, port, .. } => {
+            (host.clone(), *port)
+        }
+        Protocol::ModbusRtu { .. } => (String::new(), 0),
+    };
     DeviceSpec {
         name: DeviceId(dev.name.clone()),
-        host: host.clone(),
-        port: *port,
-        unit_id: *unit_id,
+        transport,
+        learned_limits: None,
+        host,
+        port,
+        unit_id: dev.protocol.unit_id(),
         timeout: dev.timeout,
         backoff_min: dev.backoff_min,
         backoff_max: dev.backoff_max,
@@ -99,7 +106,8 @@ pub fn device_spec(dev: &Device) -> DeviceSpec {
 
 /// The read plan of a configured device.
 pub fn device_plan(dev: &Device) -> anyhow::Result<ReadPlan> {
-    edge_modbus::poller::plan_for(&device_spec(dev))
+    // The plan depends on the tags and limits only, not on the transport.
+    edge_modbus::poller::plan_for(&device_spec(dev, Transport::Tcp))
         .with_context(|| format!("device `{}`: cannot plan its reads", dev.name))
 }
 
@@ -131,6 +139,8 @@ pub struct Running {
     status_task: JoinHandle<()>,
     /// Carries out MES commands; ends once the publishers are gone.
     command_task: JoinHandle<()>,
+    /// Feeds the status LED, when the board has board I/O.
+    health_task: Option<JoinHandle<()>>,
 }
 
 /// Opens the store and starts every task of the agent.
@@ -160,14 +170,48 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Running> {
     let mut pollers = Vec::new();
     let mut devices = Vec::new();
     let mut handles = Vec::new();
+    let learned = Arc::new(LimitStore::open(&limits_path(cfg)));
+    let mut buses: Vec<(String, BusClient)> = Vec::new();
     for dev in &cfg.devices {
-        let poller = DevicePoller::new(device_spec(dev))
+        let transport = match &dev.protocol {
+            Protocol::ModbusTcp { .. } => Transport::Tcp,
+            Protocol::ModbusRtuTcp { .. } => Transport::RtuOverTcp,
+            Protocol::ModbusRtu { serial, .. } => {
+                if let Some((_, bus)) = buses.iter().find(|(n, _)| n == serial) {
+                    Transport::Serial(bus.clone())
+                } else {
+                    let port = cfg
+                        .board
+                        .serial
+                        .iter()
+                        .find(|p| &p.name == serial)
+                        .with_context(|| format!("device `{}`: no serial port `{serial}`", dev.name))?;
+                    let (bus, task) = spawn_serial_bus(serial_settings(port), poll_rx.clone());
+                    info!(port = %port.name, path = %port.path, baud = port.baud, "serial bus configured");
+                    buses.push((serial.clone(), bus.clone()));
+                    pollers.push(task);
+                    Transport::Serial(bus)
+                }
+            }
+        };
+        let mut spec = device_spec(dev, transport);
+        spec.learned_limits = Some(learned.clone());
+        let poller = DevicePoller::new(spec)
             .with_context(|| format!("device `{}`: cannot plan its reads", dev.name))?;
         info!(device = %dev.name, tags = dev.tags.len(), requests_per_scan = poller.plan().request_count(), "device configured");
         devices.push((dev.name.clone(), poller.counters()));
         handles.push(poller.handle());
         pollers.push(tokio::spawn(poller.run(tx.clone(), poll_rx.clone())));
     }
+    // Board inputs go to the store like a device's readings, so they stop with the pollers.
+    let (health_tx, health_rx) = watch::channel(Health::default());
+    let board_running = match board::spawn_board(&cfg.board, health_rx, tx.clone(), poll_rx.clone()) {
+        Some(task) => {
+            pollers.push(task);
+            true
+        }
+        None => false,
+    };
     drop(tx);
 
     let (publish_stop, publish_rx) = watch::channel(false);
@@ -202,6 +246,14 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Running> {
     }
 
     drop(commands);
+    let health_task = board_running.then(|| {
+        tokio::spawn(health_loop(
+            health_tx,
+            store.clone(),
+            devices.clone(),
+            publishers.clone(),
+        ))
+    });
 
     let status_task = tokio::spawn(write_status_loop(
         status_path(cfg),
@@ -222,7 +274,67 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Running> {
         publisher_tasks,
         status_task,
         command_task,
+        health_task,
     })
+}
+
+/// How often the status LED's view of the gateway is refreshed.
+const HEALTH_EVERY: Duration = Duration::from_millis(250);
+
+/// Keeps the board's view of the gateway's health current for the status LED.
+async fn health_loop(
+    tx: watch::Sender<Health>,
+    store: Store,
+    devices: Vec<(String, Arc<DeviceCounters>)>,
+    publishers: Vec<(String, Arc<PublisherStats>)>,
+) {
+    let mut tick = tokio::time::interval(HEALTH_EVERY);
+    loop {
+        tick.tick().await;
+        let next = store.next_id();
+        let backlog = publishers
+            .iter()
+            .map(|(name, _)| next.saturating_sub(store.cursor(name)))
+            .max()
+            .unwrap_or(0);
+        let h = Health {
+            devices_total: devices.len(),
+            devices_connected: devices
+                .iter()
+                .filter(|(_, c)| c.connected.load(Ordering::Relaxed))
+                .count(),
+            northbounds_total: publishers.len(),
+            northbounds_connected: publishers
+                .iter()
+                .filter(|(_, p)| p.connected.load(Ordering::Relaxed))
+                .count(),
+            backlog,
+            store_failed: false,
+        };
+        if tx.send(h).is_err() {
+            break;
+        }
+    }
+}
+
+/// The learned block sizes' file inside the data directory.
+pub fn limits_path(cfg: &Config) -> PathBuf {
+    cfg.gateway.data_dir.join(LIMITS_FILE)
+}
+
+/// The bus owner's view of a configured serial port.
+pub fn serial_settings(port: &edge_config::SerialPort) -> SerialSettings {
+    SerialSettings {
+        path: port.path.clone(),
+        baud: port.baud,
+        parity: match port.parity {
+            SerialParity::None => Parity::None,
+            SerialParity::Even => Parity::Even,
+            SerialParity::Odd => Parity::Odd,
+        },
+        data_bits: port.data_bits,
+        stop_bits: port.stop_bits,
+    }
 }
 
 impl Running {
@@ -251,6 +363,9 @@ impl Running {
             command_task.abort();
         }
         self.status_task.abort();
+        if let Some(t) = self.health_task {
+            t.abort();
+        }
         if let Err(e) = self.store.flush().await {
             warn!(error = %e, "final store flush failed");
         }
