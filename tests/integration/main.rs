@@ -11,5 +11,6 @@ mod delivery;
 mod devices;
 mod lifecycle;
 mod mes;
+mod rtu;
 mod security;
 mod types;
