@@ -293,13 +293,16 @@ pub fn spawn_board(
     tx: mpsc::Sender<Batch>,
     mut shutdown: watch::Receiver<bool>,
 ) -> Option<JoinHandle<()>> {
-    let led = board.status_led.as_ref().and_then(|l| match open_pin(l, true) {
-        Ok(p) => Some(StatusLed::new(p)),
-        Err(e) => {
-            warn!(error = %e, "cannot open the status LED; running without it");
-            None
-        }
-    });
+    let led = board
+        .status_led
+        .as_ref()
+        .and_then(|l| match open_pin(l, true) {
+            Ok(p) => Some(StatusLed::new(p)),
+            Err(e) => {
+                warn!(error = %e, "cannot open the status LED; running without it");
+                None
+            }
+        });
     let mut pins = Vec::new();
     let mut scan_every = Duration::from_secs(1);
     for input in &board.inputs {
@@ -404,7 +407,9 @@ mod tests {
         let mut h = health();
         h.store_failed = true;
         assert_eq!(gateway_state(&h), GatewayState::Fault);
-        let lit: Vec<bool> = [0, 130, 250, 380].map(|t| led_lit(GatewayState::Fault, t)).to_vec();
+        let lit: Vec<bool> = [0, 130, 250, 380]
+            .map(|t| led_lit(GatewayState::Fault, t))
+            .to_vec();
         assert_eq!(lit, vec![true, false, true, false]);
     }
 
@@ -426,7 +431,10 @@ mod tests {
         let stack = SimPin::new(true);
         let mut inputs = DigitalInputs::new(
             "io",
-            vec![("part_present".into(), part.clone()), ("stack_red".into(), stack.clone())],
+            vec![
+                ("part_present".into(), part.clone()),
+                ("stack_red".into(), stack.clone()),
+            ],
         );
         let first = inputs.scan();
         assert_eq!(first.device.0, "io");
@@ -464,6 +472,9 @@ mod tests {
             line: 4,
             active_low: false,
         };
-        assert!(matches!(open_pin(&missing, false), Err(PinError::Open { .. })));
+        assert!(matches!(
+            open_pin(&missing, false),
+            Err(PinError::Open { .. })
+        ));
     }
 }

@@ -209,7 +209,9 @@ fn describe_board(out: &mut String, cfg: &Config) -> std::fmt::Result {
         let devices: Vec<&str> = cfg
             .devices
             .iter()
-            .filter(|d| matches!(&d.protocol, Protocol::ModbusRtu { serial, .. } if serial == &p.name))
+            .filter(
+                |d| matches!(&d.protocol, Protocol::ModbusRtu { serial, .. } if serial == &p.name),
+            )
             .map(|d| d.name.as_str())
             .collect();
         writeln!(

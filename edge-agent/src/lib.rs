@@ -3,9 +3,9 @@
 
 pub mod board;
 pub mod check;
-pub mod probe;
 pub mod demo;
 pub mod mes;
+pub mod probe;
 pub mod publisher;
 pub mod runtime;
 

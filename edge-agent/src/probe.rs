@@ -102,13 +102,13 @@ pub async fn read(args: &ReadArgs) -> anyhow::Result<String> {
         .as_deref()
         .map(|t| t.parse().map_err(|e| anyhow::anyhow!("--type: {e}")))
         .transpose()?;
-    let count = args.count.unwrap_or_else(|| {
-        match (address.area.is_bits(), data_type) {
+    let count = args
+        .count
+        .unwrap_or_else(|| match (address.area.is_bits(), data_type) {
             (false, Some(dt)) => register_count(dt),
             (false, None) if args.all_orders => 2,
             _ => 1,
-        }
-    });
+        });
     let op = Op::Read {
         area: address.area,
         start: address.offset,
@@ -119,7 +119,13 @@ pub async fn read(args: &ReadArgs) -> anyhow::Result<String> {
     match reply {
         Reply::Bits(bits) => {
             for (i, b) in bits.iter().take(count as usize).enumerate() {
-                writeln!(out, "{}:{}  {}", address.area.prefix(), address.offset as usize + i, u8::from(*b))?;
+                writeln!(
+                    out,
+                    "{}:{}  {}",
+                    address.area.prefix(),
+                    address.offset as usize + i,
+                    u8::from(*b)
+                )?;
             }
         }
         Reply::Registers(regs) => {
@@ -159,7 +165,12 @@ pub fn all_orders(regs: &[u16], data_type: Option<DataType>) -> String {
         None if regs.len() >= 4 => vec![DataType::U64, DataType::I64, DataType::F64],
         None => vec![DataType::U32, DataType::I32, DataType::F32],
     };
-    let orders = [ByteOrder::Abcd, ByteOrder::Cdab, ByteOrder::Badc, ByteOrder::Dcba];
+    let orders = [
+        ByteOrder::Abcd,
+        ByteOrder::Cdab,
+        ByteOrder::Badc,
+        ByteOrder::Dcba,
+    ];
     let mut out = String::new();
     let _ = writeln!(
         out,
@@ -288,7 +299,11 @@ async fn call(target: &Target, op: &Op) -> anyhow::Result<Reply> {
                 stop_bits: target.stop_bits,
             };
             // Opened here so a wrong path is reported as such, not as a timeout.
-            drop(settings.open().with_context(|| format!("cannot open {path}"))?);
+            drop(
+                settings
+                    .open()
+                    .with_context(|| format!("cannot open {path}"))?,
+            );
             let (bus, task) = spawn_serial_bus(settings, stop_rx);
             (Transport::Serial(bus), String::new(), 0, Some(task))
         }
@@ -337,22 +352,40 @@ mod tests {
     #[test]
     fn without_a_type_all_orders_shows_the_32_bit_types() {
         let out = all_orders(&[0x0001, 0x0000], None);
-        let rows: Vec<&str> = out.lines().map(|l| l.split_whitespace().next().unwrap_or("")).collect();
+        let rows: Vec<&str> = out
+            .lines()
+            .map(|l| l.split_whitespace().next().unwrap_or(""))
+            .collect();
         assert_eq!(rows, vec!["type", "u32", "i32", "f32"]);
-        assert!(out.lines().nth(1).is_some_and(|r| r.contains("65536") && r.contains(" 1")));
+        assert!(out
+            .lines()
+            .nth(1)
+            .is_some_and(|r| r.contains("65536") && r.contains(" 1")));
     }
 
     #[test]
     fn host_and_port_are_split_also_for_ipv6() {
-        assert_eq!(split_host_port("10.0.0.5:502").ok(), Some(("10.0.0.5".into(), 502)));
-        assert_eq!(split_host_port("[fd00::5]:502").ok(), Some(("fd00::5".into(), 502)));
+        assert_eq!(
+            split_host_port("10.0.0.5:502").ok(),
+            Some(("10.0.0.5".into(), 502))
+        );
+        assert_eq!(
+            split_host_port("[fd00::5]:502").ok(),
+            Some(("fd00::5".into(), 502))
+        );
         assert!(split_host_port("10.0.0.5").is_err());
     }
 
     #[test]
     fn values_are_parsed_by_type() {
-        assert_eq!(parse_value(DataType::F32, "12.5").ok(), Some(Value::F32(12.5)));
-        assert_eq!(parse_value(DataType::Bool, "on").ok(), Some(Value::Bool(true)));
+        assert_eq!(
+            parse_value(DataType::F32, "12.5").ok(),
+            Some(Value::F32(12.5))
+        );
+        assert_eq!(
+            parse_value(DataType::Bool, "on").ok(),
+            Some(Value::Bool(true))
+        );
         assert!(parse_value(DataType::U16, "-1").is_err());
     }
 }

@@ -11,9 +11,9 @@ use std::time::Duration;
 use anyhow::Context as _;
 use edge_config::{Batching, Config, Device, Protocol, SerialParity};
 use edge_modbus::bus::{spawn_serial_bus, BusClient, Parity, SerialSettings};
+use edge_modbus::codec::Scaling;
 use edge_modbus::learn::{LimitStore, LIMITS_FILE};
 use edge_modbus::link::Transport;
-use edge_modbus::codec::Scaling;
 use edge_modbus::plan::{PlanLimits, ReadPlan};
 use edge_modbus::poller::{DeviceCounters, DevicePoller, DeviceSpec, TagSpec};
 use edge_modbus::report::ReportRule;
@@ -185,7 +185,9 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Running> {
                         .serial
                         .iter()
                         .find(|p| &p.name == serial)
-                        .with_context(|| format!("device `{}`: no serial port `{serial}`", dev.name))?;
+                        .with_context(|| {
+                            format!("device `{}`: no serial port `{serial}`", dev.name)
+                        })?;
                     let (bus, task) = spawn_serial_bus(serial_settings(port), poll_rx.clone());
                     info!(port = %port.name, path = %port.path, baud = port.baud, "serial bus configured");
                     buses.push((serial.clone(), bus.clone()));
@@ -205,7 +207,8 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Running> {
     }
     // Board inputs go to the store like a device's readings, so they stop with the pollers.
     let (health_tx, health_rx) = watch::channel(Health::default());
-    let board_running = match board::spawn_board(&cfg.board, health_rx, tx.clone(), poll_rx.clone()) {
+    let board_running = match board::spawn_board(&cfg.board, health_rx, tx.clone(), poll_rx.clone())
+    {
         Some(task) => {
             pollers.push(task);
             true

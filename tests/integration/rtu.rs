@@ -84,9 +84,7 @@ line = 2
         .await
         .expect("subscriber connects");
     let mut agent = AgentProcess::spawn(&bin(), &path, &[]).expect("agent starts");
-    let topics: Vec<String> = (1..=3)
-        .map(|u| format!("{ROOT}/meter{u}/power"))
-        .collect();
+    let topics: Vec<String> = (1..=3).map(|u| format!("{ROOT}/meter{u}/power")).collect();
     let input = format!("{ROOT}/cabinet/part_present");
     let arrived = collector
         .wait_for(
@@ -99,9 +97,9 @@ line = 2
                                     && v["quality"] == "good"
                             })
                     })
-                }) && msgs.iter().any(|m| {
-                    m.topic == input && m.json().is_some_and(|v| v["value"] == false)
-                })
+                }) && msgs
+                    .iter()
+                    .any(|m| m.topic == input && m.json().is_some_and(|v| v["value"] == false))
             },
             Duration::from_secs(20),
         )
@@ -119,14 +117,38 @@ async fn the_probe_reads_and_writes_over_tcp_and_shows_every_byte_order() {
     plc.set_registers(Area::HoldingRegister, 10, &[0x0000, 0x4148]);
     let target = format!("127.0.0.1:{}", plc.local_addr().port());
     let out = cli(strings(&[
-        "modbus", "read", "--tcp", &target, "--unit", "1", "--address", "hr:10", "--count", "2",
-        "--type", "f32", "--all-orders",
+        "modbus",
+        "read",
+        "--tcp",
+        &target,
+        "--unit",
+        "1",
+        "--address",
+        "hr:10",
+        "--count",
+        "2",
+        "--type",
+        "f32",
+        "--all-orders",
     ]))
     .await;
     let text = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
-    let header = text.lines().find(|l| l.starts_with("type")).expect("a table");
-    assert!(["ABCD", "CDAB", "BADC", "DCBA"].iter().all(|o| header.contains(o)), "{text}");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let header = text
+        .lines()
+        .find(|l| l.starts_with("type"))
+        .expect("a table");
+    assert!(
+        ["ABCD", "CDAB", "BADC", "DCBA"]
+            .iter()
+            .all(|o| header.contains(o)),
+        "{text}"
+    );
     let row: Vec<&str> = text
         .lines()
         .find(|l| l.starts_with("f32"))
@@ -136,11 +158,24 @@ async fn the_probe_reads_and_writes_over_tcp_and_shows_every_byte_order() {
     assert_eq!(row.get(2), Some(&"12.5"), "CDAB column:\n{text}");
 
     let out = cli(strings(&[
-        "modbus", "write", "--tcp", &target, "--address", "hr:20", "--type", "u32", "--value",
+        "modbus",
+        "write",
+        "--tcp",
+        &target,
+        "--address",
+        "hr:20",
+        "--type",
+        "u32",
+        "--value",
         "65539",
     ]))
     .await;
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(plc.registers(Area::HoldingRegister, 20, 2), vec![1, 3]);
 }
 
@@ -151,27 +186,67 @@ async fn the_probe_reads_and_writes_a_slave_on_a_serial_bus() {
     let other = ModbusSim::detached();
     let bus = RtuBusSim::start(vec![(7, meter.clone()), (8, other.clone())]).expect("bus");
     let out = cli(strings(&[
-        "modbus", "read", "--serial", bus.path(), "--baud", "19200", "--parity", "even",
-        "--unit", "7", "--address", "ir:0", "--type", "f32",
+        "modbus",
+        "read",
+        "--serial",
+        bus.path(),
+        "--baud",
+        "19200",
+        "--parity",
+        "even",
+        "--unit",
+        "7",
+        "--address",
+        "ir:0",
+        "--type",
+        "f32",
     ]))
     .await;
     let text = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(text.contains("f32 Abcd: 12.5"), "{text}");
 
     let out = cli(strings(&[
-        "modbus", "write", "--serial", bus.path(), "--unit", "8", "--address", "coil:3",
-        "--type", "bool", "--value", "true",
+        "modbus",
+        "write",
+        "--serial",
+        bus.path(),
+        "--unit",
+        "8",
+        "--address",
+        "coil:3",
+        "--type",
+        "bool",
+        "--value",
+        "true",
     ]))
     .await;
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(other.bits(Area::Coil, 3, 1), vec![true]);
     assert_eq!(meter.bits(Area::Coil, 3, 1), vec![false]);
 
     // A unit nobody answers for is a timeout, reported and exit 1.
     let out = cli(strings(&[
-        "modbus", "read", "--serial", bus.path(), "--unit", "9", "--address", "hr:0",
-        "--timeout-ms", "200",
+        "modbus",
+        "read",
+        "--serial",
+        bus.path(),
+        "--unit",
+        "9",
+        "--address",
+        "hr:0",
+        "--timeout-ms",
+        "200",
     ]))
     .await;
     assert_eq!(out.status.code(), Some(1));
@@ -203,6 +278,9 @@ fn every_board_config_passes_check() {
             String::from_utf8_lossy(&out.stderr)
         );
         let text = String::from_utf8_lossy(&out.stdout);
-        assert!(text.contains("serial "), "{name} lists its serial ports:\n{text}");
+        assert!(
+            text.contains("serial "),
+            "{name} lists its serial ports:\n{text}"
+        );
     }
 }

@@ -81,7 +81,11 @@ impl BlockLearner {
     fn retarget(&mut self) -> Option<u16> {
         let hi = self.min_refused?.saturating_sub(1).max(self.floor);
         let lo = self.max_ok.max(self.floor).min(hi);
-        let next = if lo >= hi { hi } else { lo + (hi - lo).div_ceil(2) };
+        let next = if lo >= hi {
+            hi
+        } else {
+            lo + (hi - lo).div_ceil(2)
+        };
         if next == self.current {
             return None;
         }

@@ -234,10 +234,13 @@ impl Link {
             }),
             Transport::Tcp => {
                 let addr = resolve(host, port, limit).await?;
-                let ctx = timeout(limit, tokio_modbus::client::tcp::connect_slave(addr, Slave(unit)))
-                    .await
-                    .map_err(|_| ReadError::Timeout(limit))?
-                    .map_err(|e| ReadError::Transport(e.to_string()))?;
+                let ctx = timeout(
+                    limit,
+                    tokio_modbus::client::tcp::connect_slave(addr, Slave(unit)),
+                )
+                .await
+                .map_err(|_| ReadError::Timeout(limit))?
+                .map_err(|e| ReadError::Transport(e.to_string()))?;
                 Ok(Link::Tcp(ctx))
             }
             Transport::RtuOverTcp => {
@@ -296,10 +299,8 @@ async fn resolve(host: &str, port: u16, limit: Duration) -> Result<SocketAddr, R
 }
 
 async fn call_tcp(ctx: &mut Context, op: &Op, limit: Duration) -> Result<Reply, ReadError> {
-    type Nested<T> = Result<
-        Result<Result<T, ExceptionCode>, tokio_modbus::Error>,
-        tokio::time::error::Elapsed,
-    >;
+    type Nested<T> =
+        Result<Result<Result<T, ExceptionCode>, tokio_modbus::Error>, tokio::time::error::Elapsed>;
     fn flatten<T>(r: Nested<T>, limit: Duration) -> Result<T, ReadError> {
         match r {
             Err(_) => Err(ReadError::Timeout(limit)),

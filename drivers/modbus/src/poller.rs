@@ -19,9 +19,9 @@ use crate::address::{Address, Area, ByteOrder};
 use crate::codec::{decode_registers, Scaling};
 use crate::learn::{BlockKind, BlockLearner, LimitStore};
 use crate::link::{Link, Transport};
-use crate::rtu::{Op, Reply};
 use crate::plan::{plan, PlanError, PlanLimits, PlanTag, ReadPlan, ReadRequest};
 use crate::report::{ReportRule, ReportState};
+use crate::rtu::{Op, Reply};
 use crate::write::{DeviceHandle, WriteError, WriteOp, WriteRequest, WRITE_QUEUE};
 
 /// Everything the poller needs to know about one tag.
@@ -115,7 +115,22 @@ pub struct DevicePoller {
 }
 
 impl DevicePoller {
-    pub fn new(spec: DeviceSpec) -> Result<DevicePoller, PlanError> {
+    pub fn new(mut spec: DeviceSpec) -> Result<DevicePoller, PlanError> {
+        // Limits learned on an earlier run apply from the first read on.
+        if let Some(store) = &spec.learned_limits {
+            let learned = |kind| store.get(&spec.name.0, kind).filter(|l| *l >= 1);
+            if let Some(l) = learned(BlockKind::Registers) {
+                spec.limits.max_registers = spec.limits.max_registers.min(l);
+            }
+            if let Some(l) = learned(BlockKind::Bits) {
+                spec.limits.max_bits = spec.limits.max_bits.min(l);
+            }
+            spec.limits.max_gap_registers = spec
+                .limits
+                .max_gap_registers
+                .min(spec.limits.max_registers - 1);
+            spec.limits.max_gap_bits = spec.limits.max_gap_bits.min(spec.limits.max_bits - 1);
+        }
         let plan = plan_for(&spec)?;
         let (tx, writes) = mpsc::channel(WRITE_QUEUE);
         let handle = DeviceHandle {
@@ -535,20 +550,32 @@ impl Learners {
             spec.tags
                 .iter()
                 .filter(|t| t.address.area.is_bits() == bits)
-                .map(|t| if bits { 1 } else { crate::codec::register_count(t.data_type).max(1) })
+                .map(|t| {
+                    if bits {
+                        1
+                    } else {
+                        crate::codec::register_count(t.data_type).max(1)
+                    }
+                })
                 .max()
                 .unwrap_or(1)
         };
-        let make = |kind, configured: u16, floor: u16| {
-            match spec.learned_limits.as_ref().and_then(|s| s.get(&spec.name.0, kind)) {
-                Some(l) if l < configured => BlockLearner::learned(l, floor),
-                _ => BlockLearner::new(configured, floor),
-            }
+        let make = |kind, configured: u16, floor: u16| match spec
+            .learned_limits
+            .as_ref()
+            .and_then(|s| s.get(&spec.name.0, kind))
+        {
+            Some(l) if l < configured => BlockLearner::learned(l, floor),
+            _ => BlockLearner::new(configured, floor),
         };
-        let registers = make(BlockKind::Registers, spec.limits.max_registers, floor(false));
+        let registers = make(
+            BlockKind::Registers,
+            spec.limits.max_registers,
+            floor(false),
+        );
         let bits = make(BlockKind::Bits, spec.limits.max_bits, floor(true));
-        let changed = registers.limit() != spec.limits.max_registers
-            || bits.limit() != spec.limits.max_bits;
+        let changed =
+            registers.limit() != spec.limits.max_registers || bits.limit() != spec.limits.max_bits;
         if changed {
             info!(device = %spec.name, max_registers = registers.limit(), max_bits = bits.limit(),
                 "using the block sizes learned before");

@@ -173,10 +173,7 @@ pub fn decode_reply(op: &Op, data: &[u8]) -> Result<Reply, String> {
                 .split_first()
                 .ok_or_else(|| "empty answer".to_owned())?;
             if usize::from(n) != bytes.len() {
-                return Err(format!(
-                    "byte count {n} but {} data bytes",
-                    bytes.len()
-                ));
+                return Err(format!("byte count {n} but {} data bytes", bytes.len()));
             }
             if area.is_bits() {
                 let bits: Vec<bool> = (0..usize::from(*count))
@@ -279,7 +276,10 @@ mod tests {
         assert_eq!(scan_response(&[0x55, 0x02], 2, 0x03), Scan::Stray);
         assert_eq!(scan_response(&[0x02, 0x04], 2, 0x03), Scan::Stray);
         assert_eq!(scan_response(&[0x02], 2, 0x03), Scan::Incomplete);
-        assert_eq!(scan_response(&[0x02, 0x03, 4, 0], 2, 0x03), Scan::Incomplete);
+        assert_eq!(
+            scan_response(&[0x02, 0x03, 4, 0], 2, 0x03),
+            Scan::Incomplete
+        );
     }
 
     #[test]

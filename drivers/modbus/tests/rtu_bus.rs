@@ -125,7 +125,10 @@ async fn a_silenced_slave_is_backed_off_and_recovered_while_the_others_keep_thei
                 &format!("meter{u}"),
                 u,
                 &bus,
-                vec![tag("power", "hr:0", DataType::U16), tag("phase", "hr:1", DataType::U16)],
+                vec![
+                    tag("power", "hr:0", DataType::U16),
+                    tag("phase", "hr:1", DataType::U16),
+                ],
             )
         })
         .collect();
@@ -135,7 +138,11 @@ async fn a_silenced_slave_is_backed_off_and_recovered_while_the_others_keep_thei
     let healthy = reads_over(&r.counters, Duration::from_secs(2)).await;
     // Every slave is read at about its 10 per second.
     for (i, n) in healthy.iter().enumerate() {
-        assert!((14..=24).contains(n), "slave {} read {n} times in 2 s", i + 1);
+        assert!(
+            (14..=24).contains(n),
+            "slave {} read {n} times in 2 s",
+            i + 1
+        );
     }
     let batches = drain(&mut r.rx);
     for u in 1..=3u16 {
@@ -224,7 +231,14 @@ async fn noise_on_the_line_is_counted_as_crc_errors_and_every_read_still_succeed
     let (stop, stop_rx) = watch::channel(false);
     let (bus, _owner) = spawn_serial_bus(settings(bus_sim.path()), stop_rx);
     let specs = (1..=3u8)
-        .map(|u| slave(&format!("meter{u}"), u, &bus, vec![tag("power", "hr:0", DataType::U16)]))
+        .map(|u| {
+            slave(
+                &format!("meter{u}"),
+                u,
+                &bus,
+                vec![tag("power", "hr:0", DataType::U16)],
+            )
+        })
         .collect();
     let r = run(specs, stop);
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -238,7 +252,10 @@ async fn noise_on_the_line_is_counted_as_crc_errors_and_every_read_still_succeed
     assert!(crc >= 20, "{crc} CRC errors counted");
     let reads = reads_over(&r.counters, Duration::from_secs(1)).await;
     assert!(reads.iter().all(|n| *n >= 7), "{reads:?}");
-    assert!(r.counters.iter().all(|c| c.connected.load(Ordering::Relaxed)));
+    assert!(r
+        .counters
+        .iter()
+        .all(|c| c.connected.load(Ordering::Relaxed)));
     let _ = r.stop.send(true);
 }
 

@@ -44,9 +44,9 @@ impl RtuBusSim {
     pub fn start(slaves: Vec<(u8, ModbusSim)>) -> io::Result<RtuBusSim> {
         let (line_master, gateway_end) = SerialStream::pair().map_err(io::Error::from)?;
         let (relay_end, server_end) = SerialStream::pair().map_err(io::Error::from)?;
-        let path = gateway_end.name().ok_or_else(|| {
-            io::Error::other("the pseudo-terminal has no path")
-        })?;
+        let path = gateway_end
+            .name()
+            .ok_or_else(|| io::Error::other("the pseudo-terminal has no path"))?;
         let service = BusService {
             slaves: slaves.into_iter().map(|(u, d)| (u, d.service())).collect(),
         };

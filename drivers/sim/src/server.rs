@@ -154,7 +154,10 @@ impl ModbusSim {
     /// Refuses register reads of more than `max` registers with "illegal data value", like a
     /// meter that cannot serve the protocol's 125 (0 lifts the limit).
     pub fn set_max_read_registers(&self, max: u16) {
-        self.inner.state.max_read_registers.store(max, Ordering::SeqCst);
+        self.inner
+            .state
+            .max_read_registers
+            .store(max, Ordering::SeqCst);
     }
 
     /// A device with no listener of its own, for serving on a serial bus

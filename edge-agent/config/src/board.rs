@@ -73,7 +73,10 @@ pub struct DigitalInput {
     pub poll_interval: Duration,
 }
 
-pub(crate) fn read_board(cx: &mut Diagnostics<'_>, root: &mut TableReader<'_, '_>) -> Option<Board> {
+pub(crate) fn read_board(
+    cx: &mut Diagnostics<'_>,
+    root: &mut TableReader<'_, '_>,
+) -> Option<Board> {
     let mut t = match root.table(cx, "board") {
         Val::Present(t, _) => t,
         Val::Absent => {
@@ -147,10 +150,15 @@ fn read_serial(
     names: &mut UniqueNames,
 ) -> Option<SerialPort> {
     let name = t.string(cx, "name");
-    let name = t.require(cx, "name", name, "name = \"rs485-1\"").filter(|(n, span)| {
-        check_name(cx, span, "serial port name", n, Underscore::Reserved) && names.insert(cx, span, n)
-    });
-    let path = t.text(cx, "path").and_then(|p, span| check_path(cx, span, p));
+    let name = t
+        .require(cx, "name", name, "name = \"rs485-1\"")
+        .filter(|(n, span)| {
+            check_name(cx, span, "serial port name", n, Underscore::Reserved)
+                && names.insert(cx, span, n)
+        });
+    let path = t
+        .text(cx, "path")
+        .and_then(|p, span| check_path(cx, span, p));
     let path = t.require(cx, "path", path, "path = \"/dev/ttyAMA0\"");
     let baud: Option<u32> = t.integer(cx, "baud", 1200..=921_600).or(9600);
     let parity = t
@@ -197,7 +205,10 @@ fn read_line(cx: &mut Diagnostics<'_>, t: &mut TableReader<'_, '_>) -> Option<Gp
             cx.error(
                 span,
                 format!("`{c}` is not a GPIO character device"),
-                Some("use /dev/gpiochipN (see `gpiodetect`), or \"sim\" for a simulated line".to_owned()),
+                Some(
+                    "use /dev/gpiochipN (see `gpiodetect`), or \"sim\" for a simulated line"
+                        .to_owned(),
+                ),
             );
             None
         }
@@ -219,9 +230,11 @@ fn read_input(
     names: &mut UniqueNames,
 ) -> Option<DigitalInput> {
     let name = t.string(cx, "name");
-    let name = t.require(cx, "name", name, "name = \"part_present\"").filter(|(n, span)| {
-        check_name(cx, span, "input name", n, Underscore::Reserved) && names.insert(cx, span, n)
-    });
+    let name = t
+        .require(cx, "name", name, "name = \"part_present\"")
+        .filter(|(n, span)| {
+            check_name(cx, span, "input name", n, Underscore::Reserved) && names.insert(cx, span, n)
+        });
     let line = read_line(cx, t);
     let poll: Option<u64> = t.integer(cx, "poll_interval_ms", 10..=60_000).or(100);
     Some(DigitalInput {

@@ -230,17 +230,17 @@ fn read_device(
 
     #[derive(Clone, Copy, PartialEq)]
     enum Kind {
-        ModbusTcp,
-        ModbusRtu,
-        ModbusRtuTcp,
+        Tcp,
+        Rtu,
+        RtuOverTcp,
     }
     let protocol = t.choice(
         cx,
         "protocol",
         &[
-            ("modbus-tcp", Kind::ModbusTcp),
-            ("modbus-rtu", Kind::ModbusRtu),
-            ("modbus-rtu-tcp", Kind::ModbusRtuTcp),
+            ("modbus-tcp", Kind::Tcp),
+            ("modbus-rtu", Kind::Rtu),
+            ("modbus-rtu-tcp", Kind::RtuOverTcp),
         ],
         &[("opcua", "this version polls Modbus devices only")],
     );
@@ -254,31 +254,43 @@ fn read_device(
         .or(Device::DEFAULT_UNIT_ID);
     let serial = t.string(cx, "serial");
     let protocol = match protocol {
-        Some((Kind::ModbusRtu, kind_span)) => {
+        Some((Kind::Rtu, _)) => {
             if let Some((_, span)) = host.present() {
                 cx.error(span, "`host` does not apply to a modbus-rtu device", Some("a serial slave is reached through `serial`; use protocol = \"modbus-rtu-tcp\" for a device server".to_owned()));
             }
-            let serial = t.require(cx, "serial", serial, "serial = \"rs485-1\"").and_then(|(name, span)| {
-                let known = serial_ports.unwrap_or(&[]);
-                if known.iter().any(|k| k == name) {
-                    Some(name.to_owned())
-                } else {
-                    let hint = if known.is_empty() {
-                        "declare the port in [[board.serial]] with name and path".to_owned()
+            let serial = t
+                .require(cx, "serial", serial, "serial = \"rs485-1\"")
+                .and_then(|(name, span)| {
+                    let known = serial_ports.unwrap_or(&[]);
+                    if known.iter().any(|k| k == name) {
+                        Some(name.to_owned())
                     } else {
-                        format!("the board's serial ports are {}", known.iter().map(|k| format!("`{k}`")).collect::<Vec<_>>().join(", "))
-                    };
-                    cx.error(&span, format!("no [[board.serial]] named `{name}`"), Some(hint));
-                    None
-                }
-            });
-            let _ = kind_span;
+                        let hint = if known.is_empty() {
+                            "declare the port in [[board.serial]] with name and path".to_owned()
+                        } else {
+                            format!(
+                                "the board's serial ports are {}",
+                                known
+                                    .iter()
+                                    .map(|k| format!("`{k}`"))
+                                    .collect::<Vec<_>>()
+                                    .join(", ")
+                            )
+                        };
+                        cx.error(
+                            &span,
+                            format!("no [[board.serial]] named `{name}`"),
+                            Some(hint),
+                        );
+                        None
+                    }
+                });
             match (serial, unit_id) {
                 (Some(serial), Some(unit_id)) => Some(Protocol::ModbusRtu { serial, unit_id }),
                 _ => None,
             }
         }
-        Some((Kind::ModbusRtuTcp, _)) => {
+        Some((Kind::RtuOverTcp, _)) => {
             let host = t.require(cx, "host", host, "host = \"10.0.0.20\"");
             match (host, port, unit_id) {
                 (Some((host, _)), Some(port), Some(unit_id)) => Some(Protocol::ModbusRtuTcp {
@@ -289,7 +301,7 @@ fn read_device(
                 _ => None,
             }
         }
-        Some((Kind::ModbusTcp, _)) => {
+        Some((Kind::Tcp, _)) => {
             let host = t.require(cx, "host", host, "host = \"10.0.0.5\"");
             match (host, port, unit_id) {
                 (Some((host, _)), Some(port), Some(unit_id)) => Some(Protocol::ModbusTcp {

@@ -89,19 +89,22 @@ pub fn parse(src: &str, file: &Path, secrets: &dyn SecretSource) -> Result<Confi
         }
     }
     match (gateway, store, northbounds, devices, machines, board) {
-        (Some(gateway), Some(store), Some(northbounds), Some(devices), Some(machines), Some(board))
-            if !cx.has_errors() =>
-        {
-            Ok(Config {
-                source: file.to_path_buf(),
-                gateway,
-                store,
-                northbounds,
-                devices,
-                machines,
-                board,
-            })
-        }
+        (
+            Some(gateway),
+            Some(store),
+            Some(northbounds),
+            Some(devices),
+            Some(machines),
+            Some(board),
+        ) if !cx.has_errors() => Ok(Config {
+            source: file.to_path_buf(),
+            gateway,
+            store,
+            northbounds,
+            devices,
+            machines,
+            board,
+        }),
         _ => {
             let errors = cx.finish();
             if errors.is_empty() {

@@ -78,7 +78,13 @@ fn a_board_with_a_serial_port_led_and_input_is_read_with_its_defaults() {
     assert_eq!(c.board.model.as_deref(), Some("Revolution Pi Connect"));
     let port = &c.board.serial[0];
     assert_eq!(
-        (port.path.as_str(), port.baud, port.parity, port.data_bits, port.stop_bits),
+        (
+            port.path.as_str(),
+            port.baud,
+            port.parity,
+            port.data_bits,
+            port.stop_bits
+        ),
         ("/dev/ttyRS485", 19200, SerialParity::Even, 8, 1)
     );
     let led = c.board.status_led.as_ref().expect("led");
@@ -111,10 +117,19 @@ fn serial_settings_out_of_range_are_each_reported() {
     );
     let e = errors(&src);
     let messages: Vec<&str> = e.iter().map(|e| e.message.as_str()).collect();
-    assert!(messages.iter().any(|m| m.contains("not a device path")), "{messages:?}");
+    assert!(
+        messages.iter().any(|m| m.contains("not a device path")),
+        "{messages:?}"
+    );
     assert!(messages.iter().any(|m| m.contains("baud")), "{messages:?}");
-    assert!(messages.iter().any(|m| m.contains("parity")), "{messages:?}");
-    assert!(messages.iter().any(|m| m.contains("stop_bits")), "{messages:?}");
+    assert!(
+        messages.iter().any(|m| m.contains("parity")),
+        "{messages:?}"
+    );
+    assert!(
+        messages.iter().any(|m| m.contains("stop_bits")),
+        "{messages:?}"
+    );
 }
 
 #[test]
@@ -123,7 +138,11 @@ fn an_rtu_over_tcp_device_needs_a_host() {
         "{HEAD}\n[[device]]\nname = \"m\"\nprotocol = \"modbus-rtu-tcp\"\nunit_id = 3\n  [[device.tag]]\n  name = \"t\"\n  address = \"hr:0\"\n  type = \"u16\"\n"
     );
     let e = errors(&src);
-    assert!(e.iter().any(|e| e.message.contains("missing `host`")), "{}", ConfigErrors(e.clone()));
+    assert!(
+        e.iter().any(|e| e.message.contains("missing `host`")),
+        "{}",
+        ConfigErrors(e.clone())
+    );
 }
 
 #[test]
@@ -132,5 +151,7 @@ fn a_gpio_line_must_be_on_a_character_device() {
         "{HEAD}\n[board]\n[board.status_led]\nchip = \"/sys/class/gpio\"\nline = 4\n{METER}"
     );
     let e = errors(&src);
-    assert!(e.iter().any(|e| e.message.contains("not a GPIO character device")));
+    assert!(e
+        .iter()
+        .any(|e| e.message.contains("not a GPIO character device")));
 }
