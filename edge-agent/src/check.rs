@@ -5,6 +5,7 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 use edge_config::{Config, ConfigErrors, Protocol};
+use edge_modbus::learn::{read_limits, BlockKind};
 use edge_store::{Store, StoreError};
 
 use crate::runtime::{self, StatusSnapshot};
@@ -87,23 +88,23 @@ pub fn describe(cfg: &Config) -> anyhow::Result<String> {
             nb.name, nb.url, nb.client_id, nb.topic_root, nb.batching, nb.max_inflight
         )?;
     }
+    describe_board(&mut out, cfg)?;
+    let learned: Vec<(String, BlockKind, u16)> = read_limits(&runtime::limits_path(cfg))
+        .into_iter()
+        .map(|((d, k), v)| (d, k, v))
+        .collect();
     let mut total_requests = 0usize;
     let mut total_tags = 0usize;
     let mut total_rate = 0.0f64;
     for dev in &cfg.devices {
-        let Protocol::ModbusTcp {
-            host,
-            port,
-            unit_id,
-        } = &dev.protocol;
         writeln!(out)?;
         writeln!(
             out,
-            "device {}  modbus-tcp {}:{} unit {}  poll {} ms  timeout {} ms  {} tags",
+            "device {}  {} {} unit {}  poll {} ms  timeout {} ms  {} tags",
             dev.name,
-            host,
-            port,
-            unit_id,
+            dev.protocol.as_str(),
+            dev.protocol.endpoint(),
+            dev.protocol.unit_id(),
             dev.poll_interval.as_millis(),
             dev.timeout.as_millis(),
             dev.tags.len()
@@ -159,6 +160,19 @@ pub fn describe(cfg: &Config) -> anyhow::Result<String> {
                 )?;
             }
         }
+        for (device, kind, limit) in &learned {
+            if device == &dev.name {
+                writeln!(
+                    out,
+                    "  learned: the device accepts at most {limit} {} per read (from {})",
+                    match kind {
+                        BlockKind::Registers => "registers",
+                        BlockKind::Bits => "bits",
+                    },
+                    runtime::limits_path(cfg).display()
+                )?;
+            }
+        }
         total_requests += plan.request_count();
         total_tags += dev.tags.len();
         total_rate += plan.requests_per_second();
@@ -183,6 +197,61 @@ pub fn describe(cfg: &Config) -> anyhow::Result<String> {
         )?;
     }
     Ok(out)
+}
+
+/// `[board]`: the serial buses and the board I/O.
+fn describe_board(out: &mut String, cfg: &Config) -> std::fmt::Result {
+    let b = &cfg.board;
+    if let Some(m) = &b.model {
+        writeln!(out, "board {m}")?;
+    }
+    for p in &b.serial {
+        let devices: Vec<&str> = cfg
+            .devices
+            .iter()
+            .filter(
+                |d| matches!(&d.protocol, Protocol::ModbusRtu { serial, .. } if serial == &p.name),
+            )
+            .map(|d| d.name.as_str())
+            .collect();
+        writeln!(
+            out,
+            "serial {}  {}  {} baud, {} data bits, parity {:?}, {} stop bit(s)  slaves: {}",
+            p.name,
+            p.path,
+            p.baud,
+            p.data_bits,
+            p.parity,
+            p.stop_bits,
+            if devices.is_empty() {
+                "none".to_owned()
+            } else {
+                devices.join(", ")
+            }
+        )?;
+    }
+    if let Some(l) = &b.status_led {
+        writeln!(
+            out,
+            "status LED  {} line {}{}  (steady: connected, slow blink: buffering, fast blink: fault)",
+            l.chip,
+            l.line,
+            if l.active_low { " active-low" } else { "" }
+        )?;
+    }
+    for i in &b.inputs {
+        writeln!(
+            out,
+            "input {}/{}  {} line {}{}  every {} ms",
+            b.input_device,
+            i.name,
+            i.line.chip,
+            i.line.line,
+            if i.line.active_low { " active-low" } else { "" },
+            i.poll_interval.as_millis()
+        )?;
+    }
+    Ok(())
 }
 
 /// One `[[machine]]`: where its facts come from, what its state values mean, where a

@@ -329,9 +329,10 @@ fn demo_config(
     };
     cfg.gateway.data_dir = data_dir.to_owned();
     for dev in &mut cfg.devices {
-        let Protocol::ModbusTcp { host, port, .. } = &mut dev.protocol;
-        *host = plc.ip().to_string();
-        *port = plc.port();
+        if let Protocol::ModbusTcp { host, port, .. } = &mut dev.protocol {
+            *host = plc.ip().to_string();
+            *port = plc.port();
+        }
     }
     for nb in &mut cfg.northbounds {
         nb.url = BrokerUrl {

@@ -2,10 +2,12 @@
 //! The binary (`main.rs`) is a thin command line over these modules.
 
 pub mod admin;
+pub mod board;
 pub mod check;
 pub mod demo;
 pub mod mes;
 pub mod notify;
+pub mod probe;
 pub mod publisher;
 pub mod reload;
 pub mod runtime;

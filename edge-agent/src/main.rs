@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use edge_agent::{check, demo, service, EXIT_CONFIG};
+use edge_agent::{check, demo, probe, service, EXIT_CONFIG};
 use tracing::error;
 use tracing_subscriber::EnvFilter;
 
@@ -40,6 +40,19 @@ enum Command {
         #[command(subcommand)]
         command: BufferCommand,
     },
+    /// Commissioning probe: read or write one Modbus address (TCP, RTU over TCP, serial).
+    Modbus {
+        #[command(subcommand)]
+        command: ModbusCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum ModbusCommand {
+    /// Read registers or bits and decode them (`--all-orders` shows every byte order).
+    Read(probe::ReadArgs),
+    /// Write one value.
+    Write(probe::WriteArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -77,6 +90,7 @@ fn main() -> ExitCode {
             command: BufferCommand::Stats { config, json },
         } => ExitCode::from(check::buffer_stats(&config, json) as u8),
         Command::Run { config } => run(config),
+        Command::Modbus { command } => modbus(command),
         Command::Demo(args) => match demo::run(args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -84,6 +98,36 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+    }
+}
+
+/// Runs the probe; a failure is printed and exits 1.
+fn modbus(command: ModbusCommand) -> ExitCode {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            error!("cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = rt.block_on(async {
+        match &command {
+            ModbusCommand::Read(args) => probe::read(args).await,
+            ModbusCommand::Write(args) => probe::write(args).await,
+        }
+    });
+    match result {
+        Ok(text) => {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
     }
 }
 

@@ -10,8 +10,11 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use anyhow::Context as _;
-use edge_config::{Batching, Config, Device, Protocol};
+use edge_config::{Batching, Config, Device, Protocol, SerialParity};
+use edge_modbus::bus::{spawn_serial_bus, BusClient, Parity, SerialSettings};
 use edge_modbus::codec::Scaling;
+use edge_modbus::learn::{LimitStore, LIMITS_FILE};
+use edge_modbus::link::Transport;
 use edge_modbus::plan::{PlanLimits, ReadPlan};
 use edge_modbus::poller::{DeviceCounters, DevicePoller, DeviceSpec, TagSpec};
 use edge_modbus::report::ReportRule;
@@ -24,6 +27,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tracing::{error, info, warn};
 
+use crate::board;
 use crate::mes;
 use crate::publisher::{EncoderSlot, GatewayInfo, Publisher, PublisherStats};
 use crate::reload::{self, NeedsRestart, ReloadPlan};
@@ -66,18 +70,21 @@ pub fn northbound_names(cfg: &Config) -> Vec<String> {
     cfg.northbounds.iter().map(|n| n.name.clone()).collect()
 }
 
-/// The poller's view of a configured device.
-pub fn device_spec(dev: &Device) -> DeviceSpec {
-    let Protocol::ModbusTcp {
-        host,
-        port,
-        unit_id,
-    } = &dev.protocol;
+/// The poller's view of a configured device, reached through `transport`.
+pub fn device_spec(dev: &Device, transport: Transport) -> DeviceSpec {
+    let (host, port) = match &dev.protocol {
+        Protocol::ModbusTcp { host, port, .. } | Protocol::ModbusRtuTcp { host, port, .. } => {
+            (host.clone(), *port)
+        }
+        Protocol::ModbusRtu { .. } => (String::new(), 0),
+    };
     DeviceSpec {
         name: DeviceId(dev.name.clone()),
-        host: host.clone(),
-        port: *port,
-        unit_id: *unit_id,
+        transport,
+        learned_limits: None,
+        host,
+        port,
+        unit_id: dev.protocol.unit_id(),
         timeout: dev.timeout,
         backoff_min: dev.backoff_min,
         backoff_max: dev.backoff_max,
@@ -112,7 +119,8 @@ pub fn device_spec(dev: &Device) -> DeviceSpec {
 
 /// The read plan of a configured device.
 pub fn device_plan(dev: &Device) -> anyhow::Result<ReadPlan> {
-    edge_modbus::poller::plan_for(&device_spec(dev))
+    // The plan depends on the tags and limits only, not on the transport.
+    edge_modbus::poller::plan_for(&device_spec(dev, Transport::Tcp))
         .with_context(|| format!("device `{}`: cannot plan its reads", dev.name))
 }
 
@@ -159,6 +167,63 @@ pub struct Running {
     command_task: JoinHandle<()>,
     command_targets: watch::Sender<Option<mes::CommandTargets>>,
     encoder_slots: Vec<EncoderSlot>,
+    /// Serial buses, learned block sizes, and the tasks that are not device pollers.
+    links: Links,
+    /// Feeds the status LED, when the board has board I/O.
+    health_task: Option<JoinHandle<()>>,
+}
+
+/// What the device pollers share: one owner task per serial bus, the learned block sizes,
+/// and the board I/O task; stopped after the pollers.
+#[derive(Debug)]
+struct Links {
+    buses: Vec<(String, BusClient)>,
+    learned: Arc<LimitStore>,
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Links {
+    /// How a device is reached; a serial bus is started the first time a device uses it.
+    fn transport(&mut self, cfg: &Config, dev: &Device) -> anyhow::Result<Transport> {
+        Ok(match &dev.protocol {
+            Protocol::ModbusTcp { .. } => Transport::Tcp,
+            Protocol::ModbusRtuTcp { .. } => Transport::RtuOverTcp,
+            Protocol::ModbusRtu { serial, .. } => {
+                if let Some((_, bus)) = self.buses.iter().find(|(n, _)| n == serial) {
+                    Transport::Serial(bus.clone())
+                } else {
+                    let port = cfg
+                        .board
+                        .serial
+                        .iter()
+                        .find(|p| &p.name == serial)
+                        .with_context(|| {
+                            format!("device `{}`: no serial port `{serial}`", dev.name)
+                        })?;
+                    let (bus, task) =
+                        spawn_serial_bus(serial_settings(port), self.stop.subscribe());
+                    info!(port = %port.name, path = %port.path, baud = port.baud, "serial bus configured");
+                    self.buses.push((serial.clone(), bus.clone()));
+                    self.tasks.push(task);
+                    Transport::Serial(bus)
+                }
+            }
+        })
+    }
+
+    async fn stop(self) {
+        let _ = self.stop.send(true);
+        for t in self.tasks {
+            let mut t = t;
+            if tokio::time::timeout(Duration::from_secs(5), &mut t)
+                .await
+                .is_err()
+            {
+                t.abort();
+            }
+        }
+    }
 }
 
 /// Whether the parts the watchdog vouches for are working.
@@ -179,10 +244,14 @@ impl Health {
 }
 
 fn spawn_poller(
+    cfg: &Config,
     dev: &Device,
     tx: &mpsc::Sender<Batch>,
+    links: &mut Links,
 ) -> anyhow::Result<(PollerTask, Arc<DeviceCounters>, DeviceHandle)> {
-    let poller = DevicePoller::new(device_spec(dev))
+    let mut spec = device_spec(dev, links.transport(cfg, dev)?);
+    spec.learned_limits = Some(links.learned.clone());
+    let poller = DevicePoller::new(spec)
         .with_context(|| format!("device `{}`: cannot plan its reads", dev.name))?;
     info!(device = %dev.name, tags = dev.tags.len(), requests_per_scan = poller.plan().request_count(), "device configured");
     let counters = poller.counters();
@@ -239,13 +308,30 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Running> {
     let mut pollers = Vec::new();
     let mut devices = Vec::new();
     let mut handles = Vec::new();
+    let (links_stop, _) = watch::channel(false);
+    let mut links = Links {
+        buses: Vec::new(),
+        learned: Arc::new(LimitStore::open(&limits_path(cfg))),
+        stop: links_stop,
+        tasks: Vec::new(),
+    };
     for dev in &cfg.devices {
-        let (task, counters, handle) = spawn_poller(dev, &tx)?;
+        let (task, counters, handle) = spawn_poller(cfg, dev, &tx, &mut links)?;
         devices.push((dev.name.clone(), counters));
         handles.push(handle);
         pollers.push(task);
     }
     let devices: DeviceList = Arc::new(RwLock::new(devices));
+    // Board inputs go to the store like a device's readings, so they stop with the pollers.
+    let (health_tx, health_rx) = watch::channel(board::Health::default());
+    let board_running =
+        match board::spawn_board(&cfg.board, health_rx, tx.clone(), links.stop.subscribe()) {
+            Some(task) => {
+                links.tasks.push(task);
+                true
+            }
+            None => false,
+        };
 
     let (publish_stop, publish_rx) = watch::channel(false);
     let gateway = GatewayInfo {
@@ -282,6 +368,14 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Running> {
     }
 
     drop(commands);
+    let health_task = board_running.then(|| {
+        tokio::spawn(health_loop(
+            health_tx,
+            store.clone(),
+            devices.clone(),
+            publishers.clone(),
+        ))
+    });
 
     let status_task = tokio::spawn(write_status_loop(
         status_path(cfg),
@@ -305,7 +399,69 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Running> {
         command_task,
         command_targets,
         encoder_slots,
+        links,
+        health_task,
     })
+}
+
+/// How often the status LED's view of the gateway is refreshed.
+const HEALTH_EVERY: Duration = Duration::from_millis(250);
+
+/// Keeps the board's view of the gateway's health current for the status LED.
+async fn health_loop(
+    tx: watch::Sender<board::Health>,
+    store: Store,
+    devices: DeviceList,
+    publishers: Vec<(String, Arc<PublisherStats>)>,
+) {
+    let mut tick = tokio::time::interval(HEALTH_EVERY);
+    loop {
+        tick.tick().await;
+        let next = store.next_id();
+        let backlog = publishers
+            .iter()
+            .map(|(name, _)| next.saturating_sub(store.cursor(name)))
+            .max()
+            .unwrap_or(0);
+        let devices = devices.read().unwrap_or_else(|e| e.into_inner()).clone();
+        let h = board::Health {
+            devices_total: devices.len(),
+            devices_connected: devices
+                .iter()
+                .filter(|(_, c)| c.connected.load(Ordering::Relaxed))
+                .count(),
+            northbounds_total: publishers.len(),
+            northbounds_connected: publishers
+                .iter()
+                .filter(|(_, p)| p.connected.load(Ordering::Relaxed))
+                .count(),
+            backlog,
+            store_failed: false,
+        };
+        if tx.send(h).is_err() {
+            break;
+        }
+    }
+}
+
+/// The learned block sizes' file inside the data directory.
+pub fn limits_path(cfg: &Config) -> PathBuf {
+    cfg.gateway.data_dir.join(LIMITS_FILE)
+}
+
+/// The bus owner's view of a configured serial port.
+pub fn serial_settings(port: &edge_config::SerialPort) -> SerialSettings {
+    SerialSettings {
+        path: port.path.clone(),
+        baud: port.baud,
+        parity: match port.parity {
+            SerialParity::None => Parity::None,
+            SerialParity::Even => Parity::Even,
+            SerialParity::Odd => Parity::Odd,
+        },
+        data_bits: port.data_bits,
+        stop_bits: port.stop_bits,
+    }
 }
 
 impl Running {
@@ -379,8 +535,8 @@ impl Running {
             .collect();
         self.handles.retain(|h| !going.contains(&h.name.as_str()));
         for d in plan.added.iter().chain(&plan.changed) {
-            let (task, counters, handle) =
-                spawn_poller(d, &self.batches).map_err(ReloadError::Start)?;
+            let (task, counters, handle) = spawn_poller(&new, d, &self.batches, &mut self.links)
+                .map_err(ReloadError::Start)?;
             self.pollers.push(task);
             counters_by_name.push((d.name.clone(), counters));
             self.handles.push(handle);
@@ -414,6 +570,8 @@ impl Running {
         for p in self.pollers {
             stop_poller(p).await;
         }
+        // Buses and board inputs after the pollers that use them, before the writer closes.
+        self.links.stop().await;
         drop(self.batches);
         let mut writer = self.writer;
         match tokio::time::timeout(WRITER_LIMIT, &mut writer).await {
@@ -447,6 +605,9 @@ impl Running {
             command_task.abort();
         }
         self.status_task.abort();
+        if let Some(t) = self.health_task {
+            t.abort();
+        }
         match tokio::time::timeout(Duration::from_secs(3), self.store.flush()).await {
             Ok(Ok(_)) => {}
             Ok(Err(e)) => warn!(error = %e, "final store flush failed"),

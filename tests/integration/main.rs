@@ -12,5 +12,6 @@ mod devices;
 mod lifecycle;
 mod mes;
 mod ops;
+mod rtu;
 mod security;
 mod types;

@@ -1,9 +1,9 @@
-//! One task per Modbus TCP device: connects, runs the read plan on a schedule that does not
-//! drift, decodes the answers into samples and hands them to the core as batches. A device that
-//! stops answering turns its tags `bad` and is reconnected with exponential backoff and jitter;
-//! since every device has its own task, a dead PLC never slows the others.
+//! One task per Modbus device: connects (TCP, RTU over TCP, or a slave on a serial bus), runs
+//! the read plan on a schedule that does not drift, decodes the answers into samples and hands
+//! them to the core as batches. A device that stops answering turns its tags `bad` and is
+//! retried with exponential backoff and jitter; since every device has its own task, a dead PLC
+//! never slows the others. A device that refuses merged reads gets its block size learned.
 
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -11,15 +11,17 @@ use std::time::{Duration, Instant};
 use edge_model::{now_ms, Batch, DataType, DeviceId, Quality, Sample, TagName, Value};
 use rand::Rng;
 use tokio::sync::{mpsc, watch};
-use tokio::time::{sleep_until, timeout};
-use tokio_modbus::client::{Context, Reader, Writer};
-use tokio_modbus::{ExceptionCode, Slave};
+use tokio::time::sleep_until;
+use tokio_modbus::ExceptionCode;
 use tracing::{debug, info, warn};
 
 use crate::address::{Address, Area, ByteOrder};
 use crate::codec::{decode_registers, Scaling};
+use crate::learn::{BlockKind, BlockLearner, LimitStore};
+use crate::link::{Link, Transport};
 use crate::plan::{plan, PlanError, PlanLimits, PlanTag, ReadPlan, ReadRequest};
 use crate::report::{ReportRule, ReportState};
+use crate::rtu::{Op, Reply};
 use crate::write::{DeviceHandle, WriteError, WriteOp, WriteRequest, WRITE_QUEUE};
 
 /// Everything the poller needs to know about one tag.
@@ -40,6 +42,8 @@ pub struct TagSpec {
 #[derive(Debug, Clone)]
 pub struct DeviceSpec {
     pub name: DeviceId,
+    /// How the device is reached; `host` and `port` apply to the TCP transports.
+    pub transport: Transport,
     pub host: String,
     pub port: u16,
     pub unit_id: u8,
@@ -49,6 +53,8 @@ pub struct DeviceSpec {
     pub backoff_max: Duration,
     pub limits: PlanLimits,
     pub tags: Vec<TagSpec>,
+    /// Where learned block sizes are kept; `None` learns for this run only.
+    pub learned_limits: Option<Arc<LimitStore>>,
 }
 
 /// Counters a device task keeps for status lines, health and metrics.
@@ -144,6 +150,8 @@ pub enum ReadError {
     Transport(String),
     #[error("the device answered {got} values for a request of {want}")]
     ShortResponse { want: u16, got: usize },
+    #[error("the device's answer does not fit the request: {0}")]
+    BadAnswer(String),
 }
 
 impl ReadError {
@@ -168,7 +176,22 @@ pub struct DevicePoller {
 }
 
 impl DevicePoller {
-    pub fn new(spec: DeviceSpec) -> Result<DevicePoller, PlanError> {
+    pub fn new(mut spec: DeviceSpec) -> Result<DevicePoller, PlanError> {
+        // Limits learned on an earlier run apply from the first read on.
+        if let Some(store) = &spec.learned_limits {
+            let learned = |kind| store.get(&spec.name.0, kind).filter(|l| *l >= 1);
+            if let Some(l) = learned(BlockKind::Registers) {
+                spec.limits.max_registers = spec.limits.max_registers.min(l);
+            }
+            if let Some(l) = learned(BlockKind::Bits) {
+                spec.limits.max_bits = spec.limits.max_bits.min(l);
+            }
+            spec.limits.max_gap_registers = spec
+                .limits
+                .max_gap_registers
+                .min(spec.limits.max_registers - 1);
+            spec.limits.max_gap_bits = spec.limits.max_gap_bits.min(spec.limits.max_bits - 1);
+        }
         let plan = plan_for(&spec)?;
         let (tx, writes) = mpsc::channel(WRITE_QUEUE);
         let handle = DeviceHandle {
@@ -201,12 +224,13 @@ impl DevicePoller {
     /// Polls until `shutdown` turns true or the batch channel closes.
     pub async fn run(self, tx: mpsc::Sender<Batch>, mut shutdown: watch::Receiver<bool>) {
         let DevicePoller {
-            spec,
-            plan,
+            mut spec,
+            mut plan,
             counters,
             mut writes,
             handle,
         } = self;
+        let mut learners = Learners::new(&spec);
         // Only the handles given out keep the write channel open.
         drop(handle);
         let mut states: Vec<ReportState> = vec![ReportState::default(); spec.tags.len()];
@@ -215,7 +239,7 @@ impl DevicePoller {
             .iter()
             .map(|g| vec![false; g.requests.len()])
             .collect();
-        let mut conn: Option<Context> = None;
+        let mut conn: Option<Link> = None;
         let mut backoff = spec.backoff_min;
         let mut retry_at = Instant::now();
         let mut next_due: Vec<Instant> = vec![Instant::now(); plan.groups.len()];
@@ -235,9 +259,9 @@ impl DevicePoller {
                         continue;
                     }
                 }
-                match connect(&spec).await {
+                match connect(&spec, &plan).await {
                     Ok(ctx) => {
-                        info!(device = %spec.name, host = %spec.host, port = spec.port, "connected");
+                        info!(device = %spec.name, transport = spec.transport.as_str(), host = %spec.host, port = spec.port, "connected");
                         counters.connects.fetch_add(1, Ordering::Relaxed);
                         counters.connected.store(true, Ordering::Relaxed);
                         conn = Some(ctx);
@@ -307,6 +331,7 @@ impl DevicePoller {
             };
             let mut batch = Batch::new(spec.name.clone());
             let mut lost: Option<ReadError> = None;
+            let mut replan = false;
             for (ri, req) in group.requests.iter().enumerate() {
                 let read_ts = now_ms();
                 let started = Instant::now();
@@ -319,6 +344,7 @@ impl DevicePoller {
                 match result {
                     Ok(data) => {
                         counters.reads_ok.fetch_add(1, Ordering::Relaxed);
+                        learners.accepted(&spec, req);
                         if failing[gi][ri] {
                             info!(device = %spec.name, request = %req.describe(), "request answered again");
                             failing[gi][ri] = false;
@@ -328,6 +354,10 @@ impl DevicePoller {
                     Err(e) => {
                         if let ReadError::Exception(code) = &e {
                             counters.exceptions.fetch_add(1, Ordering::Relaxed);
+                            if learners.refused(&spec, req, *code) {
+                                replan = true;
+                                break;
+                            }
                             if !failing[gi][ri] {
                                 warn!(device = %spec.name, request = %req.describe(), exception = ?code,
                                     tags = %tag_names(&spec, req),
@@ -371,14 +401,30 @@ impl DevicePoller {
                 break;
             }
             next_due[gi] = next_tick(next_due[gi], group.interval, Instant::now());
+            if replan || learners.take_changed() {
+                learners.apply(&mut spec.limits);
+                match plan_for(&spec) {
+                    Ok(p) => {
+                        plan = p;
+                        failing = plan
+                            .groups
+                            .iter()
+                            .map(|g| vec![false; g.requests.len()])
+                            .collect();
+                        // The refused group is read again at once with the smaller blocks.
+                        let now = Instant::now();
+                        next_due = vec![now; plan.groups.len()];
+                    }
+                    Err(e) => {
+                        warn!(device = %spec.name, error = %e, "cannot plan with the learned limit; learning stops");
+                        learners.stop();
+                    }
+                }
+            }
         }
         counters.connected.store(false, Ordering::Relaxed);
-        if let Some(mut ctx) = conn {
-            let _ = timeout(
-                spec.timeout,
-                tokio_modbus::client::Client::disconnect(&mut ctx),
-            )
-            .await;
+        if let Some(ctx) = conn {
+            ctx.close(spec.timeout).await;
         }
         debug!(device = %spec.name, "poller stopped");
     }
@@ -442,52 +488,52 @@ async fn wait(
     }
 }
 
-/// Carries out one write on the connection, bounded by `limit` per request.
-async fn execute_write(ctx: &mut Context, op: &WriteOp, limit: Duration) -> Result<(), WriteError> {
-    fn flatten<T>(
-        r: Result<
-            Result<Result<T, ExceptionCode>, tokio_modbus::Error>,
-            tokio::time::error::Elapsed,
-        >,
-        limit: Duration,
-    ) -> Result<T, WriteError> {
-        match r {
-            Err(_) => Err(WriteError::Timeout(limit)),
-            Ok(Err(e)) => Err(WriteError::Transport(e.to_string())),
-            Ok(Ok(Err(code))) => Err(WriteError::Exception(code)),
-            Ok(Ok(Ok(v))) => Ok(v),
+/// Carries out one write on the link, bounded by `limit` per request.
+async fn execute_write(link: &mut Link, op: &WriteOp, limit: Duration) -> Result<(), WriteError> {
+    fn to_write_error(e: ReadError) -> WriteError {
+        match e {
+            ReadError::Exception(code) => WriteError::Exception(code),
+            ReadError::Timeout(d) => WriteError::Timeout(d),
+            other => WriteError::Transport(other.to_string()),
         }
     }
-    match op {
-        WriteOp::Coil { address, on } => flatten(
-            timeout(limit, ctx.write_single_coil(*address, *on)).await,
-            limit,
-        ),
-        WriteOp::Registers { address, words } if words.len() == 1 => flatten(
-            timeout(limit, ctx.write_single_register(*address, words[0])).await,
-            limit,
-        ),
-        WriteOp::Registers { address, words } => flatten(
-            timeout(limit, ctx.write_multiple_registers(*address, words)).await,
-            limit,
-        ),
+    let ops = match op {
+        WriteOp::Coil { address, on } => Op::WriteCoil {
+            address: *address,
+            on: *on,
+        },
+        WriteOp::Registers { address, words } if words.len() == 1 => Op::WriteRegister {
+            address: *address,
+            value: words[0],
+        },
+        WriteOp::Registers { address, words } => Op::WriteRegisters {
+            address: *address,
+            words: words.clone(),
+        },
         WriteOp::RegisterBit { address, bit, on } => {
-            let current = flatten(
-                timeout(limit, ctx.read_holding_registers(*address, 1)).await,
-                limit,
-            )?;
-            let Some(&word) = current.first() else {
-                return Err(WriteError::Transport(
-                    "empty answer to a one-register read".into(),
-                ));
+            let read = Op::Read {
+                area: Area::HoldingRegister,
+                start: *address,
+                count: 1,
             };
-            let word = crate::codec::set_bit(word, *bit, *on);
-            flatten(
-                timeout(limit, ctx.write_single_register(*address, word)).await,
-                limit,
-            )
+            let word = match link.call(&read, limit).await.map_err(to_write_error)? {
+                Reply::Registers(r) if !r.is_empty() => r[0],
+                _ => {
+                    return Err(WriteError::Transport(
+                        "empty answer to a one-register read".into(),
+                    ))
+                }
+            };
+            Op::WriteRegister {
+                address: *address,
+                value: crate::codec::set_bit(word, *bit, *on),
+            }
         }
-    }
+    };
+    link.call(&ops, limit)
+        .await
+        .map(|_| ())
+        .map_err(to_write_error)
 }
 
 async fn send(tx: &mpsc::Sender<Batch>, batch: Batch, counters: &DeviceCounters) -> bool {
@@ -504,56 +550,177 @@ async fn send(tx: &mpsc::Sender<Batch>, batch: Batch, counters: &DeviceCounters)
     }
 }
 
-async fn connect(spec: &DeviceSpec) -> Result<Context, ReadError> {
-    let target = format!("{}:{}", spec.host, spec.port);
-    let addr: SocketAddr = match target.parse() {
-        Ok(a) => a,
-        Err(_) => timeout(spec.timeout, tokio::net::lookup_host(&target))
-            .await
-            .map_err(|_| ReadError::Timeout(spec.timeout))?
-            .map_err(|e| ReadError::Transport(format!("cannot resolve {target}: {e}")))?
-            .next()
-            .ok_or_else(|| ReadError::Transport(format!("{target} resolves to no address")))?,
-    };
-    timeout(
+/// Opens the device's link. Where opening proves nothing (a serial slave, an RTU device
+/// behind a device server), the first read of the plan must be answered too, so a slave that
+/// stops answering is retried with backoff instead of polled at full rate.
+async fn connect(spec: &DeviceSpec, plan: &ReadPlan) -> Result<Link, ReadError> {
+    let mut link = Link::open(
+        &spec.transport,
+        &spec.host,
+        spec.port,
+        spec.unit_id,
         spec.timeout,
-        tokio_modbus::client::tcp::connect_slave(addr, Slave(spec.unit_id)),
     )
-    .await
-    .map_err(|_| ReadError::Timeout(spec.timeout))?
-    .map_err(|e| ReadError::Transport(e.to_string()))
+    .await?;
+    if link.needs_probe() {
+        if let Some(req) = plan.groups.iter().flat_map(|g| g.requests.first()).next() {
+            match read(&mut link, req, spec.timeout).await {
+                // A refused read is answered: the device is there.
+                Ok(_) | Err(ReadError::Exception(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    Ok(link)
 }
 
-async fn read(ctx: &mut Context, req: &ReadRequest, limit: Duration) -> Result<Data, ReadError> {
-    let (start, count) = (req.start, req.count);
-    let result = match req.area {
-        Area::HoldingRegister => timeout(limit, ctx.read_holding_registers(start, count))
-            .await
-            .map(|r| r.map(|r| r.map(Data::Registers))),
-        Area::InputRegister => timeout(limit, ctx.read_input_registers(start, count))
-            .await
-            .map(|r| r.map(|r| r.map(Data::Registers))),
-        Area::Coil => timeout(limit, ctx.read_coils(start, count))
-            .await
-            .map(|r| r.map(|r| r.map(Data::Bits))),
-        Area::DiscreteInput => timeout(limit, ctx.read_discrete_inputs(start, count))
-            .await
-            .map(|r| r.map(|r| r.map(Data::Bits))),
+async fn read(link: &mut Link, req: &ReadRequest, limit: Duration) -> Result<Data, ReadError> {
+    let op = Op::Read {
+        area: req.area,
+        start: req.start,
+        count: req.count,
     };
-    let data = match result {
-        Err(_) => return Err(ReadError::Timeout(limit)),
-        Ok(Err(e)) => return Err(ReadError::Transport(e.to_string())),
-        Ok(Ok(Err(code))) => return Err(ReadError::Exception(code)),
-        Ok(Ok(Ok(data))) => data,
+    let data = match link.call(&op, limit).await? {
+        Reply::Registers(r) => Data::Registers(r),
+        Reply::Bits(b) => Data::Bits(b),
+        Reply::Written => return Err(ReadError::BadAnswer("no data in the answer".into())),
     };
     let got = match &data {
         Data::Registers(r) => r.len(),
         Data::Bits(b) => b.len(),
     };
-    if got < count as usize {
-        return Err(ReadError::ShortResponse { want: count, got });
+    if got < req.count as usize {
+        return Err(ReadError::ShortResponse {
+            want: req.count,
+            got,
+        });
     }
     Ok(data)
+}
+
+/// The block-size learners of one device, one for registers and one for bits.
+struct Learners {
+    registers: BlockLearner,
+    bits: BlockLearner,
+    store: Option<Arc<LimitStore>>,
+    changed: bool,
+    stopped: bool,
+}
+
+impl Learners {
+    fn new(spec: &DeviceSpec) -> Learners {
+        let floor = |bits: bool| {
+            spec.tags
+                .iter()
+                .filter(|t| t.address.area.is_bits() == bits)
+                .map(|t| {
+                    if bits {
+                        1
+                    } else {
+                        crate::codec::register_count(t.data_type).max(1)
+                    }
+                })
+                .max()
+                .unwrap_or(1)
+        };
+        let make = |kind, configured: u16, floor: u16| match spec
+            .learned_limits
+            .as_ref()
+            .and_then(|s| s.get(&spec.name.0, kind))
+        {
+            Some(l) if l < configured => BlockLearner::learned(l, floor),
+            _ => BlockLearner::new(configured, floor),
+        };
+        let registers = make(
+            BlockKind::Registers,
+            spec.limits.max_registers,
+            floor(false),
+        );
+        let bits = make(BlockKind::Bits, spec.limits.max_bits, floor(true));
+        let changed =
+            registers.limit() != spec.limits.max_registers || bits.limit() != spec.limits.max_bits;
+        if changed {
+            info!(device = %spec.name, max_registers = registers.limit(), max_bits = bits.limit(),
+                "using the block sizes learned before");
+        }
+        Learners {
+            registers,
+            bits,
+            store: spec.learned_limits.clone(),
+            changed,
+            stopped: false,
+        }
+    }
+
+    fn kind(&mut self, area: Area) -> (&mut BlockLearner, BlockKind) {
+        if area.is_bits() {
+            (&mut self.bits, BlockKind::Bits)
+        } else {
+            (&mut self.registers, BlockKind::Registers)
+        }
+    }
+
+    /// Returns true when the refusal was taken as "too large" and the plan must change.
+    fn refused(&mut self, spec: &DeviceSpec, req: &ReadRequest, code: ExceptionCode) -> bool {
+        if self.stopped
+            || !matches!(
+                code,
+                ExceptionCode::IllegalDataAddress | ExceptionCode::IllegalDataValue
+            )
+        {
+            return false;
+        }
+        let (learner, kind) = self.kind(req.area);
+        match learner.refused(req.count) {
+            Some(limit) => {
+                info!(device = %spec.name, request = %req.describe(), exception = ?code,
+                    next_limit = limit, kind = ?kind, "a merged read was refused; trying smaller blocks");
+                self.changed = true;
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn accepted(&mut self, spec: &DeviceSpec, req: &ReadRequest) {
+        if self.stopped {
+            return;
+        }
+        let (learner, kind) = self.kind(req.area);
+        let was_settled = learner.settled();
+        if learner.accepted(req.count).is_some() {
+            self.changed = true;
+            return;
+        }
+        let (learner, _) = self.kind(req.area);
+        if !was_settled && learner.settled() {
+            let limit = learner.limit();
+            info!(device = %spec.name, kind = ?kind, limit,
+                "learned the device's largest accepted read");
+            if let Some(store) = &self.store {
+                if let Err(e) = store.set(&spec.name.0, kind, limit) {
+                    warn!(device = %spec.name, error = %e, "cannot save the learned block size");
+                }
+            }
+        }
+    }
+
+    fn take_changed(&mut self) -> bool {
+        std::mem::take(&mut self.changed)
+    }
+
+    fn apply(&mut self, limits: &mut PlanLimits) {
+        self.changed = false;
+        limits.max_registers = self.registers.limit();
+        limits.max_bits = self.bits.limit();
+        // A gap must stay smaller than its block.
+        limits.max_gap_registers = limits.max_gap_registers.min(limits.max_registers - 1);
+        limits.max_gap_bits = limits.max_gap_bits.min(limits.max_bits - 1);
+    }
+
+    fn stop(&mut self) {
+        self.stopped = true;
+    }
 }
 
 fn decode_request(

@@ -32,6 +32,8 @@ fn tag(name: &str, address: &str, dt: DataType, order: ByteOrder, writable: bool
 
 fn spec(port: u16, tags: Vec<TagSpec>) -> DeviceSpec {
     DeviceSpec {
+        transport: edge_modbus::link::Transport::Tcp,
+        learned_limits: None,
         name: DeviceId("press".into()),
         host: "127.0.0.1".into(),
         port,

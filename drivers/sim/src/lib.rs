@@ -1,7 +1,8 @@
 //! Simulated PLCs that speak the real protocols over real sockets, for integration tests (fault
 //! injection: silence, exceptions, slowness, power loss) and for `edge-agent demo` (moving values).
 //!
-//! [`ModbusSim`] is a Modbus TCP device built on tokio-modbus's server. Its memory is a [`Bank`]
+//! [`ModbusSim`] is a Modbus TCP device built on tokio-modbus's server; [`RtuBusSim`] serves
+//! several of them as the slaves of one RS-485 bus on a pseudo-terminal. Its memory is a [`Bank`]
 //! of the four Modbus areas; a test sets values and faults through the handle, and a program
 //! started with [`ModbusSim::spawn_program`] moves values over time.
 //!
@@ -20,10 +21,12 @@
 
 mod bank;
 mod protocol;
+mod rtu;
 mod server;
 
 pub use bank::{Bank, AREA_SIZE};
 pub use protocol::{MAX_READ_BITS, MAX_READ_REGISTERS, MAX_WRITE_BITS, MAX_WRITE_REGISTERS};
+pub use rtu::{serve_rtu_over_tcp, RtuBusSim};
 pub use server::{ModbusSim, READ_LOG_CAPACITY};
 
 /// Re-exported so callers name areas and exception codes without extra imports.

@@ -8,7 +8,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::ops::Range;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -65,6 +65,9 @@ struct State {
     exceptions: Mutex<Vec<InjectedException>>,
     silent: AtomicBool,
     delay_nanos: AtomicU64,
+    /// The largest register read answered; larger ones get "illegal data value", as some
+    /// meters do. 0 for the protocol's own limit.
+    max_read_registers: AtomicU16,
     requests: AtomicU64,
     connections: AtomicU64,
     read_log: Mutex<VecDeque<(Area, u16, u16)>>,
@@ -146,6 +149,34 @@ impl ModbusSim {
     /// Removes every exception added with [`ModbusSim::add_exception`].
     pub fn clear_exceptions(&self) {
         lock(&self.inner.state.exceptions).clear();
+    }
+
+    /// Refuses register reads of more than `max` registers with "illegal data value", like a
+    /// meter that cannot serve the protocol's 125 (0 lifts the limit).
+    pub fn set_max_read_registers(&self, max: u16) {
+        self.inner
+            .state
+            .max_read_registers
+            .store(max, Ordering::SeqCst);
+    }
+
+    /// A device with no listener of its own, for serving on a serial bus
+    /// ([`crate::RtuBusSim`]). Its [`ModbusSim::local_addr`] is the unspecified address.
+    pub fn detached() -> ModbusSim {
+        ModbusSim {
+            inner: Arc::new(Inner {
+                state: Arc::new(State::new()),
+                addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+                listening: tokio::sync::Mutex::new(None),
+            }),
+        }
+    }
+
+    /// The service answering this device's requests, for another transport.
+    pub(crate) fn service(&self) -> SimService {
+        SimService {
+            state: Arc::clone(&self.inner.state),
+        }
     }
 
     /// Delays every answer by `d` (zero for none). The connection reads its next request only
@@ -251,6 +282,7 @@ impl State {
             exceptions: Mutex::new(Vec::new()),
             silent: AtomicBool::new(false),
             delay_nanos: AtomicU64::new(0),
+            max_read_registers: AtomicU16::new(0),
             requests: AtomicU64::new(0),
             connections: AtomicU64::new(0),
             read_log: Mutex::new(VecDeque::new()),
@@ -277,6 +309,13 @@ impl State {
                 log.pop_front();
             }
             log.push_back(read);
+            drop(log);
+            let max = self.max_read_registers.load(Ordering::SeqCst);
+            let (area, _, count) = read;
+            if max != 0 && !area.is_bits() && count > max {
+                self.requests.fetch_add(1, Ordering::SeqCst);
+                return Err(ExceptionCode::IllegalDataValue);
+            }
         }
         // Lock order: exceptions, then bank (nothing takes them the other way round).
         let exceptions = lock(&self.exceptions);
@@ -366,11 +405,11 @@ async fn accept_loop(listener: TcpListener, state: Arc<State>, alive: mpsc::Send
 
 /// Answers the requests of one connection.
 #[derive(Debug)]
-struct SimService {
+pub(crate) struct SimService {
     state: Arc<State>,
 }
 
-type Answer = Result<Option<Response>, ExceptionCode>;
+pub(crate) type Answer = Result<Option<Response>, ExceptionCode>;
 
 impl Service for SimService {
     type Request = Request<'static>;

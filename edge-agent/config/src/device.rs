@@ -66,12 +66,53 @@ pub enum Protocol {
         /// gateway it selects the serial device.
         unit_id: u8,
     },
+    /// `protocol = "modbus-rtu"`: a slave on a serial bus of the board.
+    ModbusRtu {
+        /// `serial` (required): the `name` of a `[[board.serial]]` port.
+        serial: String,
+        /// `unit_id` (1 to 247, default 1): the slave address on the bus.
+        unit_id: u8,
+    },
+    /// `protocol = "modbus-rtu-tcp"`: RTU frames over TCP to a serial device server.
+    ModbusRtuTcp {
+        /// `host` (required): the device server.
+        host: String,
+        /// `port` (default 502): its TCP port for the serial line.
+        port: u16,
+        /// `unit_id` (1 to 247, default 1): the slave address on the serial line behind it.
+        unit_id: u8,
+    },
 }
 
 impl Protocol {
     pub fn as_str(&self) -> &'static str {
         match self {
             Protocol::ModbusTcp { .. } => "modbus-tcp",
+            Protocol::ModbusRtu { .. } => "modbus-rtu",
+            Protocol::ModbusRtuTcp { .. } => "modbus-rtu-tcp",
+        }
+    }
+
+    /// The unit id on whatever transport.
+    pub fn unit_id(&self) -> u8 {
+        match self {
+            Protocol::ModbusTcp { unit_id, .. }
+            | Protocol::ModbusRtu { unit_id, .. }
+            | Protocol::ModbusRtuTcp { unit_id, .. } => *unit_id,
+        }
+    }
+
+    /// Where the device is, for logs and `check`.
+    pub fn endpoint(&self) -> String {
+        match self {
+            Protocol::ModbusTcp { host, port, .. } | Protocol::ModbusRtuTcp { host, port, .. } => {
+                if host.contains(':') {
+                    format!("[{host}]:{port}")
+                } else {
+                    format!("{host}:{port}")
+                }
+            }
+            Protocol::ModbusRtu { serial, .. } => format!("serial {serial}"),
         }
     }
 }
@@ -142,6 +183,7 @@ const POLL_RANGE: std::ops::RangeInclusive<i64> = 10..=86_400_000;
 pub(crate) fn read_devices(
     cx: &mut Diagnostics<'_>,
     root: &mut TableReader<'_, '_>,
+    serial_ports: Option<&[String]>,
 ) -> Option<Vec<Device>> {
     let tables = match root.tables(cx, "device", "[[device]]") {
         Val::Present(tables, span) if tables.is_empty() => {
@@ -162,7 +204,7 @@ pub(crate) fn read_devices(
     let mut names = UniqueNames::new("device name", "");
     let mut all = Some(Vec::with_capacity(tables.len()));
     for mut t in tables {
-        let device = read_device(cx, &mut t, &mut names);
+        let device = read_device(cx, &mut t, &mut names, serial_ports);
         t.finish(cx);
         match (device, all.as_mut()) {
             (Some(d), Some(all)) => all.push(d),
@@ -176,6 +218,7 @@ fn read_device(
     cx: &mut Diagnostics<'_>,
     t: &mut TableReader<'_, '_>,
     names: &mut UniqueNames,
+    serial_ports: Option<&[String]>,
 ) -> Option<Device> {
     let name = t.string(cx, "name");
     let name = t
@@ -187,16 +230,19 @@ fn read_device(
 
     #[derive(Clone, Copy, PartialEq)]
     enum Kind {
-        ModbusTcp,
+        Tcp,
+        Rtu,
+        RtuOverTcp,
     }
     let protocol = t.choice(
         cx,
         "protocol",
-        &[("modbus-tcp", Kind::ModbusTcp)],
         &[
-            ("modbus-rtu", "this version polls Modbus TCP devices; reach a serial device through a Modbus TCP-to-RTU gateway meanwhile"),
-            ("opcua", "this version polls Modbus TCP devices only"),
+            ("modbus-tcp", Kind::Tcp),
+            ("modbus-rtu", Kind::Rtu),
+            ("modbus-rtu-tcp", Kind::RtuOverTcp),
         ],
+        &[("opcua", "this version polls Modbus devices only")],
     );
     let protocol = t.require(cx, "protocol", protocol, "protocol = \"modbus-tcp\"");
     let host = t
@@ -206,8 +252,56 @@ fn read_device(
     let unit_id: Option<u8> = t
         .integer(cx, "unit_id", 0..=255)
         .or(Device::DEFAULT_UNIT_ID);
+    let serial = t.string(cx, "serial");
     let protocol = match protocol {
-        Some((Kind::ModbusTcp, _)) => {
+        Some((Kind::Rtu, _)) => {
+            if let Some((_, span)) = host.present() {
+                cx.error(span, "`host` does not apply to a modbus-rtu device", Some("a serial slave is reached through `serial`; use protocol = \"modbus-rtu-tcp\" for a device server".to_owned()));
+            }
+            let serial = t
+                .require(cx, "serial", serial, "serial = \"rs485-1\"")
+                .and_then(|(name, span)| {
+                    let known = serial_ports.unwrap_or(&[]);
+                    if known.iter().any(|k| k == name) {
+                        Some(name.to_owned())
+                    } else {
+                        let hint = if known.is_empty() {
+                            "declare the port in [[board.serial]] with name and path".to_owned()
+                        } else {
+                            format!(
+                                "the board's serial ports are {}",
+                                known
+                                    .iter()
+                                    .map(|k| format!("`{k}`"))
+                                    .collect::<Vec<_>>()
+                                    .join(", ")
+                            )
+                        };
+                        cx.error(
+                            &span,
+                            format!("no [[board.serial]] named `{name}`"),
+                            Some(hint),
+                        );
+                        None
+                    }
+                });
+            match (serial, unit_id) {
+                (Some(serial), Some(unit_id)) => Some(Protocol::ModbusRtu { serial, unit_id }),
+                _ => None,
+            }
+        }
+        Some((Kind::RtuOverTcp, _)) => {
+            let host = t.require(cx, "host", host, "host = \"10.0.0.20\"");
+            match (host, port, unit_id) {
+                (Some((host, _)), Some(port), Some(unit_id)) => Some(Protocol::ModbusRtuTcp {
+                    host,
+                    port,
+                    unit_id,
+                }),
+                _ => None,
+            }
+        }
+        Some((Kind::Tcp, _)) => {
             let host = t.require(cx, "host", host, "host = \"10.0.0.5\"");
             match (host, port, unit_id) {
                 (Some((host, _)), Some(port), Some(unit_id)) => Some(Protocol::ModbusTcp {

@@ -5,6 +5,7 @@
 //! The doc comments on the fields of the types below are the user documentation of the keys.
 
 mod admin;
+mod board;
 mod broker_url;
 mod device;
 mod error;
@@ -20,6 +21,7 @@ use std::path::{Path, PathBuf};
 use toml::de::DeTable;
 
 pub use admin::AdminSettings;
+pub use board::{Board, DigitalInput, GpioLine, SerialParity, SerialPort};
 pub use broker_url::{BrokerUrl, BrokerUrlError};
 pub use device::{Device, Protocol, Tag};
 pub use error::{ConfigError, ConfigErrors};
@@ -49,6 +51,8 @@ pub struct Config {
     pub machines: Vec<Machine>,
     /// `[admin]`: the health and metrics endpoint, `None` when it is off.
     pub admin: Option<AdminSettings>,
+    /// `[board]`: serial ports, status LED, digital inputs.
+    pub board: Board,
 }
 
 /// Reads a board config from `src`. `file` names it in errors, and relative paths in it are
@@ -67,12 +71,29 @@ pub fn parse(src: &str, file: &Path, secrets: &dyn SecretSource) -> Result<Confi
     let store = gateway::read_store(&mut cx, &mut root);
     let northbounds =
         northbound::read_northbounds(&mut cx, &mut root, gateway.as_ref(), base_dir, secrets);
-    let devices = device::read_devices(&mut cx, &mut root);
+    let board = board::read_board(&mut cx, &mut root);
+    let serial_names: Option<Vec<String>> = board
+        .as_ref()
+        .map(|b| b.serial.iter().map(|s| s.name.clone()).collect());
+    let devices = device::read_devices(&mut cx, &mut root, serial_names.as_deref());
     let machines = machine::read_machines(&mut cx, &mut root, devices.as_deref());
     let admin = admin::read_admin(&mut cx, &mut root);
+    let root_span = root.span();
     root.finish(&mut cx);
 
-    match (gateway, store, northbounds, devices, machines, admin) {
+    if let (Some(b), Some(devs)) = (&board, &devices) {
+        if !b.inputs.is_empty() && devs.iter().any(|d| d.name == b.input_device) {
+            cx.error(
+                &root_span,
+                format!(
+                    "[board] input_device `{}` is also a [[device]] name",
+                    b.input_device
+                ),
+                Some("set [board] input_device to a name no device uses".to_owned()),
+            );
+        }
+    }
+    match (gateway, store, northbounds, devices, machines, admin, board) {
         (
             Some(gateway),
             Some(store),
@@ -80,6 +101,7 @@ pub fn parse(src: &str, file: &Path, secrets: &dyn SecretSource) -> Result<Confi
             Some(devices),
             Some(machines),
             Some(admin),
+            Some(board),
         ) if !cx.has_errors() => Ok(Config {
             source: file.to_path_buf(),
             gateway,
@@ -88,6 +110,7 @@ pub fn parse(src: &str, file: &Path, secrets: &dyn SecretSource) -> Result<Confi
             devices,
             machines,
             admin,
+            board,
         }),
         _ => {
             let errors = cx.finish();

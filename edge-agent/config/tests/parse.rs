@@ -362,6 +362,10 @@ heartbeat_s = 120
         }],
         machines: vec![],
         admin: None,
+        board: edge_config::Board {
+            input_device: "board".into(),
+            ..Default::default()
+        },
     };
     assert_eq!(config, expected);
     assert_eq!(
@@ -444,8 +448,8 @@ fn every_mistake_in_a_config_is_reported_at_once_at_its_exact_line_and_column() 
         r#"  address = "hr:0""#,               // 35
         r#"  type = "f32""#,                   // 36
         r#""#,                                 // 37
-        r#"[board]"#,                          // 38 not supported yet
-        r#"led = "gpio17""#,                   // 39
+        r#"[board]"#,                          // 38
+        r#"led = "gpio17""#,                   // 39 not a key of [board]
     ]
     .join("\n");
     let errors = parse_err(&src);
@@ -461,7 +465,7 @@ fn every_mistake_in_a_config_is_reported_at_once_at_its_exact_line_and_column() 
             (25, 13, "a f32 at `hr:65535` needs 2 registers and would end at hr:65536, past the last address hr:65535"),
             (31, 10, "type u16 cannot be read from a coil, which holds one bit"),
             (34, 10, "duplicate tag name `temperature` in device `filler`: already used on line 24"),
-            (38, 2, "unknown key `board` in the board config"),
+            (39, 1, "unknown key `led` in [board]"),
         ],
         "{}",
         ConfigErrors(errors.clone())
@@ -912,25 +916,25 @@ fn a_secret_never_appears_in_debug_output_or_errors() {
 }
 
 #[test]
-fn a_board_section_is_refused_as_an_unknown_key() {
+fn an_unknown_key_in_board_is_refused_where_it_stands() {
     let src = format!(
         "{}\n[board]\nled = \"gpio17\"\n",
         with_tag("name = \"t\"\naddress = \"hr:0\"\ntype = \"u16\"")
     );
     let errors = parse_err(&src);
     let messages: Vec<&str> = errors.iter().map(|e| e.message.as_str()).collect();
-    assert_eq!(messages, vec!["unknown key `board` in the board config"]);
-    assert_eq!(errors[0].column, 2);
+    assert_eq!(messages, vec!["unknown key `led` in [board]"]);
+    assert_eq!(errors[0].column, 1);
 }
 
 #[test]
 fn unsupported_protocols_and_formats_say_so() {
     let tag = "[[device.tag]]\nname = \"t\"\naddress = \"hr:0\"\ntype = \"u16\"";
-    let src = with_device("", tag).replace("\"modbus-tcp\"", "\"modbus-rtu\"");
+    let src = with_device("", tag).replace("\"modbus-tcp\"", "\"opcua\"");
     let errors = parse_err(&src);
     assert_eq!(
         only_error(&errors).message,
-        "protocol `modbus-rtu` is not supported by this version"
+        "protocol `opcua` is not supported by this version"
     );
 
     let src = with_device("", tag).replace(
