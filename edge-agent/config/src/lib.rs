@@ -21,7 +21,7 @@ pub use broker_url::{BrokerUrl, BrokerUrlError};
 pub use device::{Device, Protocol, Tag};
 pub use error::{ConfigError, ConfigErrors};
 pub use gateway::{Gateway, StoreSettings, UnsPath};
-pub use northbound::{Batching, Credentials, Format, Northbound, TlsFiles};
+pub use northbound::{Batching, Credentials, Format, Northbound, SparkplugSettings, TlsFiles};
 pub use secret::{Secret, SecretSource, SystemSecrets};
 
 use error::Diagnostics;
