@@ -3,8 +3,10 @@
 
 pub mod check;
 pub mod demo;
+pub mod northbound;
 pub mod publisher;
 pub mod runtime;
+pub mod sparkplug;
 
 /// Exit code for a configuration the agent cannot use (sysexits EX_USAGE).
 pub const EXIT_CONFIG: i32 = 64;

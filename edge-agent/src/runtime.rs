@@ -1,5 +1,5 @@
 //! Builds the running agent from a config: the store and its group-commit writer, one poller
-//! task per device, one publisher per northbound; and stops them in the order that loses
+//! task per device, one publisher per northbound (UNS JSON or Sparkplug B); and stops them in the order that loses
 //! nothing: pollers first, then the writer commits what it holds, then publishers drain.
 
 use std::path::PathBuf;
@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use edge_config::{Batching, Config, Device, Protocol};
+use edge_config::{Batching, Config, Device, Format, Protocol};
 use edge_modbus::codec::Scaling;
 use edge_modbus::plan::{PlanLimits, ReadPlan};
 use edge_modbus::poller::{DeviceCounters, DevicePoller, DeviceSpec, TagSpec};
@@ -23,6 +23,7 @@ use tokio::task::JoinHandle;
 use tracing::{error, info, warn};
 
 use crate::publisher::{GatewayInfo, Publisher, PublisherStats};
+use crate::sparkplug::{self, SparkplugPublisher};
 
 /// Batches waiting for the store writer; pollers wait when it is full (back-pressure from the
 /// disk, never from the broker).
@@ -176,6 +177,21 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Running> {
     let mut publishers = Vec::new();
     let mut publisher_tasks = Vec::new();
     for nb in &cfg.northbounds {
+        if let Format::SparkplugB(settings) = &nb.format {
+            let p = SparkplugPublisher::new(
+                nb.clone(),
+                settings.clone(),
+                store.clone(),
+                sparkplug::device_defs(cfg),
+                handles.clone(),
+                &cfg.gateway.data_dir,
+            );
+            publishers.push((nb.name.clone(), p.stats()));
+            publisher_tasks.push(tokio::spawn(
+                p.run(publish_rx.clone(), Duration::from_secs(5)),
+            ));
+            continue;
+        }
         let batching = match nb.batching {
             Batching::PerTag => mes_bridge::Batching::PerTag,
             Batching::PerDevice => mes_bridge::Batching::PerDevice,
