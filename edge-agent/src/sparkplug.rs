@@ -488,6 +488,8 @@ impl SparkplugPublisher {
                     .on_message(client, eventloop, s, &p.topic, &p.payload)
                     .await;
             }
+            // Every QoS 0 publish is one of these: not worth a log line each.
+            Event::Outgoing(Outgoing::Publish(_)) => {}
             other => debug!(northbound = %self.nb.name, event = ?other, "mqtt event"),
         }
         None

@@ -11,4 +11,5 @@ mod delivery;
 mod devices;
 mod lifecycle;
 mod security;
+mod sparkplug;
 mod types;
