@@ -13,7 +13,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -203,6 +203,8 @@ pub struct SparkplugPublisher {
     node: EdgeNode,
     handles: HashMap<String, DeviceHandle>,
     stats: Arc<PublisherStats>,
+    /// Delivery markers published (QoS 1 proofs), for benchmarks and metrics.
+    markers: Arc<AtomicU64>,
     bd_file: BdSeqFile,
     last_bd: Option<u8>,
     host: Option<PrimaryHost>,
@@ -237,6 +239,7 @@ impl SparkplugPublisher {
         SparkplugPublisher {
             handles: handles.into_iter().map(|h| (h.name.clone(), h)).collect(),
             stats: Arc::new(PublisherStats::default()),
+            markers: Arc::new(AtomicU64::new(0)),
             folded_below: cursor,
             sent_below: 0,
             writes: Arc::new(Semaphore::new(MAX_WRITES)),
@@ -254,6 +257,11 @@ impl SparkplugPublisher {
 
     pub fn stats(&self) -> Arc<PublisherStats> {
         self.stats.clone()
+    }
+
+    /// How many delivery markers were published so far.
+    pub fn delivery_markers(&self) -> Arc<AtomicU64> {
+        self.markers.clone()
     }
 
     /// The edge node (its topics and aliases).
@@ -356,6 +364,10 @@ impl SparkplugPublisher {
         eventloop
             .network_options
             .set_connection_timeout(self.nb.connect_timeout.as_secs().max(1));
+        // The delivery marker is a small packet that the window waits on: Nagle's algorithm
+        // would hold it until the broker's delayed ACK (tens of milliseconds) and stall the
+        // window every round.
+        eventloop.network_options.set_tcp_nodelay(true);
         let mut s = Session::new(self.store.cursor(&self.nb.name), self.sent_below);
         let end = self
             .connection(&client, &mut eventloop, &mut s, shutdown, drain)
@@ -644,6 +656,7 @@ impl SparkplugPublisher {
             .map_err(|e| format!("MQTT client refused a publish: {e}"))?;
         s.qos1_sent.push_back(proof);
         s.markers_inflight += 1;
+        self.markers.fetch_add(1, Ordering::Relaxed);
         s.marked_below = s.handed_below;
         s.unmarked_msgs = 0;
         Ok(())
