@@ -350,7 +350,11 @@ async fn a_corrupted_record_is_skipped_counted_removed_and_never_returned() {
 
 /// About 1 KiB stored per record.
 fn kib_batch(i: usize) -> Batch {
-    let mut b = Batch::new(DeviceId::from(if i % 2 == 0 { "even" } else { "odd" }));
+    let mut b = Batch::new(DeviceId::from(if i.is_multiple_of(2) {
+        "even"
+    } else {
+        "odd"
+    }));
     b.samples.push(Sample::good(
         TagName::from("blob"),
         Value::String(format!("{i:06}").repeat(170)),

@@ -793,7 +793,10 @@ mod tests {
         let mut all = n.births(1);
         for i in 0..600u32 {
             n.live(
-                &batch("capper", vec![good("running", Value::Bool(i % 2 == 0), 2)]),
+                &batch(
+                    "capper",
+                    vec![good("running", Value::Bool(i.is_multiple_of(2)), 2)],
+                ),
                 3,
                 &mut all,
             );

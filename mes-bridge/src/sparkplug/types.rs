@@ -475,7 +475,7 @@ mod tests {
                 1 => M::LongValue(x),
                 2 => M::FloatValue(f as f32),
                 3 => M::DoubleValue(f),
-                4 => M::BooleanValue(x % 2 == 0),
+                4 => M::BooleanValue(x.is_multiple_of(2)),
                 _ => M::StringValue(x.to_string()),
             };
             let _ = decode_value(t, &v);
