@@ -1,4 +1,4 @@
-//! Generates the Sparkplug B protobuf types from the vendored `proto/sparkplug_b.proto` (Eclipse
+//! Builds the Rust types of the Sparkplug B protobuf from the vendored `proto/sparkplug_b.proto` (Eclipse
 //! Tahu, EPL-2.0). protox parses the file in Rust, so building needs no `protoc`.
 
 use std::path::Path;

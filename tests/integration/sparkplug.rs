@@ -1,6 +1,6 @@
 //! Sparkplug B 3.0 (SPEC §7) end to end: the real agent as an edge node on a real Mosquitto,
 //! simulated PLCs as its devices, and a subscriber that decodes every message with the same
-//! generated protobuf types a SCADA host would use. Each test checks one item of the edge
+//! protobuf types a SCADA host would use. Each test checks one item of the edge
 //! node's contract: namespace, births before data, seq, bdSeq and the will, rebirth, DCMD
 //! writes, device death and rebirth, primary host STATE, and the historical replay after a
 //! broker outage with no sample missing.

@@ -8,7 +8,7 @@
 //! - [`EdgeNode::decode_command`]: NCMD rebirth and DCMD writes, validated.
 //! - [`PrimaryHost`]: the primary host's STATE (3.0 JSON form).
 //! - [`types`]: datatypes and which protobuf field carries which value.
-//! - [`proto`]: the generated protobuf types, for subscribers and tools.
+//! - [`proto`]: the protobuf types (prost, from the vendored .proto), for subscribers and tools.
 
 mod command;
 mod node;

@@ -1,4 +1,4 @@
-//! The Sparkplug B payload types, generated at build time from `proto/sparkplug_b.proto`
+//! The Sparkplug B payload types, built by prost at compile time from `proto/sparkplug_b.proto`
 //! (Eclipse Tahu, EPL-2.0). Consumers (SCADA hosts, the tests' subscriber) decode with these
 //! same types.
 
