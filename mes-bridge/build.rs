@@ -1,5 +1,6 @@
-//! Builds the Rust types of the Sparkplug B protobuf from the vendored `proto/sparkplug_b.proto` (Eclipse
-//! Tahu, EPL-2.0). protox parses the file in Rust, so building needs no `protoc`.
+//! Builds the Rust types of the Sparkplug B protobuf from the vendored
+//! `proto/sparkplug_b.proto` (Eclipse Tahu, EPL-2.0). protox parses the file in Rust, so
+//! building needs no `protoc`.
 
 use std::path::Path;
 
