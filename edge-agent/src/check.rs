@@ -82,11 +82,27 @@ pub fn describe(cfg: &Config) -> anyhow::Result<String> {
         cfg.store.commit_interval.as_millis()
     )?;
     for nb in &cfg.northbounds {
-        writeln!(
-            out,
-            "northbound {}  {}  client id {}  topics {}/…  {:?}, up to {} in flight",
-            nb.name, nb.url, nb.client_id, nb.topic_root, nb.batching, nb.max_inflight
-        )?;
+        match &nb.format {
+            edge_config::Format::UnsJson => writeln!(
+                out,
+                "northbound {}  {}  client id {}  topics {}/…  {:?}, up to {} in flight",
+                nb.name, nb.url, nb.client_id, nb.topic_root, nb.batching, nb.max_inflight
+            )?,
+            edge_config::Format::SparkplugB(sp) => writeln!(
+                out,
+                "northbound {}  {}  client id {}  Sparkplug B edge node spBv1.0/{}/…/{}{}, up to {} unproven",
+                nb.name,
+                nb.url,
+                nb.client_id,
+                sp.group_id,
+                sp.edge_node_id,
+                sp.primary_host_id
+                    .as_deref()
+                    .map(|h| format!(", primary host {h}"))
+                    .unwrap_or_default(),
+                nb.max_inflight
+            )?,
+        }
     }
     describe_board(&mut out, cfg)?;
     let learned: Vec<(String, BlockKind, u16)> = read_limits(&runtime::limits_path(cfg))

@@ -6,12 +6,14 @@ pub mod board;
 pub mod check;
 pub mod demo;
 pub mod mes;
+pub mod northbound;
 pub mod notify;
 pub mod probe;
 pub mod publisher;
 pub mod reload;
 pub mod runtime;
 pub mod service;
+pub mod sparkplug;
 
 /// Exit code for a configuration the agent cannot use (sysexits EX_USAGE).
 pub const EXIT_CONFIG: i32 = 64;

@@ -17,27 +17,24 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use edge_config::{BrokerUrl, Northbound};
+use edge_config::Northbound;
 use edge_store::{RecordId, Store};
 use mes_bridge::command::{
     command_filters, request_id_of, Answer, MAX_COMMAND_BYTES, RESPONSE_LEVEL,
 };
 use mes_bridge::{MesBridge, Message, UnsEncoder};
-use rand::Rng;
 use rumqttc::{
     AsyncClient, ConnectReturnCode, ConnectionError, Event, EventLoop, Incoming, LastWill,
-    MqttOptions, Outgoing, QoS, StateError, SubscribeFilter, TlsConfiguration, Transport,
+    MqttOptions, Outgoing, QoS, StateError, SubscribeFilter, Transport,
 };
 use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, error, info, warn};
 
 use crate::mes::CommandRequest;
+pub use crate::northbound::TransportError as PublisherError;
+use crate::northbound::{stopped, transport, Backoff, StoreReader};
 
-/// Records read from the store in one go when the window has room.
-const READ_CHUNK: usize = 64;
-/// A connection that stayed up this long resets the reconnect backoff.
-const STABLE_CONNECTION: Duration = Duration::from_secs(30);
 /// Answers to commands waiting for room in the MQTT client; beyond it the oldest is dropped
 /// (it is remembered by the command task: a retry with the same request id gets it again).
 const PENDING_ANSWERS: usize = 256;
@@ -75,18 +72,6 @@ pub struct GatewayInfo {
     pub id: String,
     pub version: String,
     pub started_ms: u64,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum PublisherError {
-    #[error("cannot read {what} {path}: {source}")]
-    File {
-        what: &'static str,
-        path: String,
-        source: std::io::Error,
-    },
-    #[error("{0} uses TLS but no ca_file is configured")]
-    NoCaFile(String),
 }
 
 /// A record on the wire: how many of its messages still await a PUBACK.
@@ -206,7 +191,7 @@ impl Publisher {
                 return;
             }
         };
-        let mut backoff = self.nb.reconnect_min;
+        let mut backoff = Backoff::new(self.nb.reconnect_min, self.nb.reconnect_max);
         // One warning per outage; the retries after it are logged at debug level.
         let mut outage_reported = false;
         loop {
@@ -222,10 +207,7 @@ impl Publisher {
                 SessionEnd::Shutdown => return,
                 SessionEnd::Lost(reason) => {
                     self.never_failed = false;
-                    if started.elapsed() >= STABLE_CONNECTION {
-                        backoff = self.nb.reconnect_min;
-                    }
-                    let wait = backoff.mul_f64(rand::rng().random_range(0.5..=1.0));
+                    let wait = backoff.after(started.elapsed());
                     if self.stats.connects.load(Ordering::Relaxed) > connects {
                         outage_reported = false;
                     }
@@ -241,7 +223,6 @@ impl Publisher {
                         .last_error
                         .lock()
                         .unwrap_or_else(|p| p.into_inner()) = Some(reason);
-                    backoff = (backoff * 2).min(self.nb.reconnect_max);
                     tokio::select! {
                         _ = tokio::time::sleep(wait) => {}
                         _ = stopped(&mut shutdown) => return,
@@ -366,7 +347,7 @@ impl Publisher {
             tokio::select! {
                 biased;
                 _ = stopped(shutdown) => {
-                    self.drain(client, eventloop, w, connected, drain).await;
+                    self.drain(client, eventloop, w, connected, drain, replay_below).await;
                     return SessionEnd::Shutdown;
                 }
                 event = eventloop.poll() => match event {
@@ -386,7 +367,7 @@ impl Publisher {
                         self.stats.connected.store(true, Ordering::Relaxed);
                         self.stats.ever_connected.store(true, Ordering::Relaxed);
                         self.stats.connects.fetch_add(1, Ordering::Relaxed);
-                        let backlog = replay_below.saturating_sub(w.next_to_read);
+                        let backlog = replay_below.saturating_sub(w.reader.position());
                         info!(northbound = %self.nb.name, url = %self.nb.url, session_present = ack.session_present,
                             backlog_records = backlog, "connected to broker");
                         let online = self.encoder.status_online(&self.gateway.id, &self.gateway.version, self.gateway.started_ms);
@@ -468,21 +449,11 @@ impl Publisher {
             if w.inflight_msgs >= max {
                 break;
             }
-            if w.ahead.is_empty() {
-                if w.next_to_read >= self.store.next_id() {
-                    break;
-                }
-                let records = self
-                    .store
-                    .read(&self.nb.name, w.next_to_read, READ_CHUNK)
-                    .map_err(|e| format!("cannot read the store: {e}"))?;
-                let Some((last, _)) = records.last() else {
-                    break;
-                };
-                w.next_to_read = last + 1;
-                w.ahead.extend(records);
-            }
-            let Some((id, batch)) = w.ahead.pop_front() else {
+            let Some((id, batch)) = w
+                .reader
+                .next(&self.store, &self.nb.name)
+                .map_err(|e| format!("cannot read the store: {e}"))?
+            else {
                 break;
             };
             if let Some(encoder) = self
@@ -571,6 +542,7 @@ impl Publisher {
         w: &mut Window,
         connected: bool,
         limit: Duration,
+        replay_below: RecordId,
     ) {
         if !connected {
             return;
@@ -579,7 +551,13 @@ impl Publisher {
         let offline = self.encoder.status_offline(&self.gateway.id);
         let mut status_sent = false;
         loop {
-            if w.inflight_msgs == 0 && !status_sent {
+            // Keep publishing what the store holds (the pollers have stopped and the writer
+            // has committed their last batches) while the deadline allows.
+            if !status_sent && self.fill(client, w, replay_below).is_err() {
+                return;
+            }
+            let caught_up = w.records.is_empty() && w.reader.position() >= self.store.next_id();
+            if w.inflight_msgs == 0 && caught_up && !status_sent {
                 if client
                     .try_publish(
                         offline.topic.clone(),
@@ -597,7 +575,7 @@ impl Publisher {
             match tokio::time::timeout_at(deadline, eventloop.poll()).await {
                 Err(_) => {
                     warn!(northbound = %self.nb.name, inflight = w.inflight_msgs,
-                        "stop deadline reached with messages unacknowledged; they are sent again at the next start");
+                        "stop deadline reached with records not yet acknowledged; they are sent at the next start");
                     return;
                 }
                 Ok(Err(_)) => return,
@@ -725,11 +703,6 @@ fn too_large(e: &ConnectionError) -> bool {
     )
 }
 
-/// Resolves once `shutdown` turns true (or its sender is gone), holding no borrow after.
-async fn stopped(shutdown: &mut watch::Receiver<bool>) {
-    let _ = shutdown.wait_for(|s| *s).await;
-}
-
 enum SessionEnd {
     Shutdown,
     Lost(String),
@@ -742,10 +715,8 @@ struct Window {
     sent: VecDeque<Sent>,
     by_pkid: HashMap<u16, RecordId>,
     inflight_msgs: usize,
-    /// Records read from the store but not yet encoded (at most one chunk).
-    ahead: VecDeque<(RecordId, edge_model::Batch)>,
-    /// The next record id to read from the store.
-    next_to_read: RecordId,
+    /// Reads the records after the cursor.
+    reader: StoreReader,
     /// Records below this were sent on an earlier connection (resends).
     resend_below: RecordId,
     /// Records below this were handed to this connection's client.
@@ -761,8 +732,7 @@ impl Window {
             sent: VecDeque::new(),
             by_pkid: HashMap::new(),
             inflight_msgs: 0,
-            ahead: VecDeque::new(),
-            next_to_read: cursor,
+            reader: StoreReader::new(cursor),
             resend_below,
             handed_below: cursor,
             acked_checkpoint: None,
@@ -773,37 +743,4 @@ impl Window {
     fn is_full(&self, max: u16) -> bool {
         self.inflight_msgs >= max as usize
     }
-}
-
-fn read_file(what: &'static str, path: &std::path::Path) -> Result<Vec<u8>, PublisherError> {
-    std::fs::read(path).map_err(|source| PublisherError::File {
-        what,
-        path: path.display().to_string(),
-        source,
-    })
-}
-
-fn transport(
-    url: &BrokerUrl,
-    tls: Option<&edge_config::TlsFiles>,
-) -> Result<Transport, PublisherError> {
-    if !url.tls {
-        return Ok(Transport::Tcp);
-    }
-    let Some(tls) = tls else {
-        return Err(PublisherError::NoCaFile(url.to_string()));
-    };
-    let ca = read_file("CA file", &tls.ca_file)?;
-    let client_auth = match &tls.client_cert {
-        Some((cert, key)) => Some((
-            read_file("client certificate", cert)?,
-            read_file("client key", key)?,
-        )),
-        None => None,
-    };
-    Ok(Transport::Tls(TlsConfiguration::Simple {
-        ca,
-        alpn: None,
-        client_auth,
-    }))
 }

@@ -1,8 +1,8 @@
 //! Builds the running agent from a config: the store and its group-commit writer, one poller
-//! task per device, one publisher per northbound (with the MES rules of the configured
-//! machines), the command task; and stops them in the order that loses nothing: pollers
-//! first, then the writer commits what it holds, then publishers drain. A reload swaps device
-//! pollers while the store, the writer and the publishers keep running.
+//! task per device, one publisher per northbound (UNS JSON with the MES rules of the
+//! configured machines, or Sparkplug B), the command task; and stops them in the order that
+//! loses nothing: pollers first, then the writer commits what it holds, then publishers drain.
+//! A reload swaps device pollers while the store, the writer and the publishers keep running.
 
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use anyhow::Context as _;
-use edge_config::{Batching, Config, Device, Protocol, SerialParity};
+use edge_config::{Batching, Config, Device, Format, Protocol, SerialParity};
 use edge_modbus::bus::{spawn_serial_bus, BusClient, Parity, SerialSettings};
 use edge_modbus::codec::Scaling;
 use edge_modbus::learn::{LimitStore, LIMITS_FILE};
@@ -31,6 +31,7 @@ use crate::board;
 use crate::mes;
 use crate::publisher::{EncoderSlot, GatewayInfo, Publisher, PublisherStats};
 use crate::reload::{self, NeedsRestart, ReloadPlan};
+use crate::sparkplug::{self, SparkplugPublisher};
 
 /// Batches waiting for the store writer; pollers wait when it is full (back-pressure from the
 /// disk, never from the broker).
@@ -350,6 +351,21 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Running> {
     let mut publisher_tasks = Vec::new();
     let mut encoder_slots = Vec::new();
     for nb in &cfg.northbounds {
+        if let Format::SparkplugB(settings) = &nb.format {
+            let p = SparkplugPublisher::new(
+                nb.clone(),
+                settings.clone(),
+                store.clone(),
+                sparkplug::device_defs(cfg),
+                handles.clone(),
+                &cfg.gateway.data_dir,
+            );
+            publishers.push((nb.name.clone(), p.stats()));
+            publisher_tasks.push(tokio::spawn(
+                p.run(publish_rx.clone(), Duration::from_secs(5)),
+            ));
+            continue;
+        }
         let batching = match nb.batching {
             Batching::PerTag => mes_bridge::Batching::PerTag,
             Batching::PerDevice => mes_bridge::Batching::PerDevice,

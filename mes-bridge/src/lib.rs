@@ -9,12 +9,15 @@
 //! - [`events`]: the MES events and their JSON (`{root}/{machine}/_mes/...`).
 //! - [`counter`]: counter increments across wrap-arounds, resets and missed readings.
 //! - [`command`]: `_set` and `workorder/dispatch` commands → validated, ordered writes.
+//! - [`sparkplug`]: Sparkplug B 3.0 for the SCADA tier (SPEC §7, format `sparkplug-b`):
+//!   births, data, deaths, sequence numbers, aliases, commands.
 
 pub mod command;
 pub mod counter;
 pub mod events;
 pub mod machine;
 pub mod rules;
+pub mod sparkplug;
 pub mod uns;
 
 pub use events::{MesEncoder, MesEvent};

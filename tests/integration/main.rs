@@ -14,4 +14,5 @@ mod mes;
 mod ops;
 mod rtu;
 mod security;
+mod sparkplug;
 mod types;

@@ -28,7 +28,7 @@ pub use error::{ConfigError, ConfigErrors};
 pub use gateway::{Gateway, StoreSettings, UnsPath};
 pub use machine::{Dispatch, DispatchParameter, Machine, StateEntry};
 pub use mes_bridge::MachineState;
-pub use northbound::{Batching, Credentials, Format, Northbound, TlsFiles};
+pub use northbound::{Batching, Credentials, Format, Northbound, SparkplugSettings, TlsFiles};
 pub use secret::{Secret, SecretSource, SystemSecrets};
 
 use error::Diagnostics;

@@ -35,17 +35,21 @@ pub struct Northbound {
     /// certificate. Relative paths are relative to the config file's directory.
     pub tls: Option<TlsFiles>,
     /// `format` (default `"uns-json"`): the payload format. `uns-json` is the JSON Unified
-    /// Namespace of the MES tier.
+    /// Namespace of the MES tier; `sparkplug-b` makes the gateway a Sparkplug B 3.0 edge node
+    /// for the SCADA tier, with the keys of [`SparkplugSettings`].
     pub format: Format,
     /// `topic_root` (default `enterprise/site/area/line` from [gateway]): the prefix of every
     /// topic. Levels separated by single `/`, no leading or trailing `/`, no `+` or `#`.
+    /// Not for `sparkplug-b`, whose topics are `spBv1.0/{group_id}/...`.
     pub topic_root: String,
     /// `batching` (default `"per-tag"`): `"per-tag"` publishes one message per sample on
     /// `{root}/{device}/{tag}`; `"per-device"` publishes each device's samples together on
-    /// `{root}/{device}/_batch`, far fewer messages for the same data.
+    /// `{root}/{device}/_batch`, far fewer messages for the same data. Not for `sparkplug-b`,
+    /// which sends each device's samples of one scan in one DDATA.
     pub batching: Batching,
     /// `max_inflight` (1 to 65535, default 256): QoS 1 publishes that may await their PUBACK
-    /// at once. Higher values help over high-latency links.
+    /// at once. Higher values help over high-latency links. For `sparkplug-b`, the Sparkplug
+    /// messages (QoS 0) sent and not yet proven read by the broker.
     pub max_inflight: u16,
     /// `keep_alive_s` (5 to 3600, default 30): the MQTT keep-alive; a silent broker connection
     /// is declared dead after about one and a half times this.
@@ -78,18 +82,43 @@ pub struct TlsFiles {
 }
 
 /// Payload format of a northbound.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Format {
     /// JSON in a Unified Namespace (SPEC §5).
     UnsJson,
+    /// Sparkplug B 3.0 (SPEC §7): the gateway is an edge node, its devices are Sparkplug
+    /// devices.
+    SparkplugB(SparkplugSettings),
 }
 
 impl Format {
-    pub fn as_str(self) -> &'static str {
+    pub fn as_str(&self) -> &'static str {
         match self {
             Format::UnsJson => "uns-json",
+            Format::SparkplugB(_) => "sparkplug-b",
         }
     }
+}
+
+/// The keys of a `format = "sparkplug-b"` northbound.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SparkplugSettings {
+    /// `group_id` (required): the Sparkplug group of this edge node, the second topic level
+    /// of `spBv1.0/{group_id}/...`. UTF-8 without `+`, `/`, `#` or control characters.
+    pub group_id: String,
+    /// `edge_node_id` (default: the gateway id): the edge node's id within its group; the same
+    /// rules as `group_id`.
+    pub edge_node_id: String,
+    /// `primary_host_id` (optional): the SCADA host whose `spBv1.0/STATE/{id}` must say online
+    /// before the node publishes its births; when it goes offline the node publishes NDEATH,
+    /// disconnects and waits for it again, with samples kept in the store meanwhile.
+    pub primary_host_id: Option<String>,
+    /// `delivery_topic` (default `edge-agent/{group_id}/{edge_node_id}/delivered`): Sparkplug
+    /// data goes out at QoS 0, so the node proves the broker has read it with a QoS 1 publish
+    /// here after it (the broker acknowledges packets in the order it reads them); only then
+    /// are the samples released from the store. Nobody needs to subscribe; a broker ACL must
+    /// allow the publish. Not under `spBv1.0/`, whose topics Sparkplug hosts parse.
+    pub delivery_topic: String,
 }
 
 /// How telemetry is grouped into MQTT messages.
@@ -209,14 +238,19 @@ fn read_northbound(
     let credentials = read_credentials(cx, t, base_dir, secrets);
     let tls = read_tls(cx, t, url.as_ref(), base_dir);
 
+    #[derive(Clone, Copy, PartialEq)]
+    enum Kind {
+        UnsJson,
+        SparkplugB,
+    }
     let format = t.choice(
         cx,
         "format",
-        &[("uns-json", Format::UnsJson)],
-        &[(
-            "sparkplug-b",
-            "use format = \"uns-json\"; Sparkplug B for the SCADA tier comes in a later version",
-        )],
+        &[
+            ("uns-json", Kind::UnsJson),
+            ("sparkplug-b", Kind::SparkplugB),
+        ],
+        &[],
     );
     let topic_root = t
         .string(cx, "topic_root")
@@ -230,6 +264,31 @@ fn read_northbound(
         ],
         &[],
     );
+    let sparkplug = SparkplugKeys::read(cx, t);
+    let format = match format {
+        Val::Present(Kind::SparkplugB, _) => {
+            for (key, span) in [
+                ("topic_root", topic_root.span()),
+                ("batching", batching.span()),
+            ] {
+                if let Some(span) = span {
+                    cx.error(
+                        &span,
+                        format!("`{key}` does not apply to format = \"sparkplug-b\""),
+                        Some(
+                            "Sparkplug topics are spBv1.0/{group_id}/...; remove this key"
+                                .to_owned(),
+                        ),
+                    );
+                }
+            }
+            sparkplug.settings(cx, t, gateway).map(Format::SparkplugB)
+        }
+        Val::Invalid => None,
+        Val::Absent | Val::Present(Kind::UnsJson, _) => {
+            sparkplug.refuse(cx).then_some(Format::UnsJson)
+        }
+    };
     let max_inflight: Option<u16> = t
         .integer(cx, "max_inflight", 1..=65_535)
         .or(Northbound::DEFAULT_MAX_INFLIGHT);
@@ -277,7 +336,7 @@ fn read_northbound(
         client_id,
         credentials: credentials?,
         tls: tls?,
-        format: format.or(Format::UnsJson)?,
+        format: format?,
         topic_root,
         batching: batching.or(Batching::PerTag)?,
         max_inflight: max_inflight?,
@@ -286,6 +345,132 @@ fn read_northbound(
         reconnect_min: reconnect_min?,
         reconnect_max: reconnect_max?,
     })
+}
+
+/// The Sparkplug keys of one `[[northbound]]`, read whatever its format so that they are
+/// known keys; they are refused unless the format is `sparkplug-b`.
+struct SparkplugKeys<'t> {
+    group_id: Val<&'t str>,
+    edge_node_id: Val<&'t str>,
+    primary_host_id: Val<&'t str>,
+    delivery_topic: Val<&'t str>,
+}
+
+impl<'t> SparkplugKeys<'t> {
+    fn read(cx: &mut Diagnostics<'_>, t: &mut TableReader<'t, '_>) -> Self {
+        let id = |cx: &mut Diagnostics<'_>, t: &mut TableReader<'t, '_>, key: &'static str| {
+            t.string(cx, key)
+                .and_then(|id, span| check_sparkplug_id(cx, span, key, id).then_some(id))
+        };
+        SparkplugKeys {
+            group_id: id(cx, t, "group_id"),
+            edge_node_id: id(cx, t, "edge_node_id"),
+            primary_host_id: id(cx, t, "primary_host_id"),
+            delivery_topic: t
+                .string(cx, "delivery_topic")
+                .and_then(|topic, span| check_delivery_topic(cx, span, topic).then_some(topic)),
+        }
+    }
+
+    /// For another format: reports every Sparkplug key given; true when there was none.
+    fn refuse(&self, cx: &mut Diagnostics<'_>) -> bool {
+        let mut ok = true;
+        for (key, val) in [
+            ("group_id", &self.group_id),
+            ("edge_node_id", &self.edge_node_id),
+            ("primary_host_id", &self.primary_host_id),
+            ("delivery_topic", &self.delivery_topic),
+        ] {
+            if let Some(span) = val.span() {
+                cx.error(
+                    &span,
+                    format!("`{key}` only applies to format = \"sparkplug-b\""),
+                    Some("add format = \"sparkplug-b\" to make this northbound a Sparkplug B edge node, or remove this key".to_owned()),
+                );
+                ok = false;
+            }
+        }
+        ok
+    }
+
+    fn settings(
+        self,
+        cx: &mut Diagnostics<'_>,
+        t: &TableReader<'_, '_>,
+        gateway: Option<&Gateway>,
+    ) -> Option<SparkplugSettings> {
+        let group_id = t.require(cx, "group_id", self.group_id, "group_id = \"plant1\"");
+        let edge_node_id = match self.edge_node_id {
+            Val::Present(id, _) => Some(id.to_owned()),
+            Val::Invalid => None,
+            Val::Absent => gateway.map(|g| g.id.clone()),
+        };
+        let primary_host_id = self.primary_host_id.optional();
+        let delivery_topic = self.delivery_topic.optional();
+        let (group_id, _) = group_id?;
+        let edge_node_id = edge_node_id?;
+        let delivery_topic = match delivery_topic? {
+            Some((topic, _)) => topic.to_owned(),
+            None => format!("edge-agent/{group_id}/{edge_node_id}/delivered"),
+        };
+        Some(SparkplugSettings {
+            group_id: group_id.to_owned(),
+            edge_node_id,
+            primary_host_id: primary_host_id?.map(|(id, _)| id.to_owned()),
+            delivery_topic,
+        })
+    }
+}
+
+/// A Sparkplug group, edge node or host id: one topic level, so no `+`, `/` or `#`.
+fn check_sparkplug_id(cx: &mut Diagnostics<'_>, span: &Span, key: &str, id: &str) -> bool {
+    if id.is_empty() {
+        cx.error(span, format!("`{key}` must not be empty"), None);
+        return false;
+    }
+    if let Some(bad) = id
+        .chars()
+        .find(|c| matches!(c, '+' | '/' | '#') || c.is_control())
+    {
+        cx.error(
+            span,
+            format!(
+                "`{key}` contains `{}`, which a Sparkplug id must not contain",
+                bad.escape_default()
+            ),
+            Some(
+                "Sparkplug ids are single topic levels: no `+`, `/`, `#` or control characters"
+                    .to_owned(),
+            ),
+        );
+        return false;
+    }
+    true
+}
+
+fn check_delivery_topic(cx: &mut Diagnostics<'_>, span: &Span, topic: &str) -> bool {
+    let problem = if topic.is_empty() {
+        Some("`delivery_topic` must not be empty")
+    } else if topic.contains(['+', '#', '\0']) {
+        Some("`delivery_topic` must not contain `+`, `#` or a NUL character")
+    } else if topic.starts_with("spBv1.0/") {
+        Some("`delivery_topic` must not be under `spBv1.0/`, where Sparkplug hosts expect only Sparkplug messages")
+    } else if topic.starts_with('$') {
+        Some("`delivery_topic` must not start with `$`, which brokers reserve")
+    } else {
+        None
+    };
+    match problem {
+        Some(message) => {
+            cx.error(
+                span,
+                message,
+                Some("a plain topic the node may publish to, as in `edge-agent/plant1/gw1/delivered`".to_owned()),
+            );
+            false
+        }
+        None => true,
+    }
 }
 
 /// A reconnect backoff given as a minimum and a maximum in milliseconds, min not above max.

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use edge_config::{
     load, parse, Batching, BrokerUrl, Config, ConfigError, ConfigErrors, Credentials, Device,
-    Format, Gateway, Northbound, Protocol, Secret, SecretSource, StoreSettings, Tag, TlsFiles,
-    UnsPath,
+    Format, Gateway, Northbound, Protocol, Secret, SecretSource, SparkplugSettings, StoreSettings,
+    Tag, TlsFiles, UnsPath,
 };
 use edge_modbus::{Address, Area, ByteOrder};
 use edge_model::DataType;
@@ -939,18 +939,12 @@ fn unsupported_protocols_and_formats_say_so() {
 
     let src = with_device("", tag).replace(
         "url = \"mqtt://127.0.0.1\"",
-        "url = \"mqtt://127.0.0.1\"\nformat = \"sparkplug-b\"",
+        "url = \"mqtt://127.0.0.1\"\nformat = \"sparkplug\"",
     );
-    let error = parse_err(&src);
-    let error = only_error(&error);
-    assert_eq!(
-        error.message,
-        "format `sparkplug-b` is not supported by this version"
-    );
-    assert!(error
-        .hint
-        .as_deref()
-        .is_some_and(|h| h.contains("uns-json")));
+    let errors = parse_err(&src);
+    let error = only_error(&errors);
+    assert_eq!(error.message, "unknown format `sparkplug`");
+    assert_eq!(error.hint.as_deref(), Some("did you mean `sparkplug-b`?"));
 
     let src = with_device("", tag).replace("\"modbus-tcp\"", "\"modbus_tcp\"");
     let errors = parse_err(&src);
@@ -1264,4 +1258,130 @@ host = "127.0.0.1"
         let errors = parse_with("[admin]\nlisen = \"127.0.0.1:1\"\n").expect_err("invalid");
         assert!(errors.to_string().contains("lisen"), "{errors}");
     }
+}
+fn sparkplug_northbound(keys: &str) -> String {
+    let tag = "[[device.tag]]\nname = \"t\"\naddress = \"hr:0\"\ntype = \"u16\"";
+    with_device("", tag).replace(
+        "url = \"mqtt://127.0.0.1\"",
+        &format!("url = \"mqtt://127.0.0.1\"\nformat = \"sparkplug-b\"\n{keys}"),
+    )
+}
+
+#[test]
+fn a_sparkplug_northbound_takes_a_group_and_defaults_the_node_to_the_gateway_id() {
+    let config = parse_ok(&sparkplug_northbound("group_id = \"Plant 1\""));
+    assert_eq!(
+        config.northbounds[0].format,
+        Format::SparkplugB(SparkplugSettings {
+            group_id: "Plant 1".into(),
+            edge_node_id: "gw-line1".into(),
+            primary_host_id: None,
+            delivery_topic: "edge-agent/Plant 1/gw-line1/delivered".into(),
+        })
+    );
+    assert_eq!(config.northbounds[0].format.as_str(), "sparkplug-b");
+
+    let config = parse_ok(&sparkplug_northbound(
+        "group_id = \"plant1\"\nedge_node_id = \"line1-gw\"\nprimary_host_id = \"scada-1\"\ndelivery_topic = \"acme/delivered\"",
+    ));
+    let Format::SparkplugB(sp) = &config.northbounds[0].format else {
+        panic!("a Sparkplug northbound");
+    };
+    assert_eq!(sp.edge_node_id, "line1-gw");
+    assert_eq!(sp.primary_host_id.as_deref(), Some("scada-1"));
+    assert_eq!(sp.delivery_topic, "acme/delivered");
+}
+
+#[test]
+fn a_sparkplug_northbound_needs_a_group_id() {
+    let errors = parse_err(&sparkplug_northbound(""));
+    let error = only_error(&errors);
+    assert_eq!(error.message, "missing `group_id` in [[northbound]]");
+    assert_eq!(error.line, 9, "points at the [[northbound]] header");
+}
+
+#[test]
+fn sparkplug_ids_must_be_single_topic_levels() {
+    let errors = parse_err(&sparkplug_northbound(
+        "group_id = \"plant/1\"\nedge_node_id = \"gw#1\"\nprimary_host_id = \"\"",
+    ));
+    assert_eq!(
+        positions(&errors),
+        [
+            (
+                13,
+                12,
+                "`group_id` contains `/`, which a Sparkplug id must not contain"
+            ),
+            (
+                14,
+                16,
+                "`edge_node_id` contains `#`, which a Sparkplug id must not contain"
+            ),
+            (15, 19, "`primary_host_id` must not be empty"),
+        ]
+    );
+}
+
+#[test]
+fn the_delivery_topic_stays_out_of_the_sparkplug_namespace() {
+    for (topic, message) in [
+        ("spBv1.0/plant1/x", "`delivery_topic` must not be under `spBv1.0/`, where Sparkplug hosts expect only Sparkplug messages"),
+        ("a/+/b", "`delivery_topic` must not contain `+`, `#` or a NUL character"),
+        ("$SYS/x", "`delivery_topic` must not start with `$`, which brokers reserve"),
+        ("", "`delivery_topic` must not be empty"),
+    ] {
+        let errors = parse_err(&sparkplug_northbound(&format!(
+            "group_id = \"plant1\"\ndelivery_topic = \"{topic}\""
+        )));
+        assert_eq!(only_error(&errors).message, message);
+    }
+}
+
+#[test]
+fn uns_keys_and_sparkplug_keys_do_not_mix() {
+    let errors = parse_err(&sparkplug_northbound(
+        "group_id = \"plant1\"\ntopic_root = \"a/b\"\nbatching = \"per-device\"",
+    ));
+    assert_eq!(
+        positions(&errors),
+        [
+            (
+                14,
+                14,
+                "`topic_root` does not apply to format = \"sparkplug-b\""
+            ),
+            (
+                15,
+                12,
+                "`batching` does not apply to format = \"sparkplug-b\""
+            ),
+        ]
+    );
+
+    let tag = "[[device.tag]]\nname = \"t\"\naddress = \"hr:0\"\ntype = \"u16\"";
+    let src = with_device("", tag).replace(
+        "url = \"mqtt://127.0.0.1\"",
+        "url = \"mqtt://127.0.0.1\"\ngroup_id = \"plant1\"\nprimary_host_id = \"scada\"",
+    );
+    let errors = parse_err(&src);
+    assert_eq!(
+        positions(&errors),
+        [
+            (
+                12,
+                12,
+                "`group_id` only applies to format = \"sparkplug-b\""
+            ),
+            (
+                13,
+                19,
+                "`primary_host_id` only applies to format = \"sparkplug-b\""
+            ),
+        ]
+    );
+    assert!(errors[0]
+        .hint
+        .as_deref()
+        .is_some_and(|h| h.contains("format = \"sparkplug-b\"")));
 }

@@ -1,0 +1,166 @@
+//! What every MQTT publisher shares, whatever its payload format: the transport (plain TCP, or
+//! TLS with the configured CA and client certificate), the reconnect backoff, the stop signal,
+//! and reading committed records in order from a northbound's cursor with a small read-ahead.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use edge_config::{BrokerUrl, TlsFiles};
+use edge_model::Batch;
+use edge_store::{RecordId, Store, StoreError};
+use rand::Rng;
+use rumqttc::{TlsConfiguration, Transport};
+use tokio::sync::watch;
+
+/// Records read from the store in one go when the reader runs dry.
+pub const READ_CHUNK: usize = 64;
+/// A connection that stayed up this long resets the reconnect backoff.
+pub const STABLE_CONNECTION: Duration = Duration::from_secs(30);
+
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    #[error("cannot read {what} {path}: {source}")]
+    File {
+        what: &'static str,
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{0} uses TLS but no ca_file is configured")]
+    NoCaFile(String),
+}
+
+fn read_file(what: &'static str, path: &std::path::Path) -> Result<Vec<u8>, TransportError> {
+    std::fs::read(path).map_err(|source| TransportError::File {
+        what,
+        path: path.display().to_string(),
+        source,
+    })
+}
+
+/// The rumqttc transport for a broker URL: TCP for `mqtt://`, TLS for `mqtts://` with the CA
+/// bundle and the optional client certificate read from disk now.
+pub fn transport(url: &BrokerUrl, tls: Option<&TlsFiles>) -> Result<Transport, TransportError> {
+    if !url.tls {
+        return Ok(Transport::Tcp);
+    }
+    let Some(tls) = tls else {
+        return Err(TransportError::NoCaFile(url.to_string()));
+    };
+    let ca = read_file("CA file", &tls.ca_file)?;
+    let client_auth = match &tls.client_cert {
+        Some((cert, key)) => Some((
+            read_file("client certificate", cert)?,
+            read_file("client key", key)?,
+        )),
+        None => None,
+    };
+    Ok(Transport::Tls(TlsConfiguration::Simple {
+        ca,
+        alpn: None,
+        client_auth,
+    }))
+}
+
+/// Resolves once `shutdown` turns true (or its sender is gone), holding no borrow after.
+pub async fn stopped(shutdown: &mut watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|s| *s).await;
+}
+
+/// Exponential reconnect backoff with jitter; a connection that lasted
+/// [`STABLE_CONNECTION`] starts it over.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    min: Duration,
+    max: Duration,
+    next: Duration,
+}
+
+impl Backoff {
+    pub fn new(min: Duration, max: Duration) -> Backoff {
+        Backoff {
+            min,
+            max: max.max(min),
+            next: min,
+        }
+    }
+
+    /// How long to wait after a connection that lasted `lasted`: between half and all of the
+    /// current step, so gateways that lost the broker together do not return together.
+    pub fn after(&mut self, lasted: Duration) -> Duration {
+        if lasted >= STABLE_CONNECTION {
+            self.next = self.min;
+        }
+        let wait = self.next.mul_f64(rand::rng().random_range(0.5..=1.0));
+        self.next = (self.next * 2).min(self.max);
+        wait
+    }
+}
+
+/// Reads one northbound's records in order from a position, a chunk at a time.
+#[derive(Debug)]
+pub struct StoreReader {
+    /// The next record id to ask the store for.
+    next_to_read: RecordId,
+    /// Records read but not yet taken (at most one chunk).
+    ahead: VecDeque<(RecordId, Batch)>,
+}
+
+impl StoreReader {
+    pub fn new(from: RecordId) -> StoreReader {
+        StoreReader {
+            next_to_read: from,
+            ahead: VecDeque::new(),
+        }
+    }
+
+    /// The id of the next record [`StoreReader::next`] returns, or the first id not yet read.
+    pub fn position(&self) -> RecordId {
+        self.ahead.front().map_or(self.next_to_read, |(id, _)| *id)
+    }
+
+    /// The next committed record, or `None` when every record on disk was taken.
+    pub fn next(
+        &mut self,
+        store: &Store,
+        northbound: &str,
+    ) -> Result<Option<(RecordId, Batch)>, StoreError> {
+        if self.ahead.is_empty() {
+            if self.next_to_read >= store.next_id() {
+                return Ok(None);
+            }
+            let records = store.read(northbound, self.next_to_read, READ_CHUNK)?;
+            let Some((last, _)) = records.last() else {
+                return Ok(None);
+            };
+            self.next_to_read = last + 1;
+            self.ahead.extend(records);
+        }
+        Ok(self.ahead.pop_front())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_backoff_doubles_with_jitter_up_to_its_maximum() {
+        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_millis(350));
+        let waits: Vec<Duration> = (0..5).map(|_| b.after(Duration::ZERO)).collect();
+        let steps = [100, 200, 350, 350, 350];
+        for (w, step) in waits.iter().zip(steps) {
+            let step = Duration::from_millis(step);
+            assert!(*w >= step / 2 && *w <= step, "{w:?} for a step of {step:?}");
+        }
+    }
+
+    #[test]
+    fn a_stable_connection_starts_the_backoff_over() {
+        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
+        for _ in 0..5 {
+            b.after(Duration::ZERO);
+        }
+        let w = b.after(STABLE_CONNECTION);
+        assert!(w <= Duration::from_millis(100), "{w:?}");
+    }
+}
