@@ -10,6 +10,7 @@ mod error;
 mod gateway;
 mod names;
 mod northbound;
+mod opcua;
 mod reader;
 mod secret;
 
@@ -22,6 +23,7 @@ pub use device::{Device, Protocol, Tag};
 pub use error::{ConfigError, ConfigErrors};
 pub use gateway::{Gateway, StoreSettings, UnsPath};
 pub use northbound::{Batching, Credentials, Format, Northbound, TlsFiles};
+pub use opcua::{OpcUa, OpcUaTag};
 pub use secret::{Secret, SecretSource, SystemSecrets};
 
 use error::Diagnostics;
@@ -58,7 +60,7 @@ pub fn parse(src: &str, file: &Path, secrets: &dyn SecretSource) -> Result<Confi
     let store = gateway::read_store(&mut cx, &mut root);
     let northbounds =
         northbound::read_northbounds(&mut cx, &mut root, gateway.as_ref(), base_dir, secrets);
-    let devices = device::read_devices(&mut cx, &mut root);
+    let devices = device::read_devices(&mut cx, &mut root, base_dir, secrets);
     root.finish(&mut cx);
 
     match (gateway, store, northbounds, devices) {
