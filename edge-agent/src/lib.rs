@@ -3,6 +3,7 @@
 
 pub mod check;
 pub mod demo;
+pub mod opcua_cli;
 pub mod publisher;
 pub mod runtime;
 

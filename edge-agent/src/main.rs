@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use edge_agent::{check, demo, runtime, EXIT_CONFIG};
+use edge_agent::{check, demo, opcua_cli, runtime, EXIT_CONFIG};
 use tracing::{error, info};
 use tracing_subscriber::EnvFilter;
 
@@ -39,6 +39,19 @@ enum Command {
         #[command(subcommand)]
         command: BufferCommand,
     },
+    /// OPC UA commissioning: browse a server for node ids, manage trusted server certificates.
+    Opcua {
+        #[command(subcommand)]
+        command: OpcuaCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum OpcuaCommand {
+    /// Print a server's address space: node ids, browse names, data types, access levels.
+    Browse(opcua_cli::BrowseArgs),
+    /// List, trust or reject OPC UA server certificates in the gateway's data directory.
+    Trust(opcua_cli::TrustArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -57,13 +70,16 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     // The demo's embedded broker logs every connection at info; keep the demo's screen for
     // the agent's own lines unless RUST_LOG asks for more.
+    // The OPC UA stack logs every connection step and retry; the agent logs what matters
+    // (once per episode, with what to do), so the stack speaks only of errors unless asked.
+    const OPCUA_QUIET: &str = "opcua_client=error,opcua_core=error,opcua_crypto=error,opcua_server=error,opcua_nodes=error,opcua_types=error";
     let default_filter = match cli.command {
-        Command::Demo(_) => "info,rumqttd=off",
-        _ => "info",
+        Command::Demo(_) => format!("info,rumqttd=off,{OPCUA_QUIET}"),
+        _ => format!("info,{OPCUA_QUIET}"),
     };
     tracing_subscriber::fmt()
         .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter)),
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&default_filter)),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -74,6 +90,12 @@ fn main() -> ExitCode {
             command: BufferCommand::Stats { config, json },
         } => ExitCode::from(check::buffer_stats(&config, json) as u8),
         Command::Run { config } => run(config),
+        Command::Opcua {
+            command: OpcuaCommand::Browse(args),
+        } => ExitCode::from(opcua_cli::browse_command(&args) as u8),
+        Command::Opcua {
+            command: OpcuaCommand::Trust(args),
+        } => ExitCode::from(opcua_cli::trust(&args) as u8),
         Command::Demo(args) => match demo::run(args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {

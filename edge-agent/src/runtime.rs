@@ -14,7 +14,9 @@ use edge_modbus::plan::{PlanLimits, ReadPlan};
 use edge_modbus::poller::{DeviceCounters, DevicePoller, DeviceSpec, TagSpec};
 use edge_modbus::report::ReportRule;
 use edge_modbus::write::DeviceHandle;
-use edge_model::{Batch, DeviceId, TagName};
+use edge_model::{Batch, DeviceId, TagName, Value};
+use edge_opcua::pki::Pki;
+use edge_opcua::{OpcUaDevice, OpcUaHandle, PkiSettings};
 use edge_store::{Store, StoreOptions};
 use mes_bridge::{Catalog, UnsEncoder};
 use serde::Serialize;
@@ -51,14 +53,17 @@ pub fn northbound_names(cfg: &Config) -> Vec<String> {
     cfg.northbounds.iter().map(|n| n.name.clone()).collect()
 }
 
-/// The poller's view of a configured device.
-pub fn device_spec(dev: &Device) -> DeviceSpec {
+/// The poller's view of a configured Modbus device; `None` for a device of another protocol.
+pub fn device_spec(dev: &Device) -> Option<DeviceSpec> {
     let Protocol::ModbusTcp {
         host,
         port,
         unit_id,
-    } = &dev.protocol;
-    DeviceSpec {
+    } = &dev.protocol
+    else {
+        return None;
+    };
+    Some(DeviceSpec {
         name: DeviceId(dev.name.clone()),
         host: host.clone(),
         port: *port,
@@ -92,13 +97,100 @@ pub fn device_spec(dev: &Device) -> DeviceSpec {
                 writable: t.writable,
             })
             .collect(),
+    })
+}
+
+/// The read plan of a configured Modbus device.
+pub fn device_plan(dev: &Device) -> anyhow::Result<ReadPlan> {
+    let spec = device_spec(dev)
+        .with_context(|| format!("device `{}` is not a Modbus device", dev.name))?;
+    edge_modbus::poller::plan_for(&spec)
+        .with_context(|| format!("device `{}`: cannot plan its reads", dev.name))
+}
+
+/// The OPC UA PKI directory inside the data directory: the gateway's application instance
+/// certificate and the trusted and rejected server certificates.
+pub fn pki_dir(cfg: &Config) -> PathBuf {
+    cfg.gateway.data_dir.join("pki")
+}
+
+/// The gateway's OPC UA application URI: what its certificate and its sessions carry.
+pub fn application_uri(cfg: &Config) -> String {
+    format!("urn:edge-agent:{}", cfg.gateway.id)
+}
+
+/// The gateway's OPC UA application name.
+pub fn application_name(cfg: &Config) -> String {
+    format!("edge-agent {}", cfg.gateway.id)
+}
+
+/// Where the OPC UA PKI lives and how unknown server certificates are treated.
+pub fn pki_settings(cfg: &Config, trust_on_first_use: bool) -> PkiSettings {
+    PkiSettings {
+        dir: pki_dir(cfg),
+        application_uri: application_uri(cfg),
+        application_name: application_name(cfg),
+        trust_on_first_use,
+        config_path: Some(cfg.source.clone()),
     }
 }
 
-/// The read plan of a configured device.
-pub fn device_plan(dev: &Device) -> anyhow::Result<ReadPlan> {
-    edge_modbus::poller::plan_for(&device_spec(dev))
-        .with_context(|| format!("device `{}`: cannot plan its reads", dev.name))
+/// The OPC UA driver's view of a configured OPC UA device; `None` for another protocol.
+pub fn opcua_device_spec(cfg: &Config, dev: &Device) -> Option<edge_opcua::DeviceSpec> {
+    let Protocol::OpcUa(ua) = &dev.protocol else {
+        return None;
+    };
+    Some(edge_opcua::DeviceSpec {
+        name: DeviceId(dev.name.clone()),
+        endpoint: ua.endpoint.clone(),
+        security_policy: ua.security_policy,
+        security_mode: ua.security_mode,
+        identity: ua.identity.clone(),
+        session_timeout: ua.session_timeout,
+        request_timeout: dev.timeout,
+        keep_alive: ua.keep_alive,
+        backoff_min: dev.backoff_min,
+        backoff_max: dev.backoff_max,
+        max_nodes_per_read: ua.max_nodes_per_read,
+        pki: pki_settings(cfg, ua.trust_on_first_use),
+        tags: ua
+            .tags
+            .iter()
+            .map(|t| edge_opcua::TagSpec {
+                name: TagName(t.name.clone()),
+                node: t.node.clone(),
+                data_type: t.data_type,
+                scale: t.scale,
+                offset: t.offset,
+                mode: t.mode.clone(),
+                writable: t.writable,
+            })
+            .collect(),
+    })
+}
+
+/// Makes the gateway's OPC UA application instance certificate on first start (a 2048-bit RSA
+/// key: seconds on a small ARM board, so off the async threads). Without OPC UA devices
+/// nothing is made.
+pub async fn ensure_opcua_certificate(cfg: &Config) -> anyhow::Result<()> {
+    if !cfg
+        .devices
+        .iter()
+        .any(|d| matches!(d.protocol, Protocol::OpcUa(_)))
+    {
+        return Ok(());
+    }
+    let pki = Pki::new(pki_dir(cfg));
+    let (uri, name) = (application_uri(cfg), application_name(cfg));
+    let own = tokio::task::spawn_blocking(move || pki.ensure_own_certificate(&uri, &name))
+        .await
+        .context("the certificate task failed")?
+        .context("the gateway's OPC UA certificate")?;
+    if own.created {
+        info!(certificate = %own.cert_path.display(), thumbprint = %own.thumbprint, application_uri = %application_uri(cfg),
+            "made the gateway's OPC UA application instance certificate; servers with security must trust it");
+    }
+    Ok(())
 }
 
 fn catalog(cfg: &Config) -> Catalog {
@@ -107,6 +199,13 @@ fn catalog(cfg: &Config) -> Catalog {
         for t in &d.tags {
             if let Some(u) = &t.unit {
                 c.set_unit(&d.name, &t.name, u);
+            }
+        }
+        if let Protocol::OpcUa(ua) = &d.protocol {
+            for t in &ua.tags {
+                if let Some(u) = &t.unit {
+                    c.set_unit(&d.name, &t.name, u);
+                }
             }
         }
     }
@@ -119,8 +218,10 @@ pub struct Running {
     pub store: Store,
     pub devices: Vec<(String, Arc<DeviceCounters>)>,
     pub publishers: Vec<(String, Arc<PublisherStats>)>,
-    /// Where commands send writes, one handle per device.
+    /// Where commands send writes, one handle per Modbus device.
     pub handles: Vec<DeviceHandle>,
+    /// Where commands send writes, one handle per OPC UA device.
+    pub opcua_handles: Vec<OpcUaHandle>,
     poll_stop: watch::Sender<bool>,
     publish_stop: watch::Sender<bool>,
     pollers: Vec<JoinHandle<()>>,
@@ -156,8 +257,29 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Running> {
     let mut pollers = Vec::new();
     let mut devices = Vec::new();
     let mut handles = Vec::new();
+    let mut opcua_handles = Vec::new();
+    ensure_opcua_certificate(cfg).await?;
     for dev in &cfg.devices {
-        let poller = DevicePoller::new(device_spec(dev))
+        if let Some(spec) = opcua_device_spec(cfg, dev) {
+            let device = OpcUaDevice::new(spec);
+            let (subscribed, polled) = match &dev.protocol {
+                Protocol::OpcUa(ua) => ua.split(),
+                Protocol::ModbusTcp { .. } => (0, 0),
+            };
+            info!(device = %dev.name, endpoint = %device.spec().endpoint, subscribed, polled, "OPC UA device configured");
+            devices.push((dev.name.clone(), device.counters()));
+            opcua_handles.push(device.handle());
+            pollers.push(tokio::spawn(device.run(tx.clone(), poll_rx.clone())));
+            continue;
+        }
+        let spec = device_spec(dev).with_context(|| {
+            format!(
+                "device `{}`: protocol {} is not supported",
+                dev.name,
+                dev.protocol.as_str()
+            )
+        })?;
+        let poller = DevicePoller::new(spec)
             .with_context(|| format!("device `{}`: cannot plan its reads", dev.name))?;
         info!(device = %dev.name, tags = dev.tags.len(), requests_per_scan = poller.plan().request_count(), "device configured");
         devices.push((dev.name.clone(), poller.counters()));
@@ -200,6 +322,7 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Running> {
         devices,
         publishers,
         handles,
+        opcua_handles,
         poll_stop,
         publish_stop,
         pollers,
@@ -232,9 +355,73 @@ impl Running {
         info!("stopped");
     }
 
+    /// Where commands send writes for `device`, whatever its protocol.
+    pub fn writer(&self, device: &str) -> Option<DeviceWriter> {
+        self.handles
+            .iter()
+            .find(|h| h.name == device)
+            .map(|h| DeviceWriter::Modbus(h.clone()))
+            .or_else(|| {
+                self.opcua_handles
+                    .iter()
+                    .find(|h| h.name == device)
+                    .map(|h| DeviceWriter::OpcUa(h.clone()))
+            })
+    }
+
     /// A point-in-time view of the whole agent.
     pub fn snapshot(&self) -> StatusSnapshot {
         snapshot(&self.store, &self.devices, &self.publishers)
+    }
+}
+
+/// The write handle of a device of either protocol, for commands.
+#[derive(Debug, Clone)]
+pub enum DeviceWriter {
+    Modbus(DeviceHandle),
+    OpcUa(OpcUaHandle),
+}
+
+/// Why a write through a [`DeviceWriter`] was not carried out.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WriteFailure {
+    /// True when the request was wrong and nothing was sent to the device (answer
+    /// `rejected`); false when the device or the link failed (answer `failed`).
+    pub rejected: bool,
+    pub message: String,
+}
+
+impl std::fmt::Display for WriteFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl DeviceWriter {
+    pub fn name(&self) -> &str {
+        match self {
+            DeviceWriter::Modbus(h) => &h.name,
+            DeviceWriter::OpcUa(h) => &h.name,
+        }
+    }
+
+    /// Validates and writes `value` to `tag`, answering within `limit`.
+    pub async fn write(
+        &self,
+        tag: &str,
+        value: &Value,
+        limit: Duration,
+    ) -> Result<(), WriteFailure> {
+        match self {
+            DeviceWriter::Modbus(h) => h.write(tag, value, limit).await.map_err(|e| WriteFailure {
+                rejected: e.is_rejection(),
+                message: e.to_string(),
+            }),
+            DeviceWriter::OpcUa(h) => h.write(tag, value, limit).await.map_err(|e| WriteFailure {
+                rejected: e.is_rejection(),
+                message: e.to_string(),
+            }),
+        }
     }
 }
 
