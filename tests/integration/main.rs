@@ -10,5 +10,6 @@ mod config_errors;
 mod delivery;
 mod devices;
 mod lifecycle;
+mod opcua;
 mod security;
 mod types;

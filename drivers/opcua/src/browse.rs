@@ -322,7 +322,7 @@ fn render_children(n: &BrowseNode, prefix: &str, out: &mut String) {
     }
 }
 
-/// Every readable variable of the tree as a `[[device.tag]]` block.
+/// Every readable variable of a type a tag can hold, as a `[[device.tag]]` block.
 pub fn render_tags(root: &BrowseNode) -> String {
     let mut out = String::new();
     let mut names = HashSet::new();
@@ -330,8 +330,35 @@ pub fn render_tags(root: &BrowseNode) -> String {
     out
 }
 
+/// The data types a tag can hold (structures such as a Range have no gateway type).
+const TAG_TYPES: [&str; 16] = [
+    "Boolean",
+    "SByte",
+    "Byte",
+    "Int16",
+    "UInt16",
+    "Int32",
+    "UInt32",
+    "Int64",
+    "UInt64",
+    "Float",
+    "Double",
+    "String",
+    "LocalizedText",
+    "DateTime",
+    "StatusCode",
+    "Enumeration",
+];
+
 fn collect_tags(n: &BrowseNode, names: &mut HashSet<String>, out: &mut String) {
-    if n.node_class == "Variable" && n.access.as_deref().is_some_and(|a| a.contains("read")) {
+    let scalar = n
+        .data_type
+        .as_deref()
+        .is_some_and(|t| TAG_TYPES.contains(&t));
+    if n.node_class == "Variable"
+        && scalar
+        && n.access.as_deref().is_some_and(|a| a.contains("read"))
+    {
         let base = tag_name(&n.browse_name);
         let mut name = base.clone();
         let mut k = 2;
@@ -421,6 +448,7 @@ mod tests {
                     children: vec![
                         var("GoodCount", "ns=2;s=Filler.GoodCount", "UInt32", "read"),
                         var("Setpoint", "ns=2;s=Filler.Setpoint", "Double", "read/write"),
+                        var("EURange", "ns=2;s=Filler.EURange", "Range", "read"),
                     ],
                     truncated: false,
                 },
@@ -445,7 +473,8 @@ mod tests {
 Objects  i=85  (Object)
 ├─ Filler  ns=2;s=Filler  (Object)
 │  ├─ GoodCount  ns=2;s=Filler.GoodCount  UInt32  read
-│  └─ Setpoint  ns=2;s=Filler.Setpoint  Double  read/write
+│  ├─ Setpoint  ns=2;s=Filler.Setpoint  Double  read/write
+│  └─ EURange  ns=2;s=Filler.EURange  Range  read
 └─ Server  i=2253  (Object)  …
 ";
         assert_eq!(text, expected);
@@ -457,7 +486,11 @@ Objects  i=85  (Object)
         assert!(text.contains("name = \"good_count\"\n  address = \"ns=2;s=Filler.GoodCount\""));
         assert!(text.contains("name = \"setpoint\""));
         assert!(text.contains("# writable = true"));
-        assert_eq!(text.matches("[[device.tag]]").count(), 2);
+        assert_eq!(
+            text.matches("[[device.tag]]").count(),
+            2,
+            "a Range is no tag: {text}"
+        );
     }
 
     #[test]

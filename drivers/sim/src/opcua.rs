@@ -166,12 +166,23 @@ impl OpcUaSim {
     /// Sets a plant variable, with the given status and a source timestamp of now; the
     /// program keeps moving the filler's other values.
     pub async fn set(&self, path: &str, value: Variant, status: StatusCode) -> bool {
+        self.set_at(path, value, status, DateTime::now()).await
+    }
+
+    /// Sets a plant variable with the given status and source timestamp.
+    pub async fn set_at(
+        &self,
+        path: &str,
+        value: Variant,
+        status: StatusCode,
+        at: DateTime,
+    ) -> bool {
         let running = self.inner.running.lock().await;
         let Some(r) = running.as_ref() else {
             return false;
         };
         let node = NodeId::new(r.namespace, path);
-        let dv = DataValue::new_now_status(value, status);
+        let dv = DataValue::new_at_status(value, at, status);
         r.manager
             .set_value(r.handle.subscriptions(), &node, None, dv)
             .is_ok()
