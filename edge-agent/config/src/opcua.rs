@@ -352,8 +352,9 @@ fn read_identity(
                 password: Password::new(p.expose()),
             }),
             None => {
+                let span = t.value_span("username").unwrap_or_else(|| t.span());
                 cx.error(
-                    &t.span(),
+                    &span,
                     "an OPC UA user name needs its password",
                     Some("add password_env = \"VARIABLE\" or password_file = \"/etc/edge-agent/opcua.pass\"".to_owned()),
                 );
