@@ -344,3 +344,20 @@ fn an_opcua_device_without_tags_says_how_to_find_node_ids() {
         .as_deref()
         .is_some_and(|h| h.contains("edge-agent opcua browse")));
 }
+
+#[test]
+fn the_example_opcua_board_config_is_valid() {
+    let path =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../board-configs/example-opcua.toml");
+    let src = std::fs::read_to_string(&path).expect("the example exists");
+    let secrets = FakeSecrets {
+        env: [("OPCUA_PASSWORD".to_owned(), "x".to_owned())].into(),
+    };
+    let cfg = match parse(&src, &path, &secrets) {
+        Ok(c) => c,
+        Err(e) => panic!("{e}"),
+    };
+    let ua = opcua(&cfg);
+    assert_eq!(ua.security_mode, SecurityMode::SignAndEncrypt);
+    assert_eq!(ua.split(), (4, 2));
+}
