@@ -25,7 +25,7 @@ use tracing::{debug, error, info, warn};
 use crate::convert::{epoch_ms, quality_of, tag_value, write_variant, VarType};
 use crate::session::{
     connect, resolve, status_text, value_of, ConnectError, Connection, LinkEvent, Notification,
-    NotificationSink, NOTIFICATION_QUEUE,
+    NotificationSink, MAX_NOTIFICATIONS_PER_PUBLISH, NOTIFICATION_QUEUE,
 };
 use crate::spec::{Deadband, DeviceSpec, TagMode};
 use crate::write::{OpcUaHandle, WriteError, WriteRequest, WRITE_QUEUE};
@@ -136,6 +136,9 @@ struct SessionTag {
     write_problem: Option<String>,
 }
 
+/// How a Read the server refused for its size is reported inside the task.
+const TOO_MANY: &str = "the server refuses a Read of this many nodes (BadTooManyOperations)";
+
 /// Why a connected session ended.
 enum End {
     Shutdown,
@@ -206,6 +209,7 @@ impl OpcUaDevice {
             states: (0..spec.tags.len()).map(|_| TagState::default()).collect(),
             polls: poll_groups(&spec),
             subscriptions: subscription_groups(&spec),
+            read_limit: 1,
         };
         if spec.pki.trust_on_first_use {
             warn!(device = %spec.name, endpoint = %spec.endpoint,
@@ -301,6 +305,8 @@ struct Task<'a> {
     states: Vec<TagState>,
     polls: Vec<PollGroup>,
     subscriptions: Vec<SubscriptionGroup>,
+    /// Nodes per Read in the current session (see `read_all`).
+    read_limit: usize,
 }
 
 impl Task<'_> {
@@ -448,6 +454,7 @@ impl Task<'_> {
         let spec = self.spec;
         let limit = spec.request_timeout;
         let (note_tx, mut notes) = mpsc::channel(NOTIFICATION_QUEUE);
+        self.read_limit = conn.limits.nodes_per_read.max(1);
         let mut tags = vec![SessionTag::default(); spec.tags.len()];
         let mut batch = Batch::new(spec.name.clone());
         for (i, t) in spec.tags.iter().enumerate() {
@@ -591,37 +598,35 @@ impl Task<'_> {
             .filter(|(i, t)| t.writable && tags[*i].node.is_some())
             .map(|(i, _)| i)
             .collect();
-        for chunk in wanted.chunks(conn.limits.nodes_per_read.max(1)) {
-            let nodes: Vec<_> = chunk
-                .iter()
-                .filter_map(|&i| tags[i].node.clone())
-                .map(|node| {
-                    let mut r = value_of(node);
-                    r.attribute_id = AttributeId::DataType as u32;
-                    r
-                })
-                .collect();
-            let values = self.read(conn, &nodes).await?;
-            for (&i, dv) in chunk.iter().zip(values.iter()) {
-                let tag = &mut tags[i];
-                match &dv.value {
-                    Some(Variant::NodeId(dt)) if dv.status().is_good() => {
-                        match VarType::of_data_type(dt) {
-                            Some(t) => tag.var_type = Some(t),
-                            None => {
-                                tag.write_problem = Some(format!(
-                                    "the variable's data type {} cannot be written from a command",
-                                    crate::convert::data_type_name(dt)
-                                ))
-                            }
+        let nodes: Vec<_> = wanted
+            .iter()
+            .filter_map(|&i| tags[i].node.clone())
+            .map(|node| {
+                let mut r = value_of(node);
+                r.attribute_id = AttributeId::DataType as u32;
+                r
+            })
+            .collect();
+        let values = self.read_all(conn, nodes).await?;
+        for (&i, dv) in wanted.iter().zip(values.iter()) {
+            let tag = &mut tags[i];
+            match &dv.value {
+                Some(Variant::NodeId(dt)) if dv.status().is_good() => {
+                    match VarType::of_data_type(dt) {
+                        Some(t) => tag.var_type = Some(t),
+                        None => {
+                            tag.write_problem = Some(format!(
+                                "the variable's data type {} cannot be written from a command",
+                                crate::convert::data_type_name(dt)
+                            ))
                         }
                     }
-                    _ => {
-                        tag.write_problem = Some(format!(
-                            "the variable's data type cannot be read: {}",
-                            status_text(dv.status())
-                        ))
-                    }
+                }
+                _ => {
+                    tag.write_problem = Some(format!(
+                        "the variable's data type cannot be read: {}",
+                        status_text(dv.status())
+                    ))
                 }
             }
         }
@@ -648,6 +653,9 @@ impl Task<'_> {
                 "a Read got no answer within {:?}",
                 self.spec.request_timeout
             )),
+            Ok(Err(e)) if e.status() == StatusCode::BadTooManyOperations => {
+                Err(TOO_MANY.to_owned())
+            }
             Ok(Err(e)) => Err(format!("a Read failed: {e}")),
             Ok(Ok(values)) if values.len() != nodes.len() => Err(format!(
                 "the server answered {} values to a Read of {}",
@@ -675,27 +683,63 @@ impl Task<'_> {
             .copied()
             .filter(|&i| tags[i].node.is_some())
             .collect();
-        for chunk in live.chunks(conn.limits.nodes_per_read.max(1)) {
-            let nodes: Vec<_> = chunk
-                .iter()
-                .filter_map(|&i| tags[i].node.clone())
-                .map(value_of)
-                .collect();
-            let read_ts = now_ms();
-            let values = self.read(conn, &nodes).await?;
-            for (&i, dv) in chunk.iter().zip(values.iter()) {
-                if dv.status().is_bad() {
-                    self.counters.exceptions.fetch_add(1, Ordering::Relaxed);
-                }
-                self.data_value(i, dv, read_ts, batch);
+        let nodes: Vec<_> = live
+            .iter()
+            .filter_map(|&i| tags[i].node.clone())
+            .map(value_of)
+            .collect();
+        let read_ts = now_ms();
+        let values = self.read_all(conn, nodes).await?;
+        for (&i, dv) in live.iter().zip(values.iter()) {
+            if dv.status().is_bad() {
+                self.counters.exceptions.fetch_add(1, Ordering::Relaxed);
             }
+            self.data_value(i, dv, read_ts, batch);
         }
         Ok(())
     }
 
-    /// Creates one subscription and its monitored items (in calls within the server's
-    /// MaxMonitoredItemsPerCall). A tag the server refuses turns bad with the reason; the
-    /// others are monitored.
+    /// Reads `nodes` in as few Reads as the server takes: the session's limit (the server's
+    /// MaxNodesPerRead and the device's cap) to start with, halved whenever the server still
+    /// answers BadTooManyOperations (servers do not always publish what they enforce).
+    async fn read_all(
+        &mut self,
+        conn: &Connection,
+        nodes: Vec<opcua::types::ReadValueId>,
+    ) -> Result<Vec<DataValue>, String> {
+        let mut out = Vec::with_capacity(nodes.len());
+        let mut rest = &nodes[..];
+        // Bounded: each round reads some nodes or halves the limit, which stops at 1.
+        for _ in 0..nodes.len() + 64 {
+            if rest.is_empty() {
+                return Ok(out);
+            }
+            let n = self.read_limit.clamp(1, rest.len());
+            match self.read(conn, &rest[..n]).await {
+                Ok(values) => {
+                    out.extend(values);
+                    rest = &rest[n..];
+                }
+                Err(e) if e == TOO_MANY && n > 1 => {
+                    self.read_limit = n / 2;
+                    warn!(device = %self.spec.name, refused = n, limit = self.read_limit,
+                        "the server refuses Reads of this many nodes (BadTooManyOperations); reading fewer at a time");
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        if rest.is_empty() {
+            Ok(out)
+        } else {
+            Err("the server would not answer a Read of any size".to_owned())
+        }
+    }
+
+    /// Creates a subscription group's subscription and monitored items, in calls within the
+    /// server's MaxMonitoredItemsPerCall. A server that holds fewer items per subscription than
+    /// the group has (BadTooManyMonitoredItems) gets more subscriptions with the same
+    /// publishing interval. A tag the server refuses turns bad with the reason; the others are
+    /// monitored.
     async fn subscribe(
         &mut self,
         conn: &Connection,
@@ -704,83 +748,60 @@ impl Task<'_> {
         sink: mpsc::Sender<Notification>,
         batch: &mut Batch,
     ) -> Result<(), String> {
-        let limit = self.spec.request_timeout;
-        let (lifetime, keep_alive) = subscription_counts(group.publishing_interval);
-        let callback = NotificationSink {
-            tx: sink,
-            dropped: self.dropped.clone(),
-        };
-        let created = timeout(
-            limit,
-            conn.session.create_subscription(
-                group.publishing_interval,
-                lifetime,
-                keep_alive,
-                0,
-                0,
-                true,
-                callback,
-            ),
-        )
-        .await;
-        let id = match created {
-            Err(_) => return Err("CreateSubscription got no answer".to_owned()),
-            Ok(Err(e)) => return Err(format!("CreateSubscription failed: {e}")),
-            Ok(Ok(id)) => id,
-        };
-
-        let live: Vec<usize> = group
+        let mut pending: std::collections::VecDeque<usize> = group
             .tags
             .iter()
             .copied()
             .filter(|&i| tags[i].node.is_some())
             .collect();
-        for chunk in live.chunks(conn.limits.items_per_call.max(1)) {
-            let items: Vec<MonitoredItemCreateRequest> = chunk
-                .iter()
-                .filter_map(|&i| {
-                    let node = tags[i].node.clone()?;
-                    let TagMode::Subscription {
-                        sampling_interval,
-                        queue_size,
-                        deadband,
-                        ..
-                    } = self.spec.tags[i].mode
-                    else {
-                        return None;
-                    };
-                    let filter = match deadband {
-                        Deadband::None => ExtensionObject::null(),
-                        d => ExtensionObject::from_message(data_change_filter(d)),
-                    };
-                    Some(MonitoredItemCreateRequest {
-                        item_to_monitor: value_of(node),
-                        monitoring_mode: MonitoringMode::Reporting,
-                        requested_parameters: MonitoringParameters {
-                            // Handle = tag index + 1 (0 would ask the library for one).
-                            client_handle: (i + 1) as u32,
-                            sampling_interval: sampling_interval.as_secs_f64() * 1000.0,
-                            filter,
-                            queue_size,
-                            discard_oldest: true,
-                        },
-                    })
-                })
-                .collect();
-            let results = match timeout(
-                limit,
+        let mut chunk_size = conn.limits.items_per_call.max(1);
+        let mut id = self.create_subscription(conn, group, sink.clone()).await?;
+        let mut in_subscription = 0usize;
+        // Bounded: every round monitors or refuses tags, opens a subscription, or halves the
+        // chunk; none of these can repeat without end.
+        let max_rounds = 4 * group.tags.len() + 64;
+        for _ in 0..max_rounds {
+            if pending.is_empty() {
+                return Ok(());
+            }
+            let chunk: Vec<usize> = pending.iter().take(chunk_size).copied().collect();
+            let items: Vec<MonitoredItemCreateRequest> =
+                chunk.iter().filter_map(|&i| self.item(i, tags)).collect();
+            let answer = timeout(
+                self.spec.request_timeout,
                 conn.session
                     .create_monitored_items(id, TimestampsToReturn::Both, items),
             )
             .await
-            {
-                Err(_) => return Err("CreateMonitoredItems got no answer".to_owned()),
-                Ok(Err(e)) => return Err(format!("CreateMonitoredItems failed: {e}")),
-                Ok(Ok(r)) => r,
+            .map_err(|_| "CreateMonitoredItems got no answer".to_owned())?;
+            let results = match answer {
+                Ok(r) => r,
+                Err(e) if e.status() == StatusCode::BadTooManyMonitoredItems => {
+                    if in_subscription > 0 {
+                        id = self.create_subscription(conn, group, sink.clone()).await?;
+                        in_subscription = 0;
+                    } else if chunk_size > 1 {
+                        chunk_size /= 2;
+                    } else {
+                        for i in pending.drain(..) {
+                            self.tag_error(
+                                i,
+                                "the server refused to monitor it: it takes no more monitored items".to_owned(),
+                                batch,
+                            );
+                        }
+                    }
+                    continue;
+                }
+                Err(e) => return Err(format!("CreateMonitoredItems failed: {e}")),
             };
+            let mut overflow = Vec::new();
             for (&i, created) in chunk.iter().zip(results.iter()) {
+                pending.pop_front();
                 let status = created.result.status_code;
-                if status.is_bad() {
+                if status == StatusCode::BadTooManyMonitoredItems {
+                    overflow.push(i);
+                } else if status.is_bad() {
                     let hint = refusal_hint(status);
                     self.tag_error(
                         i,
@@ -790,10 +811,87 @@ impl Task<'_> {
                         ),
                         batch,
                     );
+                } else {
+                    in_subscription += 1;
                 }
             }
+            if !overflow.is_empty() {
+                for i in overflow.into_iter().rev() {
+                    pending.push_front(i);
+                }
+                id = self.create_subscription(conn, group, sink.clone()).await?;
+                in_subscription = 0;
+            }
+        }
+        for i in pending.drain(..) {
+            self.tag_error(
+                i,
+                "the server would not take it in any subscription".to_owned(),
+                batch,
+            );
         }
         Ok(())
+    }
+
+    async fn create_subscription(
+        &self,
+        conn: &Connection,
+        group: &SubscriptionGroup,
+        sink: mpsc::Sender<Notification>,
+    ) -> Result<u32, String> {
+        let (lifetime, keep_alive) = subscription_counts(group.publishing_interval);
+        let callback = NotificationSink {
+            tx: sink,
+            dropped: self.dropped.clone(),
+        };
+        let created = timeout(
+            self.spec.request_timeout,
+            conn.session.create_subscription(
+                group.publishing_interval,
+                lifetime,
+                keep_alive,
+                MAX_NOTIFICATIONS_PER_PUBLISH,
+                0,
+                true,
+                callback,
+            ),
+        )
+        .await;
+        match created {
+            Err(_) => Err("CreateSubscription got no answer".to_owned()),
+            Ok(Err(e)) => Err(format!("CreateSubscription failed: {e}")),
+            Ok(Ok(id)) => Ok(id),
+        }
+    }
+
+    /// The monitored item of subscribed tag `i`.
+    fn item(&self, i: usize, tags: &[SessionTag]) -> Option<MonitoredItemCreateRequest> {
+        let node = tags.get(i)?.node.clone()?;
+        let TagMode::Subscription {
+            sampling_interval,
+            queue_size,
+            deadband,
+            ..
+        } = self.spec.tags.get(i)?.mode
+        else {
+            return None;
+        };
+        let filter = match deadband {
+            Deadband::None => ExtensionObject::null(),
+            d => ExtensionObject::from_message(data_change_filter(d)),
+        };
+        Some(MonitoredItemCreateRequest {
+            item_to_monitor: value_of(node),
+            monitoring_mode: MonitoringMode::Reporting,
+            requested_parameters: MonitoringParameters {
+                // Handle = tag index + 1 (0 would ask the library for one).
+                client_handle: (i + 1) as u32,
+                sampling_interval: sampling_interval.as_secs_f64() * 1000.0,
+                filter,
+                queue_size,
+                discard_oldest: true,
+            },
+        })
     }
 
     /// Executes one write on the session.

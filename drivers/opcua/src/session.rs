@@ -31,6 +31,14 @@ use crate::spec::{DeviceSpec, Identity, SecurityMode, SecurityPolicy};
 /// responses (each carries many values). Beyond it notifications are dropped and counted.
 pub const NOTIFICATION_QUEUE: usize = 1024;
 
+/// The longest array the session decodes (a publish holds at most
+/// [`MAX_NOTIFICATIONS_PER_PUBLISH`] values; a browse or a Read may hold more).
+const MAX_ARRAY: usize = 100_000;
+/// The largest message the session sends or takes.
+const MAX_MESSAGE_BYTES: usize = 32 * 1024 * 1024;
+/// Values per publish response asked of the server, so one response stays a few tens of KiB.
+pub const MAX_NOTIFICATIONS_PER_PUBLISH: u32 = 1000;
+
 /// Used when the server does not publish an operation limit.
 const FALLBACK_NODES_PER_CALL: usize = 1000;
 
@@ -156,6 +164,11 @@ pub async fn connect(spec: &DeviceSpec) -> Result<Connection, ConnectError> {
         .keep_alive_interval(spec.keep_alive)
         .max_failed_keep_alive_count(2)
         .recreate_subscriptions(false)
+        // Large address spaces and busy subscriptions send long arrays and big messages; the
+        // stack's defaults (1000 elements, 320 KiB) would drop the session on them.
+        .max_array_length(MAX_ARRAY)
+        .max_message_size(MAX_MESSAGE_BYTES)
+        .max_chunk_count(MAX_MESSAGE_BYTES / 65_535 + 1)
         .session_name(format!("edge-agent {}", spec.name))
         .client()
         .map_err(|e| ConnectError::Session(e.join("; ")))?;

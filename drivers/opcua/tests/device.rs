@@ -114,6 +114,14 @@ impl Received {
 }
 
 fn run(spec: DeviceSpec) -> (Received, edge_opcua::OpcUaHandle, watch::Sender<bool>) {
+    // The device task's log, shown when a test fails (RUST_LOG filters).
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("edge_opcua=debug")),
+        )
+        .with_test_writer()
+        .try_init();
     let device = OpcUaDevice::new(spec);
     let handle = device.handle();
     let (tx, rx) = mpsc::channel(1024);
@@ -311,5 +319,51 @@ async fn sign_and_encrypt_is_refused_until_the_servers_certificate_is_trusted() 
         s.iter().filter(|x| x.quality == Quality::Good).count() >= 3
     })
     .await;
+    let _ = stop.send(true);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_tag_lists_fit_the_servers_limits_per_read_and_per_subscription() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // The simulated server takes 1000 monitored items per subscription and, here, 5 nodes per
+    // Read: 1200 subscribed tags need two subscriptions, 12 polled tags three Reads.
+    let sim = start_sim(dir.path(), |o| {
+        o.extra_variables = 1212;
+        o.max_nodes_per_read = 5;
+    })
+    .await;
+    let mut tags: Vec<TagSpec> = (0..1200)
+        .map(|i| {
+            tag(
+                &format!("s{i:04}"),
+                &format!("ns=2;s=Load.V{i:04}"),
+                sub(100),
+                false,
+            )
+        })
+        .collect();
+    tags.extend((1200..1212).map(|i| {
+        tag(
+            &format!("p{i:04}"),
+            &format!("ns=2;s=Load.V{i:04}"),
+            poll(200),
+            false,
+        )
+    }));
+    let (mut got, _handle, stop) = run(spec(sim.endpoint_url(), &dir.path().join("pki"), tags));
+    got.until(Duration::from_secs(60), "a good value of every tag", |s| {
+        let mut seen = std::collections::HashSet::new();
+        for x in s.iter().filter(|x| x.quality == Quality::Good) {
+            seen.insert(x.tag.0.as_str());
+        }
+        seen.len() == 1212
+    })
+    .await;
+    let bad: Vec<&Sample> = got
+        .samples
+        .iter()
+        .filter(|s| s.quality == Quality::Bad)
+        .collect();
+    assert!(bad.is_empty(), "no tag was refused: {bad:?}");
     let _ = stop.send(true);
 }
