@@ -492,6 +492,7 @@ impl Task<'_> {
         let now = Instant::now();
         let mut next_due: Vec<Instant> = vec![now; self.polls.len()];
         let mut dropped_seen = self.dropped.load(Ordering::Relaxed);
+        let mut notes_open = true;
         loop {
             let (gi, due) = next_due
                 .iter()
@@ -527,7 +528,7 @@ impl Task<'_> {
                         return End::Lost("a write got no answer".to_owned());
                     }
                 }
-                note = notes.recv() => {
+                note = notes.recv(), if notes_open => {
                     match note {
                         Some(Notification::Data(values)) => {
                             self.counters.reads_ok.fetch_add(1, Ordering::Relaxed);
@@ -550,7 +551,7 @@ impl Task<'_> {
                                 return End::Lost("the subscriptions stopped".to_owned());
                             }
                             // No subscriptions: nothing will ever arrive here.
-                            std::future::pending::<()>().await;
+                            notes_open = false;
                         }
                     }
                     let dropped = self.dropped.load(Ordering::Relaxed);

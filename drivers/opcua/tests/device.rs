@@ -367,3 +367,47 @@ async fn large_tag_lists_fit_the_servers_limits_per_read_and_per_subscription() 
     assert!(bad.is_empty(), "no tag was refused: {bad:?}");
     let _ = stop.send(true);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_with_only_polled_tags_polls_and_writes_and_stops_when_asked() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sim = start_sim(dir.path(), |_| {}).await;
+    let s = spec(
+        sim.endpoint_url(),
+        &dir.path().join("pki"),
+        vec![
+            tag("good_count", "ns=2;s=Filler.GoodCount", poll(100), false),
+            tag("speed", "ns=2;s=Filler.Speed", poll(100), true),
+        ],
+    );
+    let device = OpcUaDevice::new(s);
+    let handle = device.handle();
+    let (tx, rx) = mpsc::channel(1024);
+    let (stop, stop_rx) = watch::channel(false);
+    let task = tokio::spawn(device.run(tx, stop_rx));
+    let mut got = Received {
+        rx,
+        samples: Vec::new(),
+    };
+    got.until(Duration::from_secs(20), "polled values", |s| {
+        s.iter()
+            .filter(|x| x.tag.0 == "good_count" && x.quality == Quality::Good)
+            .count()
+            >= 5
+    })
+    .await;
+    handle
+        .write("speed", &Value::F64(80.5), Duration::from_secs(5))
+        .await
+        .expect("speed written as a Float");
+    got.until(Duration::from_secs(10), "the new speed", |s| {
+        s.iter()
+            .any(|x| x.tag.0 == "speed" && x.value == Some(Value::F32(80.5)))
+    })
+    .await;
+    let _ = stop.send(true);
+    tokio::time::timeout(Duration::from_secs(10), task)
+        .await
+        .expect("the task stops when asked")
+        .expect("the task ends cleanly");
+}
