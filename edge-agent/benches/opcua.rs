@@ -97,7 +97,11 @@ async fn serve(variables: usize) -> Result<(), Box<dyn std::error::Error>> {
     std::io::stdout().flush()?;
     let stdin_closed = tokio::task::spawn_blocking(|| {
         let mut line = String::new();
-        while std::io::stdin().read_line(&mut line).map(|n| n > 0).unwrap_or(false) {
+        while std::io::stdin()
+            .read_line(&mut line)
+            .map(|n| n > 0)
+            .unwrap_or(false)
+        {
             line.clear();
         }
     });
@@ -241,6 +245,9 @@ async fn measure(a: Args) -> Result<(), Box<dyn std::error::Error>> {
         "| resident memory while subscribed (peak over the run) | {:.1} MiB |",
         peak_rss.max(rss_after) as f64 / 1024.0
     );
-    println!("| peak resident memory (VmHWM) | {:.1} MiB |", hwm as f64 / 1024.0);
+    println!(
+        "| peak resident memory (VmHWM) | {:.1} MiB |",
+        hwm as f64 / 1024.0
+    );
     Ok(())
 }

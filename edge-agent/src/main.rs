@@ -49,7 +49,7 @@ enum Command {
 #[derive(Subcommand, Debug)]
 enum OpcuaCommand {
     /// Print a server's address space: node ids, browse names, data types, access levels.
-    Browse(opcua_cli::BrowseArgs),
+    Browse(Box<opcua_cli::BrowseArgs>),
     /// List, trust or reject OPC UA server certificates in the gateway's data directory.
     Trust(opcua_cli::TrustArgs),
 }

@@ -2,7 +2,7 @@
 //! find node ids on a server and to decide which server certificates the gateway trusts. Both
 //! print plain text and exit 64 on a usage mistake, 1 when the server or the disk fails.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::{Args, Subcommand};
@@ -89,7 +89,7 @@ pub enum TrustAction {
     Reject { certificate: String },
 }
 
-fn load(path: &PathBuf) -> Result<Config, i32> {
+fn load(path: &Path) -> Result<Config, i32> {
     edge_config::load(path).map_err(|errors| {
         eprintln!("{errors}");
         EXIT_CONFIG

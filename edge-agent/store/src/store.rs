@@ -1047,11 +1047,12 @@ fn load(db: &sled::Db, dir: &Path) -> Result<Loaded, sled::Error> {
     Ok(loaded)
 }
 
-
 /// A stored record from its sled key and value; any malformation is an error text for the log.
 fn decode_record(key: &[u8], value: &[u8]) -> Result<(RecordId, Batch), String> {
     match keys::record_id(key) {
-        Some(id) => Batch::decode(value).map(|b| (id, b)).map_err(|e| e.to_string()),
+        Some(id) => Batch::decode(value)
+            .map(|b| (id, b))
+            .map_err(|e| e.to_string()),
         None => Err("malformed record key".to_owned()),
     }
 }
