@@ -4,8 +4,9 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
-use edge_config::{Config, ConfigErrors, Protocol};
+use edge_config::{Config, ConfigErrors, Device, OpcUa, Protocol};
 use edge_modbus::learn::{read_limits, BlockKind};
+use edge_opcua::{Deadband, Identity, TagMode};
 use edge_store::{Store, StoreError};
 
 use crate::runtime::{self, StatusSnapshot};
@@ -60,7 +61,156 @@ pub fn file_warnings(cfg: &Config) -> Vec<String> {
             }
         }
     }
+    for dev in &cfg.devices {
+        let Protocol::OpcUa(ua) = &dev.protocol else {
+            continue;
+        };
+        if let Identity::X509 { cert, key } = &ua.identity {
+            for (name, path) in [("user_cert_file", cert), ("user_key_file", key)] {
+                if let Err(e) = std::fs::File::open(path) {
+                    out.push(format!(
+                        "device {}: {name} {} cannot be read ({e}); the device stays offline until it can",
+                        dev.name,
+                        path.display()
+                    ));
+                }
+            }
+        }
+        if ua.trust_on_first_use {
+            out.push(format!(
+                "device {}: trust_on_first_use is on: the first certificate the server shows is trusted without checking; turn it off once the server is in the trusted list",
+                dev.name
+            ));
+        }
+    }
     out
+}
+
+fn describe_opcua(out: &mut String, dev: &Device, ua: &OpcUa) -> std::fmt::Result {
+    let (subscribed, polled) = ua.split();
+    writeln!(
+        out,
+        "device {}  opcua {}  security {}/{}  {}  session {} s  timeout {} ms  {} tags ({subscribed} subscribed, {polled} polled)",
+        dev.name,
+        ua.endpoint,
+        ua.security_policy,
+        ua.security_mode,
+        ua.identity.describe(),
+        ua.session_timeout.as_secs(),
+        dev.timeout.as_millis(),
+        ua.tags.len(),
+    )?;
+    let width = ua
+        .tags
+        .iter()
+        .map(|t| t.node.to_string().len())
+        .max()
+        .unwrap_or(0);
+    for t in &ua.tags {
+        let mut extra = String::new();
+        if let Some(dt) = t.data_type {
+            write!(extra, "  as {dt}")?;
+        }
+        if t.scale != 1.0 || t.offset != 0.0 {
+            write!(extra, "  ×{}+{}", t.scale, t.offset)?;
+        }
+        if let Some(u) = &t.unit {
+            write!(extra, "  [{u}]")?;
+        }
+        if t.writable {
+            extra.push_str("  writable");
+        }
+        let mode = match &t.mode {
+            TagMode::Subscription {
+                publishing_interval,
+                sampling_interval,
+                queue_size,
+                deadband,
+            } => {
+                let deadband = match deadband {
+                    Deadband::None => String::new(),
+                    Deadband::Absolute(d) => format!(", deadband {d}"),
+                    Deadband::Percent(p) => format!(", deadband {p} %"),
+                };
+                format!(
+                    "subscription, publishing {} ms, sampling {} ms, queue {queue_size}{deadband}",
+                    publishing_interval.as_millis(),
+                    sampling_interval.as_millis()
+                )
+            }
+            TagMode::Polling {
+                interval,
+                deadband,
+                heartbeat,
+            } => {
+                let mut m = format!("polling every {} ms", interval.as_millis());
+                if let Some(d) = deadband {
+                    write!(m, ", deadband {d}")?;
+                }
+                if let Some(h) = heartbeat {
+                    write!(m, ", heartbeat {} s", h.as_secs())?;
+                }
+                m
+            }
+        };
+        writeln!(
+            out,
+            "  tag {:<24} {:<width$}  {mode}{extra}",
+            t.name,
+            t.node.to_string(),
+        )?;
+    }
+    let mut subscriptions: Vec<(u128, usize)> = Vec::new();
+    let mut polls: Vec<(u128, usize)> = Vec::new();
+    for t in &ua.tags {
+        let (list, ms) = match &t.mode {
+            TagMode::Subscription {
+                publishing_interval,
+                ..
+            } => (&mut subscriptions, publishing_interval.as_millis()),
+            TagMode::Polling { interval, .. } => (&mut polls, interval.as_millis()),
+        };
+        match list.iter_mut().find(|(m, _)| *m == ms) {
+            Some((_, n)) => *n += 1,
+            None => list.push((ms, 1)),
+        }
+    }
+    subscriptions.sort_unstable();
+    polls.sort_unstable();
+    let list = |groups: &[(u128, usize)], what: &str| -> String {
+        groups
+            .iter()
+            .map(|(ms, n)| format!("{what} {ms} ms: {n} tag(s)"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    writeln!(
+        out,
+        "  subscriptions: {}{}",
+        subscriptions.len(),
+        if subscriptions.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", list(&subscriptions, "publishing"))
+        }
+    )?;
+    let cap = match ua.max_nodes_per_read {
+        0 => "the server's MaxNodesPerRead".to_owned(),
+        n => format!("min({n}, the server's MaxNodesPerRead)"),
+    };
+    writeln!(
+        out,
+        "  polling: {} group(s){}",
+        polls.len(),
+        if polls.is_empty() {
+            String::new()
+        } else {
+            format!(
+                " ({}), each in Reads of at most {cap} nodes",
+                list(&polls, "every")
+            )
+        }
+    )
 }
 
 /// The human-readable summary `check` prints.
@@ -112,7 +262,18 @@ pub fn describe(cfg: &Config) -> anyhow::Result<String> {
     let mut total_requests = 0usize;
     let mut total_tags = 0usize;
     let mut total_rate = 0.0f64;
+    let mut opcua_subscribed = 0usize;
+    let mut opcua_polled = 0usize;
     for dev in &cfg.devices {
+        if let Protocol::OpcUa(ua) = &dev.protocol {
+            writeln!(out)?;
+            describe_opcua(&mut out, dev, ua)?;
+            let (s, p) = ua.split();
+            opcua_subscribed += s;
+            opcua_polled += p;
+            total_tags += ua.tags.len();
+            continue;
+        }
         writeln!(out)?;
         writeln!(
             out,
@@ -197,7 +358,7 @@ pub fn describe(cfg: &Config) -> anyhow::Result<String> {
         describe_machine(&mut out, cfg, m)?;
     }
     writeln!(out)?;
-    writeln!(
+    write!(
         out,
         "{} device(s), {} tag(s), {} Modbus request(s) per scan, {:.1} requests/s",
         cfg.devices.len(),
@@ -205,6 +366,13 @@ pub fn describe(cfg: &Config) -> anyhow::Result<String> {
         total_requests,
         total_rate
     )?;
+    if opcua_subscribed + opcua_polled > 0 {
+        write!(
+            out,
+            "; OPC UA: {opcua_subscribed} tag(s) subscribed, {opcua_polled} polled"
+        )?;
+    }
+    writeln!(out)?;
     if !cfg.machines.is_empty() {
         writeln!(
             out,

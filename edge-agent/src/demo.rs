@@ -1,6 +1,7 @@
 //! `edge-agent demo`: the whole product on one machine with nothing installed — a simulated
-//! Modbus TCP PLC with moving values, an embedded MQTT broker, and the agent running
-//! `board-configs/demo.toml` against them, with a live status line until Ctrl-C.
+//! Modbus TCP PLC and a simulated OPC UA server with moving values, an embedded MQTT broker,
+//! and the agent running `board-configs/demo.toml` against them, with a live status line until
+//! Ctrl-C.
 
 use std::collections::HashMap;
 use std::io::Write as _;
@@ -15,6 +16,7 @@ use edge_config::{BrokerUrl, Config, Protocol, SystemSecrets};
 use edge_modbus::codec::{decode_registers, encode_registers};
 use edge_modbus::{Area, ByteOrder};
 use edge_model::{DataType, Value};
+use edge_sim::opcua::{OpcUaSim, OpcUaSimOptions};
 use edge_sim::{Bank, ModbusSim};
 use rumqttc::{AsyncClient, Event, Incoming, MqttOptions, QoS};
 use tracing::{info, warn};
@@ -32,6 +34,9 @@ pub struct DemoArgs {
     /// Port of the simulated Modbus TCP PLC (default 5020, or a free port if taken).
     #[arg(long)]
     pub modbus_port: Option<u16>,
+    /// Port of the simulated OPC UA server (default 4840, or a free port if taken).
+    #[arg(long)]
+    pub opcua_port: Option<u16>,
     /// Where the store lives (default: a fresh temporary directory, removed at exit).
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
@@ -315,6 +320,7 @@ fn auto_order(n: u64) -> String {
 fn demo_config(
     args: &DemoArgs,
     plc: SocketAddr,
+    opcua_endpoint: &str,
     mqtt_port: u16,
     data_dir: &Path,
 ) -> anyhow::Result<Config> {
@@ -329,9 +335,14 @@ fn demo_config(
     };
     cfg.gateway.data_dir = data_dir.to_owned();
     for dev in &mut cfg.devices {
-        if let Protocol::ModbusTcp { host, port, .. } = &mut dev.protocol {
-            *host = plc.ip().to_string();
-            *port = plc.port();
+        match &mut dev.protocol {
+            Protocol::ModbusTcp { host, port, .. } => {
+                *host = plc.ip().to_string();
+                *port = plc.port();
+            }
+            Protocol::OpcUa(ua) => ua.endpoint = opcua_endpoint.to_owned(),
+            // The demo has no serial bus; a config given with -c keeps its own.
+            Protocol::ModbusRtu { .. } | Protocol::ModbusRtuTcp { .. } => {}
         }
     }
     for nb in &mut cfg.northbounds {
@@ -405,7 +416,20 @@ async fn run_async(args: DemoArgs) -> anyhow::Result<()> {
             true,
         ),
     };
-    let cfg = demo_config(&args, sim.local_addr(), mqtt_port, &data_dir)?;
+    let opcua_port = pick_port(args.opcua_port.unwrap_or(4840))?;
+    let ua = OpcUaSim::start(
+        SocketAddr::from((Ipv4Addr::LOCALHOST, opcua_port)),
+        OpcUaSimOptions::new(data_dir.join("opcua-sim-pki")),
+    )
+    .await
+    .context("cannot start the simulated OPC UA server")?;
+    let cfg = demo_config(
+        &args,
+        sim.local_addr(),
+        &ua.endpoint_url(),
+        mqtt_port,
+        &data_dir,
+    )?;
     let root = cfg
         .northbounds
         .first()
@@ -421,6 +445,18 @@ async fn run_async(args: DemoArgs) -> anyhow::Result<()> {
     println!(
         "  simulated PLC   modbus-tcp 127.0.0.1:{}  (device `filler`)",
         sim.local_addr().port()
+    );
+    let ua_devices: Vec<&str> = cfg
+        .devices
+        .iter()
+        .filter(|d| matches!(d.protocol, Protocol::OpcUa(_)))
+        .map(|d| d.name.as_str())
+        .collect();
+    println!(
+        "  simulated OPC UA {}  (device `{}`; browse it with edge-agent opcua browse {})",
+        ua.endpoint_url(),
+        ua_devices.join("`, `"),
+        ua.endpoint_url()
     );
     println!("  MQTT broker     mqtt://127.0.0.1:{mqtt_port}  (embedded)");
     println!("  store           {}", data_dir.display());
@@ -465,6 +501,7 @@ async fn run_async(args: DemoArgs) -> anyhow::Result<()> {
     viewer.abort();
     running.stop().await;
     sim.stop().await;
+    ua.stop().await;
     let s = seen.lock().unwrap_or_else(|e| e.into_inner());
     println!(
         "demo stopped: {} MQTT messages received by the demo's own subscriber",
@@ -526,11 +563,8 @@ fn print_status(
             )
         })
         .unwrap_or_else(|| "-".into());
-    let plc = snap
-        .devices
-        .first()
-        .map(|d| if d.connected { "up" } else { "DOWN" })
-        .unwrap_or("-");
+    let up = snap.devices.iter().filter(|d| d.connected).count();
+    let plc = format!("{up}/{} up", snap.devices.len());
     let mes = match machine {
         Some((root, name)) => format!(
             " | mes {} events: {}",
@@ -540,7 +574,7 @@ fn print_status(
         None => String::new(),
     };
     print!(
-        "\r[{:>4}s] plc {} | stored {} samples | published {} acked {} | backlog {} | received {} | last {}{}   ",
+        "\r[{:>4}s] devices {} | stored {} samples | published {} acked {} | backlog {} | received {} | last {}{}   ",
         started.elapsed().as_secs(),
         plc,
         snap.store.committed_samples,

@@ -8,6 +8,7 @@ pub mod demo;
 pub mod mes;
 pub mod northbound;
 pub mod notify;
+pub mod opcua_cli;
 pub mod probe;
 pub mod publisher;
 pub mod reload;

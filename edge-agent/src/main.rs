@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use edge_agent::{check, demo, probe, service, EXIT_CONFIG};
+use edge_agent::{check, demo, opcua_cli, probe, service, EXIT_CONFIG};
 use tracing::error;
 use tracing_subscriber::EnvFilter;
 
@@ -45,6 +45,11 @@ enum Command {
         #[command(subcommand)]
         command: ModbusCommand,
     },
+    /// OPC UA commissioning: browse a server for node ids, manage trusted server certificates.
+    Opcua {
+        #[command(subcommand)]
+        command: OpcuaCommand,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -53,6 +58,14 @@ enum ModbusCommand {
     Read(probe::ReadArgs),
     /// Write one value.
     Write(probe::WriteArgs),
+}
+
+#[derive(Subcommand, Debug)]
+enum OpcuaCommand {
+    /// Print a server's address space: node ids, browse names, data types, access levels.
+    Browse(Box<opcua_cli::BrowseArgs>),
+    /// List, trust or reject OPC UA server certificates in the gateway's data directory.
+    Trust(opcua_cli::TrustArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -71,13 +84,16 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     // The demo's embedded broker logs every connection at info; keep the demo's screen for
     // the agent's own lines unless RUST_LOG asks for more.
+    // The OPC UA stack logs every connection step and retry; the agent logs what matters
+    // (once per episode, with what to do), so the stack speaks only of errors unless asked.
+    const OPCUA_QUIET: &str = "opcua_client=error,opcua_core=error,opcua_crypto=error,opcua_server=error,opcua_nodes=error,opcua_types=error";
     let default_filter = match cli.command {
-        Command::Demo(_) => "info,rumqttd=off",
-        _ => "info",
+        Command::Demo(_) => format!("info,rumqttd=off,{OPCUA_QUIET}"),
+        _ => format!("info,{OPCUA_QUIET}"),
     };
     tracing_subscriber::fmt()
         .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter)),
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&default_filter)),
         )
         .with_writer(std::io::stderr)
         // Colour only for a person at a terminal, never into journald or a log file.
@@ -91,6 +107,12 @@ fn main() -> ExitCode {
         } => ExitCode::from(check::buffer_stats(&config, json) as u8),
         Command::Run { config } => run(config),
         Command::Modbus { command } => modbus(command),
+        Command::Opcua {
+            command: OpcuaCommand::Browse(args),
+        } => ExitCode::from(opcua_cli::browse_command(&args) as u8),
+        Command::Opcua {
+            command: OpcuaCommand::Trust(args),
+        } => ExitCode::from(opcua_cli::trust(&args) as u8),
         Command::Demo(args) => match demo::run(args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {

@@ -19,7 +19,9 @@ use edge_modbus::plan::{PlanLimits, ReadPlan};
 use edge_modbus::poller::{DeviceCounters, DevicePoller, DeviceSpec, TagSpec};
 use edge_modbus::report::ReportRule;
 use edge_modbus::write::DeviceHandle;
-use edge_model::{Batch, DeviceId, TagName};
+use edge_model::{Batch, DeviceId, TagName, Value};
+use edge_opcua::pki::Pki;
+use edge_opcua::{OpcUaDevice, OpcUaHandle, PkiSettings};
 use edge_store::{Store, StoreOptions};
 use mes_bridge::{Catalog, MesBridge, UnsEncoder};
 use serde::Serialize;
@@ -77,7 +79,8 @@ pub fn device_spec(dev: &Device, transport: Transport) -> DeviceSpec {
         Protocol::ModbusTcp { host, port, .. } | Protocol::ModbusRtuTcp { host, port, .. } => {
             (host.clone(), *port)
         }
-        Protocol::ModbusRtu { .. } => (String::new(), 0),
+        // Serial slaves are reached through their bus; OPC UA devices never get here.
+        Protocol::ModbusRtu { .. } | Protocol::OpcUa(_) => (String::new(), 0),
     };
     DeviceSpec {
         name: DeviceId(dev.name.clone()),
@@ -118,11 +121,96 @@ pub fn device_spec(dev: &Device, transport: Transport) -> DeviceSpec {
     }
 }
 
+/// The OPC UA PKI directory inside the data directory: the gateway's application instance
+/// certificate and the trusted and rejected server certificates.
+pub fn pki_dir(cfg: &Config) -> PathBuf {
+    cfg.gateway.data_dir.join("pki")
+}
+
+/// The gateway's OPC UA application URI: what its certificate and its sessions carry.
+pub fn application_uri(cfg: &Config) -> String {
+    format!("urn:edge-agent:{}", cfg.gateway.id)
+}
+
+/// The gateway's OPC UA application name.
+pub fn application_name(cfg: &Config) -> String {
+    format!("edge-agent {}", cfg.gateway.id)
+}
+
+/// Where the OPC UA PKI lives and how unknown server certificates are treated.
+pub fn pki_settings(cfg: &Config, trust_on_first_use: bool) -> PkiSettings {
+    PkiSettings {
+        dir: pki_dir(cfg),
+        application_uri: application_uri(cfg),
+        application_name: application_name(cfg),
+        trust_on_first_use,
+        config_path: Some(cfg.source.clone()),
+    }
+}
+
 /// The read plan of a configured device.
 pub fn device_plan(dev: &Device) -> anyhow::Result<ReadPlan> {
     // The plan depends on the tags and limits only, not on the transport.
     edge_modbus::poller::plan_for(&device_spec(dev, Transport::Tcp))
         .with_context(|| format!("device `{}`: cannot plan its reads", dev.name))
+}
+
+/// The OPC UA driver's view of a configured OPC UA device; `None` for another protocol.
+pub fn opcua_device_spec(cfg: &Config, dev: &Device) -> Option<edge_opcua::DeviceSpec> {
+    let Protocol::OpcUa(ua) = &dev.protocol else {
+        return None;
+    };
+    Some(edge_opcua::DeviceSpec {
+        name: DeviceId(dev.name.clone()),
+        endpoint: ua.endpoint.clone(),
+        security_policy: ua.security_policy,
+        security_mode: ua.security_mode,
+        identity: ua.identity.clone(),
+        session_timeout: ua.session_timeout,
+        request_timeout: dev.timeout,
+        keep_alive: ua.keep_alive,
+        backoff_min: dev.backoff_min,
+        backoff_max: dev.backoff_max,
+        max_nodes_per_read: ua.max_nodes_per_read,
+        pki: pki_settings(cfg, ua.trust_on_first_use),
+        tags: ua
+            .tags
+            .iter()
+            .map(|t| edge_opcua::TagSpec {
+                name: TagName(t.name.clone()),
+                node: t.node.clone(),
+                data_type: t.data_type,
+                scale: t.scale,
+                offset: t.offset,
+                mode: t.mode.clone(),
+                writable: t.writable,
+            })
+            .collect(),
+    })
+}
+
+/// Makes the gateway's OPC UA application instance certificate on first start (a 2048-bit RSA
+/// key: seconds on a small ARM board, so off the async threads). Without OPC UA devices
+/// nothing is made.
+pub async fn ensure_opcua_certificate(cfg: &Config) -> anyhow::Result<()> {
+    if !cfg
+        .devices
+        .iter()
+        .any(|d| matches!(d.protocol, Protocol::OpcUa(_)))
+    {
+        return Ok(());
+    }
+    let pki = Pki::new(pki_dir(cfg));
+    let (uri, name) = (application_uri(cfg), application_name(cfg));
+    let own = tokio::task::spawn_blocking(move || pki.ensure_own_certificate(&uri, &name))
+        .await
+        .context("the certificate task failed")?
+        .context("the gateway's OPC UA certificate")?;
+    if own.created {
+        info!(certificate = %own.cert_path.display(), thumbprint = %own.thumbprint, application_uri = %application_uri(cfg),
+            "made the gateway's OPC UA application instance certificate; servers with security must trust it");
+    }
+    Ok(())
 }
 
 pub fn catalog(cfg: &Config) -> Catalog {
@@ -131,6 +219,13 @@ pub fn catalog(cfg: &Config) -> Catalog {
         for t in &d.tags {
             if let Some(u) = &t.unit {
                 c.set_unit(&d.name, &t.name, u);
+            }
+        }
+        if let Protocol::OpcUa(ua) = &d.protocol {
+            for t in &ua.tags {
+                if let Some(u) = &t.unit {
+                    c.set_unit(&d.name, &t.name, u);
+                }
             }
         }
     }
@@ -153,8 +248,10 @@ pub struct Running {
     pub store: Store,
     pub devices: DeviceList,
     pub publishers: Vec<(String, Arc<PublisherStats>)>,
-    /// Where commands send writes, one handle per device.
+    /// Where commands send writes, one handle per Modbus device.
     pub handles: Vec<DeviceHandle>,
+    /// Where writes to OPC UA variables go, one handle per OPC UA device.
+    pub opcua_handles: Vec<OpcUaHandle>,
     /// The config being run (the last one applied).
     cfg: Config,
     /// The writer's queue; pollers started by a reload get a clone.
@@ -188,7 +285,8 @@ impl Links {
     /// How a device is reached; a serial bus is started the first time a device uses it.
     fn transport(&mut self, cfg: &Config, dev: &Device) -> anyhow::Result<Transport> {
         Ok(match &dev.protocol {
-            Protocol::ModbusTcp { .. } => Transport::Tcp,
+            // OPC UA devices have their own driver and never ask for a Modbus transport.
+            Protocol::ModbusTcp { .. } | Protocol::OpcUa(_) => Transport::Tcp,
             Protocol::ModbusRtuTcp { .. } => Transport::RtuOverTcp,
             Protocol::ModbusRtu { serial, .. } => {
                 if let Some((_, bus)) = self.buses.iter().find(|(n, _)| n == serial) {
@@ -249,16 +347,36 @@ fn spawn_poller(
     dev: &Device,
     tx: &mpsc::Sender<Batch>,
     links: &mut Links,
-) -> anyhow::Result<(PollerTask, Arc<DeviceCounters>, DeviceHandle)> {
-    let mut spec = device_spec(dev, links.transport(cfg, dev)?);
-    spec.learned_limits = Some(links.learned.clone());
-    let poller = DevicePoller::new(spec)
-        .with_context(|| format!("device `{}`: cannot plan its reads", dev.name))?;
-    info!(device = %dev.name, tags = dev.tags.len(), requests_per_scan = poller.plan().request_count(), "device configured");
-    let counters = poller.counters();
-    let handle = poller.handle();
+) -> anyhow::Result<(PollerTask, Arc<DeviceCounters>, DeviceWriter)> {
     let (stop, stop_rx) = watch::channel(false);
-    let task = tokio::spawn(poller.run(tx.clone(), stop_rx));
+    let (task, counters, writer) = if let Some(spec) = opcua_device_spec(cfg, dev) {
+        let device = OpcUaDevice::new(spec);
+        let (subscribed, polled) = match &dev.protocol {
+            Protocol::OpcUa(ua) => ua.split(),
+            _ => (0, 0),
+        };
+        info!(device = %dev.name, endpoint = %device.spec().endpoint, subscribed, polled, "OPC UA device configured");
+        let counters = device.counters();
+        let writer = DeviceWriter::OpcUa(device.handle());
+        (
+            tokio::spawn(device.run(tx.clone(), stop_rx)),
+            counters,
+            writer,
+        )
+    } else {
+        let mut spec = device_spec(dev, links.transport(cfg, dev)?);
+        spec.learned_limits = Some(links.learned.clone());
+        let poller = DevicePoller::new(spec)
+            .with_context(|| format!("device `{}`: cannot plan its reads", dev.name))?;
+        info!(device = %dev.name, tags = dev.tags.len(), requests_per_scan = poller.plan().request_count(), "device configured");
+        let counters = poller.counters();
+        let writer = DeviceWriter::Modbus(poller.handle());
+        (
+            tokio::spawn(poller.run(tx.clone(), stop_rx)),
+            counters,
+            writer,
+        )
+    };
     Ok((
         PollerTask {
             name: dev.name.clone(),
@@ -267,7 +385,7 @@ fn spawn_poller(
             task,
         },
         counters,
-        handle,
+        writer,
     ))
 }
 
@@ -316,10 +434,15 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Running> {
         stop: links_stop,
         tasks: Vec::new(),
     };
+    let mut opcua_handles = Vec::new();
+    ensure_opcua_certificate(cfg).await?;
     for dev in &cfg.devices {
-        let (task, counters, handle) = spawn_poller(cfg, dev, &tx, &mut links)?;
+        let (task, counters, writer) = spawn_poller(cfg, dev, &tx, &mut links)?;
         devices.push((dev.name.clone(), counters));
-        handles.push(handle);
+        match writer {
+            DeviceWriter::Modbus(h) => handles.push(h),
+            DeviceWriter::OpcUa(h) => opcua_handles.push(h),
+        }
         pollers.push(task);
     }
     let devices: DeviceList = Arc::new(RwLock::new(devices));
@@ -405,6 +528,7 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Running> {
         devices,
         publishers,
         handles,
+        opcua_handles,
         cfg: cfg.clone(),
         batches: tx,
         publish_stop,
@@ -550,12 +674,17 @@ impl Running {
             .cloned()
             .collect();
         self.handles.retain(|h| !going.contains(&h.name.as_str()));
+        self.opcua_handles
+            .retain(|h| !going.contains(&h.name.as_str()));
         for d in plan.added.iter().chain(&plan.changed) {
-            let (task, counters, handle) = spawn_poller(&new, d, &self.batches, &mut self.links)
+            let (task, counters, writer) = spawn_poller(&new, d, &self.batches, &mut self.links)
                 .map_err(ReloadError::Start)?;
             self.pollers.push(task);
             counters_by_name.push((d.name.clone(), counters));
-            self.handles.push(handle);
+            match writer {
+                DeviceWriter::Modbus(h) => self.handles.push(h),
+                DeviceWriter::OpcUa(h) => self.opcua_handles.push(h),
+            }
         }
         // Config order, so status and metrics list devices as the file does.
         let order = |name: &str| new.devices.iter().position(|d| d.name == name);
@@ -632,6 +761,20 @@ impl Running {
         info!("stopped");
     }
 
+    /// Where commands send writes for `device`, whatever its protocol.
+    pub fn writer(&self, device: &str) -> Option<DeviceWriter> {
+        self.handles
+            .iter()
+            .find(|h| h.name == device)
+            .map(|h| DeviceWriter::Modbus(h.clone()))
+            .or_else(|| {
+                self.opcua_handles
+                    .iter()
+                    .find(|h| h.name == device)
+                    .map(|h| DeviceWriter::OpcUa(h.clone()))
+            })
+    }
+
     /// A point-in-time view of the whole agent.
     pub fn snapshot(&self) -> StatusSnapshot {
         let devices = self
@@ -650,6 +793,56 @@ pub enum ReloadError {
     NeedsRestart(#[from] NeedsRestart),
     #[error("{0:#}")]
     Start(anyhow::Error),
+}
+
+/// The write handle of a device of either protocol, for commands.
+#[derive(Debug, Clone)]
+pub enum DeviceWriter {
+    Modbus(DeviceHandle),
+    OpcUa(OpcUaHandle),
+}
+
+/// Why a write through a [`DeviceWriter`] was not carried out.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WriteFailure {
+    /// True when the request was wrong and nothing was sent to the device (answer
+    /// `rejected`); false when the device or the link failed (answer `failed`).
+    pub rejected: bool,
+    pub message: String,
+}
+
+impl std::fmt::Display for WriteFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl DeviceWriter {
+    pub fn name(&self) -> &str {
+        match self {
+            DeviceWriter::Modbus(h) => &h.name,
+            DeviceWriter::OpcUa(h) => &h.name,
+        }
+    }
+
+    /// Validates and writes `value` to `tag`, answering within `limit`.
+    pub async fn write(
+        &self,
+        tag: &str,
+        value: &Value,
+        limit: Duration,
+    ) -> Result<(), WriteFailure> {
+        match self {
+            DeviceWriter::Modbus(h) => h.write(tag, value, limit).await.map_err(|e| WriteFailure {
+                rejected: e.is_rejection(),
+                message: e.to_string(),
+            }),
+            DeviceWriter::OpcUa(h) => h.write(tag, value, limit).await.map_err(|e| WriteFailure {
+                rejected: e.is_rejection(),
+                message: e.to_string(),
+            }),
+        }
+    }
 }
 
 /// What `buffer stats` and the demo's status line show.

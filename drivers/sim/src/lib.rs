@@ -6,6 +6,9 @@
 //! of the four Modbus areas; a test sets values and faults through the handle, and a program
 //! started with [`ModbusSim::spawn_program`] moves values over time.
 //!
+//! With the `opcua` feature, [`opcua::OpcUaSim`] is a simulated OPC UA server: a filler on a
+//! packaging line with moving values, writable variables and extra variables for load.
+//!
 //! ```no_run
 //! # async fn demo() -> std::io::Result<()> {
 //! use edge_sim::{Area, ModbusSim};
@@ -20,6 +23,8 @@
 //! ```
 
 mod bank;
+#[cfg(feature = "opcua")]
+pub mod opcua;
 mod protocol;
 mod rtu;
 mod server;

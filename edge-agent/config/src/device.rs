@@ -2,6 +2,7 @@
 //! `[[device.tag]]`s, with the checks that keep a tag readable: its type fits its area, its
 //! registers fit in the address space and in one request.
 
+use std::path::Path;
 use std::time::Duration;
 
 use edge_modbus::{Address, Area, ByteOrder};
@@ -11,7 +12,9 @@ use crate::broker_url::is_host_name;
 use crate::error::Diagnostics;
 use crate::names::{check_name, Underscore, UniqueNames};
 use crate::northbound::read_backoff;
+use crate::opcua::OpcUa;
 use crate::reader::{Span, TableReader, Val};
+use crate::secret::SecretSource;
 
 /// `[[device]]`: one PLC, polled on its own schedule.
 #[derive(Debug, Clone, PartialEq)]
@@ -20,7 +23,10 @@ pub struct Device {
     /// starting with `_`. It is a topic level: `{root}/{device}/{tag}`.
     pub name: String,
     /// `protocol` (required) and its connection settings. `"modbus-tcp"` takes `host`
-    /// (required), `port` (default 502) and `unit_id` (0 to 255, default 1).
+    /// (required), `port` (default 502) and `unit_id` (0 to 255, default 1). `"opcua"` takes
+    /// the keys of [`OpcUa`]; its tags live there, and of the Modbus settings below it uses
+    /// only `poll_interval_ms` (the default of its polled tags), `timeout_ms` (default 5000,
+    /// per request) and the backoff; the others keep their defaults.
     pub protocol: Protocol,
     /// `poll_interval_ms` (10 to 86,400,000, default 1000): how often the device's tags are
     /// read; a tag may set its own.
@@ -54,7 +60,7 @@ pub struct Device {
 }
 
 /// How to reach a device.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Protocol {
     /// `protocol = "modbus-tcp"`.
     ModbusTcp {
@@ -82,6 +88,8 @@ pub enum Protocol {
         /// `unit_id` (1 to 247, default 1): the slave address on the serial line behind it.
         unit_id: u8,
     },
+    /// `protocol = "opcua"`: an OPC UA server and its tags.
+    OpcUa(Box<OpcUa>),
 }
 
 impl Protocol {
@@ -90,15 +98,17 @@ impl Protocol {
             Protocol::ModbusTcp { .. } => "modbus-tcp",
             Protocol::ModbusRtu { .. } => "modbus-rtu",
             Protocol::ModbusRtuTcp { .. } => "modbus-rtu-tcp",
+            Protocol::OpcUa(_) => "opcua",
         }
     }
 
-    /// The unit id on whatever transport.
+    /// The Modbus unit id on whatever transport; 0 for OPC UA, which has none.
     pub fn unit_id(&self) -> u8 {
         match self {
             Protocol::ModbusTcp { unit_id, .. }
             | Protocol::ModbusRtu { unit_id, .. }
             | Protocol::ModbusRtuTcp { unit_id, .. } => *unit_id,
+            Protocol::OpcUa(_) => 0,
         }
     }
 
@@ -113,6 +123,7 @@ impl Protocol {
                 }
             }
             Protocol::ModbusRtu { serial, .. } => format!("serial {serial}"),
+            Protocol::OpcUa(o) => o.endpoint.clone(),
         }
     }
 }
@@ -184,6 +195,8 @@ pub(crate) fn read_devices(
     cx: &mut Diagnostics<'_>,
     root: &mut TableReader<'_, '_>,
     serial_ports: Option<&[String]>,
+    base_dir: &Path,
+    secrets: &dyn SecretSource,
 ) -> Option<Vec<Device>> {
     let tables = match root.tables(cx, "device", "[[device]]") {
         Val::Present(tables, span) if tables.is_empty() => {
@@ -204,7 +217,7 @@ pub(crate) fn read_devices(
     let mut names = UniqueNames::new("device name", "");
     let mut all = Some(Vec::with_capacity(tables.len()));
     for mut t in tables {
-        let device = read_device(cx, &mut t, &mut names, serial_ports);
+        let device = read_device(cx, &mut t, &mut names, serial_ports, base_dir, secrets);
         t.finish(cx);
         match (device, all.as_mut()) {
             (Some(d), Some(all)) => all.push(d),
@@ -219,6 +232,8 @@ fn read_device(
     t: &mut TableReader<'_, '_>,
     names: &mut UniqueNames,
     serial_ports: Option<&[String]>,
+    base_dir: &Path,
+    secrets: &dyn SecretSource,
 ) -> Option<Device> {
     let name = t.string(cx, "name");
     let name = t
@@ -233,6 +248,7 @@ fn read_device(
         Tcp,
         Rtu,
         RtuOverTcp,
+        OpcUa,
     }
     let protocol = t.choice(
         cx,
@@ -241,10 +257,15 @@ fn read_device(
             ("modbus-tcp", Kind::Tcp),
             ("modbus-rtu", Kind::Rtu),
             ("modbus-rtu-tcp", Kind::RtuOverTcp),
+            ("opcua", Kind::OpcUa),
         ],
-        &[("opcua", "this version polls Modbus devices only")],
+        &[],
     );
     let protocol = t.require(cx, "protocol", protocol, "protocol = \"modbus-tcp\"");
+    // An OPC UA server has keys of its own; the Modbus keys below would be unknown there.
+    if let Some((Kind::OpcUa, _)) = protocol {
+        return crate::opcua::read_opcua_device(cx, t, name, base_dir, secrets);
+    }
     let host = t
         .text(cx, "host")
         .and_then(|host, span| check_device_host(cx, span, host));
@@ -312,7 +333,7 @@ fn read_device(
                 _ => None,
             }
         }
-        None => None,
+        Some((Kind::OpcUa, _)) | None => None,
     };
 
     let poll_ms: Option<u64> = t

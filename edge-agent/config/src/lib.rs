@@ -13,6 +13,7 @@ mod gateway;
 mod machine;
 mod names;
 mod northbound;
+mod opcua;
 mod reader;
 mod secret;
 
@@ -29,6 +30,7 @@ pub use gateway::{Gateway, StoreSettings, UnsPath};
 pub use machine::{Dispatch, DispatchParameter, Machine, StateEntry};
 pub use mes_bridge::MachineState;
 pub use northbound::{Batching, Credentials, Format, Northbound, SparkplugSettings, TlsFiles};
+pub use opcua::{OpcUa, OpcUaTag};
 pub use secret::{Secret, SecretSource, SystemSecrets};
 
 use error::Diagnostics;
@@ -75,7 +77,13 @@ pub fn parse(src: &str, file: &Path, secrets: &dyn SecretSource) -> Result<Confi
     let serial_names: Option<Vec<String>> = board
         .as_ref()
         .map(|b| b.serial.iter().map(|s| s.name.clone()).collect());
-    let devices = device::read_devices(&mut cx, &mut root, serial_names.as_deref());
+    let devices = device::read_devices(
+        &mut cx,
+        &mut root,
+        serial_names.as_deref(),
+        base_dir,
+        secrets,
+    );
     let machines = machine::read_machines(&mut cx, &mut root, devices.as_deref());
     let admin = admin::read_admin(&mut cx, &mut root);
     let root_span = root.span();

@@ -501,7 +501,7 @@ pub(crate) fn read_backoff(
 }
 
 /// `Some(None)`: no credentials; `None`: invalid (reported).
-fn read_credentials(
+pub(crate) fn read_credentials(
     cx: &mut Diagnostics<'_>,
     t: &mut TableReader<'_, '_>,
     base_dir: &Path,

@@ -350,6 +350,11 @@ impl<'t, 'i> TableReader<'t, 'i> {
         }
     }
 
+    /// Where the value of `key` is, if the table has it (for errors about a key read elsewhere).
+    pub fn value_span(&self, key: &str) -> Option<Span> {
+        self.table.get(key).map(|v| v.span())
+    }
+
     fn key_span(&self, key: &str) -> Option<Span> {
         self.table.get_key_value(key).map(|(k, _)| k.span())
     }

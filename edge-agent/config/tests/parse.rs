@@ -928,15 +928,8 @@ fn an_unknown_key_in_board_is_refused_where_it_stands() {
 }
 
 #[test]
-fn unsupported_protocols_and_formats_say_so() {
+fn misspelt_protocols_and_formats_get_a_did_you_mean() {
     let tag = "[[device.tag]]\nname = \"t\"\naddress = \"hr:0\"\ntype = \"u16\"";
-    let src = with_device("", tag).replace("\"modbus-tcp\"", "\"opcua\"");
-    let errors = parse_err(&src);
-    assert_eq!(
-        only_error(&errors).message,
-        "protocol `opcua` is not supported by this version"
-    );
-
     let src = with_device("", tag).replace(
         "url = \"mqtt://127.0.0.1\"",
         "url = \"mqtt://127.0.0.1\"\nformat = \"sparkplug\"",
