@@ -1198,7 +1198,7 @@ line = "line1"
 
 [[northbound]]
 name = "mes"
-url = "mqtt://127.0.0.1:1883"
+url = "mqtt://127.0.0.1"
 
 [[device]]
 name = "press"
