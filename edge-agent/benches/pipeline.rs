@@ -420,6 +420,7 @@ async fn throughput_all(plan: &Plan) -> anyhow::Result<Vec<throughput::Outcome>>
         "delivered/s",
         "msgs/s",
         "missing",
+        "reconnects",
         "cpu pipe/sub/mosq/other %",
         "bound by",
     ];
@@ -456,6 +457,18 @@ async fn throughput_all(plan: &Plan) -> anyhow::Result<Vec<throughput::Outcome>>
                     o.values_missing,
                     if o.timed_out { " (timed out)" } else { "" }
                 ),
+                if o.publisher_reconnects == 0 {
+                    "0".to_owned()
+                } else {
+                    format!(
+                        "{} ({} resent; {})",
+                        o.publisher_reconnects,
+                        o.messages_resent,
+                        o.publisher_last_error
+                            .as_deref()
+                            .unwrap_or("no reason given")
+                    )
+                },
                 format!(
                     "{:.0}/{:.0}/{:.0}/{:.0}",
                     o.cpu_pipeline_pct, o.cpu_subscriber_pct, o.cpu_broker_pct, o.cpu_other_pct
@@ -463,6 +476,11 @@ async fn throughput_all(plan: &Plan) -> anyhow::Result<Vec<throughput::Outcome>>
                 o.bound.clone(),
             ];
             println!("  {}", r.join(" | "));
+            if o.publisher_reconnects > 0 {
+                for note in &o.broker_notes {
+                    println!("    mosquitto: {note}");
+                }
+            }
             rows.push(r);
             runs.push(o);
         }

@@ -79,6 +79,13 @@ pub struct Outcome {
     pub timed_out: bool,
     /// Times the subscriber lost its connection (each followed by a reconnect).
     pub subscriber_errors: u64,
+    /// Times the publisher lost its broker connection during the run (it then resends
+    /// everything after its cursor), the messages it resent, and why it last lost it.
+    pub publisher_reconnects: u64,
+    pub messages_resent: u64,
+    pub publisher_last_error: Option<String>,
+    /// What the broker logged about disconnections and errors during the run (up to 10 lines).
+    pub broker_notes: Vec<String>,
 }
 
 /// Runs one configuration against its own Mosquitto and store.
@@ -218,6 +225,16 @@ pub async fn run(p: Params) -> anyhow::Result<Outcome> {
         eprintln!("  the publisher did not stop within {PUBLISHER_STOP:?}");
     }
     sub.stop().await;
+    let broker_notes: Vec<String> = broker
+        .log()
+        .lines()
+        .filter(|l| {
+            let l = l.to_ascii_lowercase();
+            l.contains("disconnect") || l.contains("warning") || l.contains("error")
+        })
+        .take(10)
+        .map(str::to_owned)
+        .collect();
 
     let counts = sub.counts();
     let last = counts.last_at().unwrap_or(end);
@@ -244,6 +261,11 @@ pub async fn run(p: Params) -> anyhow::Result<Outcome> {
     };
     let values_delivered = counts.values();
     let messages_delivered = counts.messages();
+    let publisher_last_error = stats
+        .last_error
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
     Ok(Outcome {
         batching,
         batch_size,
@@ -273,6 +295,10 @@ pub async fn run(p: Params) -> anyhow::Result<Outcome> {
         ),
         timed_out,
         subscriber_errors: counts.errors(),
+        publisher_reconnects: stats.connects.load(Ordering::Relaxed).saturating_sub(1),
+        messages_resent: stats.resent.load(Ordering::Relaxed),
+        publisher_last_error,
+        broker_notes,
     })
 }
 
