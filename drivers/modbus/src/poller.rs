@@ -260,7 +260,7 @@ impl DevicePoller {
                     }
                 }
                 match connect(&spec, &plan).await {
-                    Ok(ctx) => {
+                    Ok((ctx, probed)) => {
                         info!(device = %spec.name, transport = spec.transport.as_str(), host = %spec.host, port = spec.port, "connected");
                         counters.connects.fetch_add(1, Ordering::Relaxed);
                         counters.connected.store(true, Ordering::Relaxed);
@@ -270,6 +270,14 @@ impl DevicePoller {
                         states.iter_mut().for_each(ReportState::reset);
                         let now = Instant::now();
                         next_due.iter_mut().for_each(|d| *d = now);
+                        if let (Some((data, read_ts)), Some(req)) = (probed, probe_request(&plan)) {
+                            counters.reads_ok.fetch_add(1, Ordering::Relaxed);
+                            let mut batch = Batch::new(spec.name.clone());
+                            decode_request(&spec, req, &data, read_ts, &mut states, &mut batch);
+                            if !send(&tx, batch, &counters).await {
+                                break;
+                            }
+                        }
                     }
                     Err(e) => {
                         if !down_reported {
@@ -552,8 +560,12 @@ async fn send(tx: &mpsc::Sender<Batch>, batch: Batch, counters: &DeviceCounters)
 
 /// Opens the device's link. Where opening proves nothing (a serial slave, an RTU device
 /// behind a device server), the first read of the plan must be answered too, so a slave that
-/// stops answering is retried with backoff instead of polled at full rate.
-async fn connect(spec: &DeviceSpec, plan: &ReadPlan) -> Result<Link, ReadError> {
+/// stops answering is retried with backoff instead of polled at full rate. The values that
+/// read brought are returned with their read time: they are samples like any other.
+async fn connect(
+    spec: &DeviceSpec,
+    plan: &ReadPlan,
+) -> Result<(Link, Option<(Data, u64)>), ReadError> {
     let mut link = Link::open(
         &spec.transport,
         &spec.host,
@@ -562,16 +574,24 @@ async fn connect(spec: &DeviceSpec, plan: &ReadPlan) -> Result<Link, ReadError> 
         spec.timeout,
     )
     .await?;
+    let mut probed = None;
     if link.needs_probe() {
-        if let Some(req) = plan.groups.iter().flat_map(|g| g.requests.first()).next() {
+        if let Some(req) = probe_request(plan) {
+            let read_ts = now_ms();
             match read(&mut link, req, spec.timeout).await {
+                Ok(data) => probed = Some((data, read_ts)),
                 // A refused read is answered: the device is there.
-                Ok(_) | Err(ReadError::Exception(_)) => {}
+                Err(ReadError::Exception(_)) => {}
                 Err(e) => return Err(e),
             }
         }
     }
-    Ok(link)
+    Ok((link, probed))
+}
+
+/// The read that proves a device answers: the first of the plan.
+fn probe_request(plan: &ReadPlan) -> Option<&ReadRequest> {
+    plan.groups.iter().flat_map(|g| g.requests.first()).next()
 }
 
 async fn read(link: &mut Link, req: &ReadRequest, limit: Duration) -> Result<Data, ReadError> {

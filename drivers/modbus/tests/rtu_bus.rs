@@ -322,6 +322,51 @@ async fn an_rtu_device_behind_a_device_server_is_read_over_tcp() {
     server.abort();
 }
 
+#[tokio::test]
+async fn the_read_that_proves_an_rtu_device_answers_is_a_sample_too() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let sim = ModbusSim::detached();
+    // Each read serves the next value of a counter, so a discarded answer leaves a hole.
+    sim.set_read_hook(Some(std::sync::Arc::new(|bank, _, _, _| {
+        let next = bank.register(Area::HoldingRegister, 0) + 1;
+        bank.set_registers(Area::HoldingRegister, 0, &[next]);
+    })));
+    let server = tokio_modbus_rtu_over_tcp(listener, sim.clone());
+    let spec = DeviceSpec {
+        name: DeviceId("meter".into()),
+        transport: Transport::RtuOverTcp,
+        host: addr.ip().to_string(),
+        port: addr.port(),
+        unit_id: 9,
+        timeout: Duration::from_millis(500),
+        backoff_min: Duration::from_millis(100),
+        backoff_max: Duration::from_millis(500),
+        limits: PlanLimits::default(),
+        tags: vec![tag("count", "hr:0", DataType::U16)],
+        learned_limits: None,
+    };
+    let (stop, _) = watch::channel(false);
+    let mut r = run(vec![spec], stop);
+    let mut values = Vec::new();
+    while values.len() < 3 {
+        let b = tokio::time::timeout(Duration::from_secs(5), r.rx.recv())
+            .await
+            .expect("a batch")
+            .expect("running");
+        values.extend(b.samples.iter().filter_map(|s| s.value.clone()));
+    }
+    assert_eq!(
+        values[..3],
+        [Value::U16(1), Value::U16(2), Value::U16(3)],
+        "the first answer (the connection probe) is the first sample"
+    );
+    let _ = r.stop.send(true);
+    server.abort();
+}
+
 /// A device server: RTU frames over TCP, answered by `sim` for unit 9 only.
 fn tokio_modbus_rtu_over_tcp(
     listener: tokio::net::TcpListener,

@@ -32,7 +32,7 @@ mod server;
 pub use bank::{Bank, AREA_SIZE};
 pub use protocol::{MAX_READ_BITS, MAX_READ_REGISTERS, MAX_WRITE_BITS, MAX_WRITE_REGISTERS};
 pub use rtu::{serve_rtu_over_tcp, RtuBusSim};
-pub use server::{ModbusSim, READ_LOG_CAPACITY};
+pub use server::{ModbusSim, ReadHook, READ_LOG_CAPACITY};
 
 /// Re-exported so callers name areas and exception codes without extra imports.
 pub use edge_modbus::Area;

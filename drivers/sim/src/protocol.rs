@@ -64,11 +64,13 @@ pub(crate) fn read_target(request: &Request<'_>) -> Option<(Area, u16, u16)> {
     }
 }
 
-/// The answer a real device would give to `request`, applying any write to `bank`.
+/// The answer a real device would give to `request`, applying any write to `bank`. `read_hook`
+/// runs just before a valid read is answered (see [`crate::server::ReadHook`]).
 pub(crate) fn answer(
     bank: &mut Bank,
     exceptions: &[InjectedException],
     request: &Request<'_>,
+    read_hook: Option<&(dyn Fn(&mut Bank, Area, u16, u16) + Send + Sync)>,
 ) -> Result<Response, ExceptionCode> {
     let op = validate(request)?;
     let (area, span) = op.span();
@@ -77,6 +79,9 @@ pub(crate) fn answer(
         .find(|e| e.area == area && overlaps(&e.range, &span))
     {
         return Err(injected.code);
+    }
+    if let (Some(hook), Some((area, start, count))) = (read_hook, read_target(request)) {
+        hook(bank, area, start, count);
     }
     Ok(execute(bank, op))
 }
@@ -198,7 +203,7 @@ mod tests {
     use super::*;
 
     fn ask(bank: &mut Bank, request: Request<'_>) -> Result<Response, ExceptionCode> {
-        answer(bank, &[], &request)
+        answer(bank, &[], &request, None)
     }
 
     fn busy(area: Area, range: Range<u32>) -> InjectedException {
@@ -398,7 +403,7 @@ mod tests {
     fn an_injected_exception_answers_every_request_touching_its_range() {
         let mut bank = Bank::new();
         let exceptions = [busy(Area::HoldingRegister, 10..20)];
-        let answer = |bank: &mut Bank, r: Request<'_>| answer(bank, &exceptions, &r);
+        let answer = |bank: &mut Bank, r: Request<'_>| answer(bank, &exceptions, &r, None);
         let busy_code = Err(ExceptionCode::ServerDeviceBusy);
         assert!(answer(&mut bank, Request::ReadHoldingRegisters(0, 10)).is_ok());
         assert!(answer(&mut bank, Request::ReadHoldingRegisters(20, 5)).is_ok());
@@ -447,7 +452,7 @@ mod tests {
                 code: ExceptionCode::Custom(0x42),
             },
         ];
-        let answer = |bank: &mut Bank, r: Request<'_>| answer(bank, &exceptions, &r);
+        let answer = |bank: &mut Bank, r: Request<'_>| answer(bank, &exceptions, &r, None);
         assert_eq!(
             answer(&mut bank, Request::WriteSingleCoil(65535, true)),
             Err(ExceptionCode::ServerDeviceBusy)

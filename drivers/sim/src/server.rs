@@ -71,7 +71,23 @@ struct State {
     requests: AtomicU64,
     connections: AtomicU64,
     read_log: Mutex<VecDeque<(Area, u16, u16)>>,
+    read_hook: HookSlot,
 }
+
+/// The [`ReadHook`] in force, if any.
+#[derive(Default)]
+struct HookSlot(Mutex<Option<ReadHook>>);
+
+impl std::fmt::Debug for HookSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let set = lock(&self.0).is_some();
+        f.debug_tuple("HookSlot").field(&set).finish()
+    }
+}
+
+/// Runs on every register or bit read the device is about to answer, with the bank locked:
+/// `(bank, area, start, count)`. It may change the bank; the answer carries the changed values.
+pub type ReadHook = Arc<dyn Fn(&mut Bank, Area, u16, u16) + Send + Sync>;
 
 /// A running listener and a way to learn when all of its connections are gone.
 #[derive(Debug)]
@@ -177,6 +193,13 @@ impl ModbusSim {
         SimService {
             state: Arc::clone(&self.inner.state),
         }
+    }
+
+    /// Runs `hook` on every valid read before it is answered, from now on (`None` removes it):
+    /// a device whose values change each time they are read, for example a counter that
+    /// records each value it serves.
+    pub fn set_read_hook(&self, hook: Option<ReadHook>) {
+        *lock(&self.inner.state.read_hook.0) = hook;
     }
 
     /// Delays every answer by `d` (zero for none). The connection reads its next request only
@@ -286,6 +309,7 @@ impl State {
             requests: AtomicU64::new(0),
             connections: AtomicU64::new(0),
             read_log: Mutex::new(VecDeque::new()),
+            read_hook: HookSlot::default(),
         }
     }
 
@@ -317,9 +341,10 @@ impl State {
                 return Err(ExceptionCode::IllegalDataValue);
             }
         }
-        // Lock order: exceptions, then bank (nothing takes them the other way round).
+        // Lock order: hook, exceptions, then bank (nothing takes them the other way round).
+        let hook = lock(&self.read_hook.0).clone();
         let exceptions = lock(&self.exceptions);
-        let result = protocol::answer(&mut self.bank(), &exceptions, request);
+        let result = protocol::answer(&mut self.bank(), &exceptions, request, hook.as_deref());
         drop(exceptions);
         self.requests.fetch_add(1, Ordering::SeqCst);
         result
