@@ -1,0 +1,217 @@
+//! Turns what the subscriber received into per-device deliveries of the counter tag: UNS JSON
+//! telemetry (`{root}/{device}/counter` with `value` and `seq`) and Sparkplug B DDATA (the
+//! counter metric, found by name or by the alias its device's last DBIRTH gave it).
+
+use std::collections::{BTreeMap, HashMap};
+
+use mes_bridge::sparkplug::decode_payload;
+use mes_bridge::sparkplug::proto::payload::metric;
+
+use crate::ledger::Delivery;
+
+/// The tag every chaos PLC serves.
+pub const TAG: &str = "counter";
+
+/// What could not be read; any entry means the agent published something malformed.
+#[derive(Debug, Default)]
+pub struct Parsed {
+    /// device → deliveries, in arrival order.
+    pub uns: BTreeMap<String, Vec<Delivery>>,
+    pub sparkplug: BTreeMap<String, Vec<Delivery>>,
+    pub malformed: Vec<String>,
+    /// Sparkplug births seen (node and device), for the report.
+    pub births: u64,
+}
+
+/// Reads the messages in arrival order. `uns_root` is the topic root of the UNS northbound and
+/// `sp_prefix` is `spBv1.0/{group}`.
+pub fn parse(messages: &[(String, Vec<u8>)], uns_root: &str, sp_prefix: &str) -> Parsed {
+    let mut parsed = Parsed::default();
+    let mut aliases: HashMap<String, u64> = HashMap::new();
+    let uns_prefix = format!("{uns_root}/");
+    let sp_prefix = format!("{sp_prefix}/");
+    for (topic, payload) in messages {
+        if let Some(rest) = topic.strip_prefix(&uns_prefix) {
+            let mut parts = rest.split('/');
+            let (Some(device), Some(tag), None) = (parts.next(), parts.next(), parts.next()) else {
+                continue;
+            };
+            if tag != TAG {
+                continue;
+            }
+            match uns_delivery(payload) {
+                Ok(d) => parsed.uns.entry(device.to_owned()).or_default().push(d),
+                Err(e) => parsed.malformed.push(format!("{topic}: {e}")),
+            }
+        } else if let Some(rest) = topic.strip_prefix(&sp_prefix) {
+            let parts: Vec<&str> = rest.split('/').collect();
+            let (kind, device) = match parts.as_slice() {
+                [kind, _node, device] => (*kind, *device),
+                [kind, _node] => {
+                    if *kind == "NBIRTH" {
+                        parsed.births += 1;
+                    }
+                    continue;
+                }
+                _ => continue,
+            };
+            let payload = match decode_payload(payload) {
+                Ok(p) => p,
+                Err(e) => {
+                    parsed.malformed.push(format!("{topic}: {e}"));
+                    continue;
+                }
+            };
+            match kind {
+                "DBIRTH" => {
+                    parsed.births += 1;
+                    for m in &payload.metrics {
+                        if m.name.as_deref() == Some(TAG) {
+                            if let Some(alias) = m.alias {
+                                aliases.insert(device.to_owned(), alias);
+                            }
+                        }
+                    }
+                }
+                "DDATA" => {
+                    for m in &payload.metrics {
+                        let is_counter = m.name.as_deref() == Some(TAG)
+                            || (m.name.is_none() && m.alias == aliases.get(device).copied());
+                        if !is_counter {
+                            continue;
+                        }
+                        let value = if m.is_null == Some(true) {
+                            None
+                        } else {
+                            match &m.value {
+                                Some(metric::Value::IntValue(v)) => Some(*v),
+                                Some(metric::Value::LongValue(v)) => u32::try_from(*v).ok(),
+                                other => {
+                                    parsed
+                                        .malformed
+                                        .push(format!("{topic}: counter value {other:?}"));
+                                    continue;
+                                }
+                            }
+                        };
+                        parsed
+                            .sparkplug
+                            .entry(device.to_owned())
+                            .or_default()
+                            .push(Delivery { value, seq: None });
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    parsed
+}
+
+fn uns_delivery(payload: &[u8]) -> Result<Delivery, String> {
+    let json: serde_json::Value =
+        serde_json::from_slice(payload).map_err(|e| format!("not JSON: {e}"))?;
+    let seq = json
+        .get("seq")
+        .and_then(serde_json::Value::as_u64)
+        .ok_or("no seq")?;
+    let good = json.get("quality").and_then(serde_json::Value::as_str) == Some("good");
+    let value = match json.get("value") {
+        Some(v) if good => Some(
+            v.as_u64()
+                .and_then(|v| u32::try_from(v).ok())
+                .ok_or_else(|| format!("counter value {v}"))?,
+        ),
+        _ => None,
+    };
+    Ok(Delivery {
+        value,
+        seq: Some(seq),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mes_bridge::sparkplug::proto::payload::Metric;
+    use mes_bridge::sparkplug::proto::Payload;
+    use prost::Message as _;
+
+    fn metric(name: Option<&str>, alias: u64, value: Option<u32>) -> Metric {
+        Metric {
+            name: name.map(str::to_owned),
+            alias: Some(alias),
+            is_null: value.is_none().then_some(true),
+            value: value.map(metric::Value::IntValue),
+            ..Metric::default()
+        }
+    }
+
+    fn sp(metrics: Vec<Metric>) -> Vec<u8> {
+        Payload {
+            metrics,
+            ..Payload::default()
+        }
+        .encode_to_vec()
+    }
+
+    #[test]
+    fn reads_uns_and_sparkplug_counter_samples() {
+        let messages = vec![
+            (
+                "r/plc1/counter".to_owned(),
+                br#"{"value":7,"quality":"good","seq":3}"#.to_vec(),
+            ),
+            (
+                "r/plc1/counter".to_owned(),
+                br#"{"value":null,"quality":"bad","seq":4}"#.to_vec(),
+            ),
+            (
+                "r/plc1/other".to_owned(),
+                br#"{"value":1,"seq":5}"#.to_vec(),
+            ),
+            ("r/plc1/counter".to_owned(), b"{".to_vec()),
+            (
+                "spBv1.0/g/DBIRTH/gw/plc1".to_owned(),
+                sp(vec![metric(Some(TAG), 4, Some(6))]),
+            ),
+            (
+                "spBv1.0/g/DDATA/gw/plc1".to_owned(),
+                sp(vec![metric(None, 4, Some(7)), metric(None, 9, Some(1))]),
+            ),
+            (
+                "spBv1.0/g/DDATA/gw/plc1".to_owned(),
+                sp(vec![metric(None, 4, None)]),
+            ),
+        ];
+        let parsed = parse(&messages, "r", "spBv1.0/g");
+        assert_eq!(
+            parsed.uns["plc1"],
+            vec![
+                Delivery {
+                    value: Some(7),
+                    seq: Some(3)
+                },
+                Delivery {
+                    value: None,
+                    seq: Some(4)
+                }
+            ]
+        );
+        assert_eq!(parsed.malformed.len(), 1, "{:?}", parsed.malformed);
+        assert_eq!(
+            parsed.sparkplug["plc1"],
+            vec![
+                Delivery {
+                    value: Some(7),
+                    seq: None
+                },
+                Delivery {
+                    value: None,
+                    seq: None
+                }
+            ]
+        );
+        assert_eq!(parsed.births, 1);
+    }
+}
