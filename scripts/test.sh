@@ -3,7 +3,10 @@
 # the integration tests, which run real Mosquitto brokers of their own (never port 1883).
 # Installs Mosquitto when it is missing and the machine allows it; never skips tests.
 #
+# Ends with a short chaos run (edge-chaos, two minutes of faults; scripts/chaos.sh runs longer ones) whose ledger it prints.
+#
 # Usage: scripts/test.sh [extra arguments for `cargo test`, e.g. -- --nocapture]
+# CHAOS_SEED and CHAOS_DURATION change the chaos run (defaults 1 and 2m).
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -61,5 +64,10 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 
 step "cargo test --workspace --locked $*"
 cargo test --workspace --locked "$@"
+
+step "chaos run (debug build): ${CHAOS_DURATION:-2m} of faults, seed ${CHAOS_SEED:-1}"
+cargo build --locked -p edge-agent -p edge-chaos
+target/debug/edge-chaos --duration "${CHAOS_DURATION:-2m}" --seed "${CHAOS_SEED:-1}" \
+    --agent target/debug/edge-agent
 
 step "all checks passed"

@@ -19,10 +19,13 @@ pub struct Served {
 
 /// One sample of a device as a subscriber received it, in arrival order. `value` is `None` for
 /// samples without a counter value (bad quality); `seq` is `None` where the format has none.
+/// `ordered` is false for what the format itself marks as outside the live order: Sparkplug
+/// historical metrics (a replayed backlog) and the current values a birth restates.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Delivery {
     pub value: Option<u32>,
     pub seq: Option<u64>,
+    pub ordered: bool,
 }
 
 /// A range of a device's seqs the store recorded as lost (evicted over quota, corrupted, or
@@ -180,6 +183,9 @@ fn count_arrivals(arrivals: &[Delivery], row: &mut Row) {
         };
         if seen.insert(key, ()).is_some() {
             row.duplicated += 1;
+            continue;
+        }
+        if !d.ordered {
             continue;
         }
         if highest.is_some_and(|h| key < h) {
@@ -379,6 +385,7 @@ mod tests {
             .map(|&(seq, value)| Delivery {
                 value,
                 seq: Some(seq),
+                ordered: true,
             })
             .collect()
     }
@@ -388,6 +395,7 @@ mod tests {
             .map(|&v| Delivery {
                 value: Some(v),
                 seq: None,
+                ordered: true,
             })
             .collect()
     }
@@ -499,6 +507,20 @@ mod tests {
         assert_eq!(rows[0].out_of_order, 1);
         assert_eq!(rows[0].conflicts, 1);
         assert_eq!(rows[1].out_of_order, 1);
+    }
+
+    #[test]
+    fn historical_and_birth_values_are_not_held_to_the_live_order() {
+        let mes = uns(&[(1, Some(1)), (2, Some(2)), (3, Some(3))]);
+        let mut scada = values(&[3]);
+        scada[0].ordered = false;
+        scada.extend(values(&[1, 2]).into_iter().map(|d| Delivery {
+            ordered: false,
+            ..d
+        }));
+        let rows = one(record(served(1..=3), mes, scada), &[], &[]);
+        assert_eq!(rows[1].violations(), 0, "{:?}", rows[1]);
+        assert_eq!(rows[1].delivered, 3);
     }
 
     #[test]

@@ -47,7 +47,7 @@ pub struct Args {
     #[arg(long, default_value_t = 1)]
     pub rtu: usize,
     /// Poll interval of every PLC.
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, default_value_t = 25)]
     pub poll_ms: u64,
     /// The store's disk quota (`max_disk_mb`); long broker outages fill it.
     #[arg(long, default_value_t = 1)]

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 
 use crate::ledger::{self, DeviceRecord, Loss, Window};
@@ -47,6 +48,43 @@ struct Tally {
     corruptions: Vec<String>,
     rss_max_kb: u64,
     rss_samples: Vec<(u64, u64)>,
+}
+
+/// The kinds of fault, drawn from a deck.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Fault {
+    Plc,
+    Northbound,
+    BrokerRestart,
+    /// Long enough for the backlog to fill the store's quota.
+    BrokerOutage,
+    AgentKill,
+    AgentStop,
+    Quiet,
+}
+
+impl Fault {
+    /// One deck: the frequent kinds several times, each kind at least once.
+    fn deck() -> Vec<Fault> {
+        use Fault::*;
+        vec![
+            Plc,
+            Plc,
+            Plc,
+            Plc,
+            Northbound,
+            Northbound,
+            Northbound,
+            BrokerRestart,
+            BrokerRestart,
+            BrokerOutage,
+            AgentKill,
+            AgentKill,
+            AgentKill,
+            AgentStop,
+            Quiet,
+        ]
+    }
 }
 
 struct Plant {
@@ -385,6 +423,8 @@ impl Plant {
         let mut rng = StdRng::seed_from_u64(self.args.seed);
         let end = self.epoch + self.args.duration;
         let mut background = Vec::new();
+        // Faults are drawn from a shuffled deck, so that even a short run meets each kind.
+        let mut deck: Vec<Fault> = Vec::new();
         while Instant::now() < end {
             if !self.agent.as_mut().is_some_and(AgentProcess::is_running) && self.agent.is_some() {
                 bail!(
@@ -392,18 +432,22 @@ impl Plant {
                     self.agent_log.display()
                 );
             }
-            let roll = rng.random_range(0..100);
-            match roll {
-                0..30 => background.push(self.plc_fault(&mut rng)),
-                30..52 => self.northbound_fault(&mut rng),
-                52..66 => self.broker_restart(&mut rng).await?,
-                66..84 => self.agent_kill(&mut rng).await?,
-                84..90 => {
+            if deck.is_empty() {
+                deck = Fault::deck();
+                deck.shuffle(&mut rng);
+            }
+            match deck.pop().unwrap_or(Fault::Quiet) {
+                Fault::Plc => background.push(self.plc_fault(&mut rng)),
+                Fault::Northbound => self.northbound_fault(&mut rng),
+                Fault::BrokerRestart => self.broker_restart(&mut rng, false).await?,
+                Fault::BrokerOutage => self.broker_restart(&mut rng, true).await?,
+                Fault::AgentKill => self.agent_kill(&mut rng).await?,
+                Fault::AgentStop => {
                     self.count("agent SIGTERM restart");
                     self.stop_agent(true)?;
                     self.start_agent()?;
                 }
-                _ => self.count("quiet"),
+                Fault::Quiet => self.count("quiet"),
             }
             let pause = Duration::from_millis(rng.random_range(500..4000));
             tokio::time::sleep(pause.min(end.saturating_duration_since(Instant::now()))).await;
@@ -494,10 +538,9 @@ impl Plant {
         });
     }
 
-    async fn broker_restart(&mut self, rng: &mut StdRng) -> anyhow::Result<()> {
-        let long = rng.random_range(0..4) == 0;
+    async fn broker_restart(&mut self, rng: &mut StdRng, long: bool) -> anyhow::Result<()> {
         let down = if long {
-            Duration::from_secs(rng.random_range(20..45))
+            Duration::from_secs(rng.random_range(30..60))
         } else {
             Duration::from_millis(rng.random_range(300..6000))
         };

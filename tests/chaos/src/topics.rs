@@ -63,23 +63,25 @@ pub fn parse(messages: &[(String, Vec<u8>)], uns_root: &str, sp_prefix: &str) ->
                 }
             };
             match kind {
-                "DBIRTH" => {
-                    parsed.births += 1;
+                "DBIRTH" | "DDATA" => {
+                    let birth = kind == "DBIRTH";
+                    if birth {
+                        parsed.births += 1;
+                    }
                     for m in &payload.metrics {
-                        if m.name.as_deref() == Some(TAG) {
+                        if birth && m.name.as_deref() == Some(TAG) {
                             if let Some(alias) = m.alias {
                                 aliases.insert(device.to_owned(), alias);
                             }
                         }
-                    }
-                }
-                "DDATA" => {
-                    for m in &payload.metrics {
                         let is_counter = m.name.as_deref() == Some(TAG)
                             || (m.name.is_none() && m.alias == aliases.get(device).copied());
                         if !is_counter {
                             continue;
                         }
+                        // A birth restates the current value: a delivery, outside the live order
+                        // like a replayed (historical) metric.
+                        let ordered = !birth && m.is_historical != Some(true);
                         let value = if m.is_null == Some(true) {
                             None
                         } else {
@@ -98,7 +100,11 @@ pub fn parse(messages: &[(String, Vec<u8>)], uns_root: &str, sp_prefix: &str) ->
                             .sparkplug
                             .entry(device.to_owned())
                             .or_default()
-                            .push(Delivery { value, seq: None });
+                            .push(Delivery {
+                                value,
+                                seq: None,
+                                ordered,
+                            });
                     }
                 }
                 _ => {}
@@ -127,6 +133,7 @@ fn uns_delivery(payload: &[u8]) -> Result<Delivery, String> {
     Ok(Delivery {
         value,
         seq: Some(seq),
+        ordered: true,
     })
 }
 
@@ -190,11 +197,13 @@ mod tests {
             vec![
                 Delivery {
                     value: Some(7),
-                    seq: Some(3)
+                    seq: Some(3),
+                    ordered: true
                 },
                 Delivery {
                     value: None,
-                    seq: Some(4)
+                    seq: Some(4),
+                    ordered: true
                 }
             ]
         );
@@ -203,12 +212,19 @@ mod tests {
             parsed.sparkplug["plc1"],
             vec![
                 Delivery {
+                    value: Some(6),
+                    seq: None,
+                    ordered: false
+                },
+                Delivery {
                     value: Some(7),
-                    seq: None
+                    seq: None,
+                    ordered: true
                 },
                 Delivery {
                     value: None,
-                    seq: None
+                    seq: None,
+                    ordered: true
                 }
             ]
         );
