@@ -1230,9 +1230,9 @@ fn open_db(dir: &Path, opts: &StoreOptions) -> Result<sled::Db, OpenFailure> {
     match catch_unwind(AssertUnwindSafe(|| config.open())) {
         Ok(Ok(db)) if had_log && !db.was_recovered() => {
             drop(db);
-            return Err(OpenFailure::Unreadable(
+            Err(OpenFailure::Unreadable(
                 "sled found no database in the existing log file".to_owned(),
-            ));
+            ))
         }
         Ok(Ok(db)) => Ok(db),
         Ok(Err(e)) => Err(classify(dir, e, "open")),

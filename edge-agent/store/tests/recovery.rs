@@ -247,7 +247,7 @@ async fn a_damaged_conf_is_salvaged_whole_with_no_loss() {
         .path()
         .join(format!(
             "{}.salvage",
-            moved.file_name().unwrap().to_string_lossy()
+            moved.file_name().expect("name").to_string_lossy()
         ))
         .exists());
     assert!(recovery.losses.is_empty(), "{:?}", recovery.losses);
