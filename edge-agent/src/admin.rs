@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use edge_modbus::poller::{DeviceCounters, HistogramSnapshot};
-use edge_store::{Store, StoreStats};
+use edge_store::{LossReason, Store, StoreStats};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
@@ -475,6 +475,50 @@ pub fn render(m: &MetricsInput) -> String {
         s.dropped_samples,
     );
     f.head(
+        "edge_agent_store_lost_samples_total",
+        "counter",
+        "Committed samples the store lost, by reason: evicted (disk quota), corrupted (unreadable on disk), rolled-back (gone from the store's log after a restart).",
+    );
+    for reason in LossReason::ALL {
+        f.sample(
+            "edge_agent_store_lost_samples_total",
+            &[("reason", reason.as_str())],
+            s.lost.of(reason),
+        );
+    }
+    f.head(
+        "edge_agent_store_corrupt_records_total",
+        "counter",
+        "Undecodable records removed from the store (their samples are in the lost samples).",
+    );
+    f.sample(
+        "edge_agent_store_corrupt_records_total",
+        &[],
+        s.corrupt_records,
+    );
+    f.head(
+        "edge_agent_store_quarantines_total",
+        "counter",
+        "Unreadable store directories moved aside at start.",
+    );
+    f.sample("edge_agent_store_quarantines_total", &[], s.quarantines);
+    f.head(
+        "edge_agent_store_salvages_total",
+        "counter",
+        "Moved-aside store directories whose readable content was copied into the fresh store.",
+    );
+    f.sample("edge_agent_store_salvages_total", &[], s.salvages);
+    f.head(
+        "edge_agent_store_salvaged_records_total",
+        "counter",
+        "Records recovered by salvage.",
+    );
+    f.sample(
+        "edge_agent_store_salvaged_records_total",
+        &[],
+        s.salvaged_records,
+    );
+    f.head(
         "edge_agent_store_committed_samples_total",
         "counter",
         "Samples committed durably since start.",
@@ -722,7 +766,15 @@ mod tests {
                 dropped_records: 0,
                 dropped_samples: 0,
                 corrupt_records: 0,
-                quarantines: 0,
+                quarantines: 1,
+                salvages: 1,
+                salvaged_records: 10,
+                lost: edge_store::LostCounts {
+                    evicted: 0,
+                    corrupted: 4,
+                    rolled_back: 2,
+                    folded_ranges: 0,
+                },
                 committed_samples: 30,
                 committed_bytes: 100,
                 commits: 3,
@@ -769,6 +821,17 @@ mod tests {
         assert!(text.contains(
             "edge_agent_device_read_latency_seconds_sum{device=\"press \\\"A\\\"\"} 0.0055"
         ));
+    }
+
+    #[test]
+    fn lost_samples_are_shown_per_reason_with_salvage_and_quarantine_counts() {
+        let text = render(&input());
+        assert!(text.contains("edge_agent_store_lost_samples_total{reason=\"evicted\"} 0\n"));
+        assert!(text.contains("edge_agent_store_lost_samples_total{reason=\"corrupted\"} 4\n"));
+        assert!(text.contains("edge_agent_store_lost_samples_total{reason=\"rolled-back\"} 2\n"));
+        assert!(text.contains("edge_agent_store_quarantines_total 1\n"));
+        assert!(text.contains("edge_agent_store_salvages_total 1\n"));
+        assert!(text.contains("edge_agent_store_salvaged_records_total 10\n"));
     }
 
     #[test]

@@ -587,6 +587,34 @@ pub fn render_stats(s: &StatusSnapshot, source: &str) -> String {
         "dropped by quota: {} records, {} samples",
         st.dropped_records, st.dropped_samples
     );
+    let _ = writeln!(
+        out,
+        "lost samples: {} evicted, {} corrupted, {} rolled back ({} loss ranges recorded, {} older ones folded)",
+        st.lost_evicted_samples,
+        st.lost_corrupted_samples,
+        st.lost_rolled_back_samples,
+        s.losses.len(),
+        st.folded_loss_ranges
+    );
+    if st.quarantines > 0 || st.corrupt_records > 0 {
+        let _ = writeln!(
+            out,
+            "damage: {} unreadable store directories moved aside ({} salvaged, {} records recovered), {} corrupted records removed",
+            st.quarantines, st.salvages, st.salvaged_records, st.corrupt_records
+        );
+    }
+    for l in &s.losses {
+        let _ = writeln!(
+            out,
+            "  lost {} seq {}..={} ({} samples, {}, {} ago)",
+            l.device,
+            l.first_seq,
+            l.last_seq,
+            l.samples,
+            l.reason,
+            age(Some(l.at_ms))
+        );
+    }
     for nb in &s.northbounds {
         let _ = writeln!(
             out,
@@ -599,4 +627,56 @@ pub fn render_stats(s: &StatusSnapshot, source: &str) -> String {
         );
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use edge_store::StoreOptions;
+
+    /// A store that evicted: `buffer stats` shows the totals and each range, and the JSON
+    /// carries the ranges under `losses`.
+    #[tokio::test]
+    async fn buffer_stats_show_the_loss_ranges_in_text_and_json() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let opts = StoreOptions {
+            max_disk_bytes: 1 << 20,
+            cache_capacity_bytes: 4 << 20,
+        };
+        let (store, _) = Store::open(dir.path(), opts, &["mes".to_owned()]).expect("open");
+        for i in 0..2000u32 {
+            let mut b = edge_model::Batch::new(edge_model::DeviceId::from("plc1"));
+            b.samples.push(edge_model::Sample::good(
+                edge_model::TagName::from("blob"),
+                edge_model::Value::String(format!("{i:06}").repeat(170)),
+                u64::from(i),
+            ));
+            store.commit(vec![b]).await.expect("commit");
+        }
+        let snap = runtime::snapshot(&store, &[], &[]);
+        assert!(snap.store.lost_evicted_samples > 0, "{:?}", snap.store);
+        assert_eq!(snap.losses.len(), 1, "{:?}", snap.losses);
+        let loss = &snap.losses[0];
+        assert_eq!(
+            (loss.device.as_str(), loss.first_seq, loss.reason.as_str()),
+            ("plc1", edge_store::FIRST_SEQ, "evicted")
+        );
+        assert_eq!(loss.samples, snap.store.lost_evicted_samples);
+
+        let text = render_stats(&snap, "test");
+        assert!(text.contains(&format!(
+            "lost samples: {} evicted, 0 corrupted, 0 rolled back",
+            loss.samples
+        )));
+        assert!(text.contains(&format!(
+            "  lost plc1 seq 1..={} ({} samples, evicted",
+            loss.last_seq, loss.samples
+        )));
+
+        let json: serde_json::Value =
+            serde_json::from_str(&serde_json::to_string(&snap).expect("encode")).expect("json");
+        assert_eq!(json["losses"][0]["reason"], "evicted");
+        assert_eq!(json["losses"][0]["last_seq"], loss.last_seq);
+        assert_eq!(json["store"]["lost_evicted_samples"], loss.samples);
+    }
 }

@@ -412,7 +412,13 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Running> {
     let (store, recovery) =
         Store::open(&store_dir(cfg), store_options(cfg), &northbound_names(cfg))?;
     if let Some(q) = &recovery.quarantined {
-        error!(moved_to = %q.display(), "the store was unreadable and has been moved aside; starting with an empty store");
+        error!(moved_to = %q.display(), salvaged_records = recovery.salvaged_records,
+            "the store was unreadable and has been moved aside; what could be read was salvaged into a fresh store");
+    }
+    let lost_at_open: u64 = recovery.losses.iter().map(|l| l.samples).sum();
+    if lost_at_open > 0 {
+        error!(ranges = recovery.losses.len(), samples = lost_at_open,
+            "committed samples were lost in the store at this start; see `buffer stats` for the ranges");
     }
     info!(
         records = recovery.records,
@@ -853,6 +859,21 @@ pub struct StatusSnapshot {
     pub store: StoreSnapshot,
     pub devices: Vec<DeviceSnapshot>,
     pub northbounds: Vec<NorthboundSnapshot>,
+    /// The store's loss ledger: every sample it lost, per device as seq ranges, oldest first.
+    #[serde(default)]
+    pub losses: Vec<LossSnapshot>,
+}
+
+/// One range of the loss ledger: seqs `first_seq..=last_seq` of `device`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct LossSnapshot {
+    pub device: String,
+    pub first_seq: u64,
+    pub last_seq: u64,
+    pub samples: u64,
+    /// "evicted", "corrupted" or "rolled-back".
+    pub reason: String,
+    pub at_ms: u64,
 }
 
 #[derive(Debug, Clone, Serialize, serde::Deserialize)]
@@ -865,6 +886,24 @@ pub struct StoreSnapshot {
     pub oldest_read_ts_ms: Option<u64>,
     pub dropped_records: u64,
     pub dropped_samples: u64,
+    /// Lifetime lost samples per reason (as in the loss ledger, including folded ranges).
+    #[serde(default)]
+    pub lost_evicted_samples: u64,
+    #[serde(default)]
+    pub lost_corrupted_samples: u64,
+    #[serde(default)]
+    pub lost_rolled_back_samples: u64,
+    /// Old ranges folded out of the bounded ledger (their samples stay counted above).
+    #[serde(default)]
+    pub folded_loss_ranges: u64,
+    #[serde(default)]
+    pub corrupt_records: u64,
+    #[serde(default)]
+    pub quarantines: u64,
+    #[serde(default)]
+    pub salvages: u64,
+    #[serde(default)]
+    pub salvaged_records: u64,
     pub committed_samples: u64,
     pub committed_bytes: u64,
 }
@@ -911,6 +950,14 @@ pub fn snapshot(
             oldest_read_ts_ms: s.oldest_read_ts_ms,
             dropped_records: s.dropped_records,
             dropped_samples: s.dropped_samples,
+            lost_evicted_samples: s.lost.evicted,
+            lost_corrupted_samples: s.lost.corrupted,
+            lost_rolled_back_samples: s.lost.rolled_back,
+            folded_loss_ranges: s.lost.folded_ranges,
+            corrupt_records: s.corrupt_records,
+            quarantines: s.quarantines,
+            salvages: s.salvages,
+            salvaged_records: s.salvaged_records,
             committed_samples: s.committed_samples,
             committed_bytes: s.committed_bytes,
         },
@@ -950,6 +997,18 @@ pub fn snapshot(
                             .clone()
                     }),
                 }
+            })
+            .collect(),
+        losses: store
+            .losses()
+            .into_iter()
+            .map(|l| LossSnapshot {
+                device: l.device,
+                first_seq: l.first_seq,
+                last_seq: l.last_seq,
+                samples: l.samples,
+                reason: l.reason.as_str().to_owned(),
+                at_ms: l.at_ms,
             })
             .collect(),
     }

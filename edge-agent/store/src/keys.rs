@@ -16,10 +16,22 @@ pub(crate) const COUNTER: u8 = 0x04;
 /// northbound's opaque checkpoint (its publisher's derived state as of that cursor).
 pub(crate) const CHECKPOINT: u8 = 0x05;
 
+/// `[LOSS] ++ ledger key (u64 BE)` → one range of the loss ledger (see `losses`).
+pub(crate) const LOSS: u8 = 0x06;
+
 pub(crate) const DROPPED_RECORDS: &str = "dropped_records";
 pub(crate) const DROPPED_SAMPLES: &str = "dropped_samples";
 pub(crate) const CORRUPT_RECORDS: &str = "corrupt_records";
 pub(crate) const QUARANTINES: &str = "quarantines";
+pub(crate) const SALVAGES: &str = "salvages";
+pub(crate) const SALVAGED_RECORDS: &str = "salvaged_records";
+pub(crate) const LOST_EVICTED: &str = "lost_evicted_samples";
+pub(crate) const LOST_CORRUPTED: &str = "lost_corrupted_samples";
+pub(crate) const LOST_ROLLED_BACK: &str = "lost_rolled_back_samples";
+pub(crate) const FOLDED_LOSS_RANGES: &str = "folded_loss_ranges";
+/// The lowest id the next record may get: remembers how far ids went when no record and no
+/// cursor does (a store with no northbound whose records were all lost).
+pub(crate) const NEXT_ID_FLOOR: &str = "next_id_floor";
 
 pub(crate) fn record_key(id: RecordId) -> [u8; 9] {
     let mut key = [0u8; 9];
@@ -34,6 +46,13 @@ pub(crate) fn record_id(key: &[u8]) -> Option<RecordId> {
         [RECORD, rest @ ..] => Some(RecordId::from_be_bytes(rest.try_into().ok()?)),
         _ => None,
     }
+}
+
+pub(crate) fn loss_key(key: u64) -> [u8; 9] {
+    let mut k = [0u8; 9];
+    k[0] = LOSS;
+    k[1..].copy_from_slice(&key.to_be_bytes());
+    k
 }
 
 pub(crate) fn named_key(prefix: u8, name: &str) -> Vec<u8> {

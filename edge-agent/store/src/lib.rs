@@ -9,11 +9,15 @@ mod error;
 mod evictions;
 mod index;
 mod keys;
+mod losses;
+mod mark;
 mod quota;
+mod salvage;
 mod store;
 mod writer;
 
 pub use error::StoreError;
+pub use losses::{Loss, LossReason, LostCounts, MAX_RANGES as MAX_LOSS_RANGES};
 pub use store::{
     Checkpoint, NorthboundStats, RecordId, Recovery, Store, StoreOptions, StoreStats, FIRST_SEQ,
 };

@@ -2,7 +2,7 @@
 //! cursor, forgets them once every northbound has acknowledged them, and evicts the oldest
 //! (counted and logged) when the disk quota is exceeded.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::fmt;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
@@ -16,8 +16,11 @@ use tracing::{debug, error, info, warn};
 use crate::error::StoreError;
 use crate::evictions::{EvictionLog, Evictions};
 use crate::index::{RecordIndex, RecordMeta};
-use crate::keys::{self, CHECKPOINT, COUNTER, CURSOR, SEQ};
+use crate::keys::{self, CHECKPOINT, COUNTER, CURSOR, LOSS, SEQ};
+use crate::losses::{self, Ledger, Loss, LossReason, LostCounts, RecordSeqs, SeqBounds};
+use crate::mark::{self, DeviceMark, Mark, MarkFile};
 use crate::quota::{BudgetChange, QuotaPolicy};
+use crate::salvage::{self, Salvaged};
 
 /// The position of a record in the store: assigned in commit order, never reused.
 pub type RecordId = u64;
@@ -34,6 +37,8 @@ const LOCK_POLL: Duration = Duration::from_millis(20);
 /// How often sled writes its log in the background; a cursor update lost in a crash only
 /// means duplicates, so acknowledgements rely on this instead of flushing.
 const BACKGROUND_FLUSH_MS: u64 = 500;
+/// Seq floors kept for the loss cover (one taken per mark sync, about one a second).
+const MAX_EPOCHS: usize = 64;
 
 #[derive(Debug, Clone)]
 pub struct StoreOptions {
@@ -63,6 +68,10 @@ pub struct Recovery {
     pub corrupt_records_removed: u64,
     /// Where an unreadable store directory was moved before a fresh one was created.
     pub quarantined: Option<PathBuf>,
+    /// Records copied from the quarantined directory into the fresh store.
+    pub salvaged_records: u64,
+    /// What this open found lost (a rolled-back log, damaged files), as recorded in the ledger.
+    pub losses: Vec<Loss>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -83,6 +92,12 @@ pub struct StoreStats {
     pub dropped_samples: u64,
     pub corrupt_records: u64,
     pub quarantines: u64,
+    /// Unreadable directories whose content was copied into a fresh store, and the records
+    /// that were.
+    pub salvages: u64,
+    pub salvaged_records: u64,
+    /// Samples lost, per reason, over the store's life (persisted with the loss ledger).
+    pub lost: LostCounts,
     /// Since open.
     pub committed_samples: u64,
     pub committed_bytes: u64,
@@ -129,6 +144,8 @@ struct Inner {
     db: sled::Db,
     dir: PathBuf,
     state: Mutex<State>,
+    /// Written after every flush; its own lock so that its occasional sync holds up no reader.
+    mark: Mutex<Option<MarkFile>>,
     /// Commits run one at a time, flush included, so that ids become visible in order.
     commit_lock: tokio::sync::Mutex<()>,
     watch_tx: watch::Sender<RecordId>,
@@ -140,6 +157,16 @@ struct Counters {
     dropped_samples: u64,
     corrupt_records: u64,
     quarantines: u64,
+    salvages: u64,
+    salvaged_records: u64,
+    next_id_floor: RecordId,
+}
+
+/// Every sample of a device with a seq below `seqs[device]` is in a record below `below`.
+#[derive(Debug, Clone)]
+struct Epoch {
+    below: RecordId,
+    seqs: HashMap<DeviceId, u64>,
 }
 
 struct State {
@@ -165,6 +192,10 @@ struct State {
     last_check: Option<Instant>,
     disk_bytes: u64,
     evictions: EvictionLog,
+    ledger: Ledger,
+    /// Oldest first; the first one below the lowest cursor gives each device's seq floor.
+    epochs: VecDeque<Epoch>,
+    last_epoch: Option<Instant>,
 }
 
 impl fmt::Debug for Store {
@@ -194,6 +225,17 @@ struct Loaded {
     checkpoints: Vec<String>,
     counters: Counters,
     corrupt_removed: u64,
+    losses: BTreeMap<u64, Loss>,
+    lost: LostCounts,
+    /// The lowest seq of each device among the readable records.
+    first_seqs: HashMap<DeviceId, u64>,
+}
+
+/// How the directory was found before it was read: the mark, and a quarantine with salvage.
+struct Opened {
+    mark: mark::ReadMark,
+    quarantined: Option<PathBuf>,
+    salvaged: Option<Salvaged>,
 }
 
 impl Store {
@@ -224,23 +266,50 @@ impl Store {
             source,
         })?;
 
-        let mut quarantined = None;
+        // Read before sled touches anything, and before a quarantine takes the file away.
+        let mut opened = Opened {
+            mark: mark::read(&dir),
+            quarantined: None,
+            salvaged: None,
+        };
+        if opened.mark.file_found && opened.mark.mark.is_none() {
+            error!(store = %dir.display(),
+                "the store's high-water mark file is unreadable: a log sled rolled back cannot be detected at this start");
+        } else if !opened.mark.damaged_slots.is_empty() {
+            warn!(store = %dir.display(), damaged_slots = ?opened.mark.damaged_slots,
+                usable = opened.mark.mark.is_some(),
+                "the store's high-water mark file is damaged; using what is left of it");
+        }
         let (db, loaded) = match open_waiting_for_lock(&dir, &opts) {
             Ok(opened) => opened,
             Err(OpenFailure::Fatal(e)) => return Err(e),
             Err(OpenFailure::Unreadable(reason)) => {
                 let to = quarantine(&dir, &reason)?;
-                quarantined = Some(to);
-                match open_and_load(&dir, &opts) {
-                    Ok(opened) => opened,
+                let unusable = |reason| StoreError::Unusable {
+                    dir: dir.clone(),
+                    reason,
+                };
+                let db = match open_db(&dir, &opts) {
+                    Ok(db) => db,
                     Err(OpenFailure::Fatal(e)) => return Err(e),
-                    Err(OpenFailure::Unreadable(reason)) => {
-                        return Err(StoreError::Unusable { dir, reason })
-                    }
-                }
+                    Err(OpenFailure::Unreadable(reason)) => return Err(unusable(reason)),
+                };
+                let salvaged = salvage::salvage(&to, &db, &opts);
+                let loaded = match catch_unwind(AssertUnwindSafe(|| load(&db, &dir))) {
+                    Ok(Ok(loaded)) => loaded,
+                    Ok(Err(e)) => return Err(unusable(e.to_string())),
+                    Err(panic) => return Err(unusable(panic_message(panic.as_ref()))),
+                };
+                error!(store = %dir.display(), moved_to = %to.display(),
+                    salvaged_records = salvaged.records, salvaged_entries = salvaged.entries,
+                    unreadable_parts = salvaged.errors.len(), errors = ?salvaged.errors,
+                    "salvaged what could be read from the unreadable store into a fresh one");
+                opened.quarantined = Some(to);
+                opened.salvaged = Some(salvaged);
+                (db, loaded)
             }
         };
-        Store::start(db, dir, opts, northbounds, loaded, quarantined)
+        Store::start(db, dir, opts, northbounds, loaded, opened)
     }
 
     /// Settles cursors and builds the running store from what the scan found.
@@ -250,16 +319,24 @@ impl Store {
         opts: StoreOptions,
         northbounds: &[String],
         loaded: Loaded,
-        quarantined: Option<PathBuf>,
+        opened: Opened,
     ) -> Result<(Store, Recovery), StoreError> {
         let Loaded {
             mut index,
-            seqs,
+            mut seqs,
             cursors: stored_cursors,
             checkpoints,
             mut counters,
             corrupt_removed,
+            losses: ledger_entries,
+            lost,
+            first_seqs,
         } = loaded;
+        let Opened {
+            mark: read_mark,
+            quarantined,
+            salvaged,
+        } = opened;
         let sled_err = |op, source| StoreError::Sled {
             dir: dir.clone(),
             op,
@@ -268,13 +345,56 @@ impl Store {
 
         // Ids continue after the last record, and never fall below a cursor: with every record
         // acknowledged and removed, the cursors are what remembers how far ids went.
-        let next_id = index
+        let sled_next = index
             .last_id()
             .map_or(0, |last| last + 1)
-            .max(stored_cursors.values().copied().max().unwrap_or(0));
+            .max(stored_cursors.values().copied().max().unwrap_or(0))
+            .max(counters.next_id_floor);
+        let mark = read_mark.mark.as_ref();
+        // ... and after the mark's: never give an id or a seq a second time, even when sled
+        // came back with less than it had.
+        let next_id = sled_next.max(mark.map_or(0, |m| m.next_id));
+        let mut writes = sled::Batch::default();
+        for (device, d) in mark.map(|m| &m.devices).into_iter().flatten() {
+            let seq = seqs.entry(DeviceId(device.clone())).or_insert(FIRST_SEQ);
+            if d.next_seq > *seq {
+                *seq = d.next_seq;
+                writes.insert(keys::named_key(SEQ, device), &seq.to_be_bytes());
+            }
+        }
+        if next_id > counters.next_id_floor {
+            counters.next_id_floor = next_id;
+            writes.insert(
+                keys::named_key(COUNTER, keys::NEXT_ID_FLOOR),
+                &next_id.to_be_bytes(),
+            );
+        }
+        let found_lost = find_losses(
+            &db,
+            &dir,
+            &index,
+            &stored_cursors,
+            &seqs,
+            mark,
+            next_id,
+            sled_next,
+            salvaged.is_some(),
+        );
+        let ledger = Ledger::load(ledger_entries, lost).with(&found_lost, &mut writes);
+        if let Some(s) = &salvaged {
+            counters.salvages += 1;
+            counters.salvaged_records += s.records;
+            writes.insert(
+                keys::named_key(COUNTER, keys::SALVAGES),
+                &counters.salvages.to_be_bytes(),
+            );
+            writes.insert(
+                keys::named_key(COUNTER, keys::SALVAGED_RECORDS),
+                &counters.salvaged_records.to_be_bytes(),
+            );
+        }
         let first_in_store = index.first_id().unwrap_or(next_id);
 
-        let mut writes = sled::Batch::default();
         let mut cursors = BTreeMap::new();
         for (name, cursor) in &stored_cursors {
             if !northbounds.contains(name) {
@@ -336,12 +456,20 @@ impl Store {
             next_id,
             corrupt_records_removed: corrupt_removed,
             quarantined,
+            salvaged_records: salvaged.as_ref().map_or(0, |s| s.records),
+            losses: found_lost,
         };
         info!(store = %dir.display(), records = recovery.records, samples = index.samples(),
             first_id = ?recovery.first_id, next_id, logical_bytes = index.bytes(),
             corrupt_records_removed = corrupt_removed, "store opened");
 
         let (watch_tx, _) = watch::channel(next_id);
+        // What is in the store now bounds each device's unacknowledged seqs from below.
+        let mut floor_seqs = seqs.clone();
+        for (device, first) in first_seqs {
+            let floor = floor_seqs.entry(device).or_insert(first);
+            *floor = (*floor).min(first);
+        }
         let state = State {
             next_assigned: next_id,
             next_durable: next_id,
@@ -359,12 +487,27 @@ impl Store {
             last_check: None,
             disk_bytes: 0,
             evictions: EvictionLog::default(),
+            ledger,
+            epochs: VecDeque::from([Epoch {
+                below: 0,
+                seqs: floor_seqs,
+            }]),
+            last_epoch: None,
+        };
+        let mark_file = match MarkFile::create(&dir, read_mark.generation, &mark_of(&state)) {
+            Ok(f) => Some(f),
+            Err(e) => {
+                error!(store = %dir.display(), error = %e,
+                    "cannot write the store's high-water mark file; a log that sled rolls back in a crash will go unnoticed");
+                None
+            }
         };
         let store = Store {
             inner: Arc::new(Inner {
                 db,
                 dir,
                 state: Mutex::new(state),
+                mark: Mutex::new(mark_file),
                 commit_lock: tokio::sync::Mutex::new(()),
                 watch_tx,
             }),
@@ -466,13 +609,54 @@ impl Store {
                 dir: self.inner.dir.clone(),
                 source,
             })?;
-        let mut st = self.state();
-        if target > st.next_durable {
-            st.next_durable = target;
-            // Sent under the lock so that receivers never see the id go backwards.
-            self.inner.watch_tx.send_replace(target);
-        }
+        let mark = {
+            let mut st = self.state();
+            if target > st.next_durable {
+                st.next_durable = target;
+                // Sent under the lock so that receivers never see the id go backwards.
+                self.inner.watch_tx.send_replace(target);
+            }
+            if st
+                .last_epoch
+                .is_none_or(|t| t.elapsed() >= mark::SYNC_EVERY)
+            {
+                st.last_epoch = Some(Instant::now());
+                let epoch = Epoch {
+                    below: st.next_durable,
+                    seqs: st.seqs.clone(),
+                };
+                st.epochs.push_back(epoch);
+                if st.epochs.len() > MAX_EPOCHS {
+                    // Keep the oldest: it may be the only floor below the lowest cursor.
+                    st.epochs.remove(1);
+                }
+            }
+            mark_of(&st)
+        };
+        self.write_mark(&mark);
         Ok(())
+    }
+
+    /// Writes the high-water mark (after a flush: the records it names are on disk).
+    fn write_mark(&self, mark: &Mark) {
+        let mut file = self
+            .inner
+            .mark
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(f) = file.as_mut() {
+            if let Err(e) = f.write(mark) {
+                error!(store = %self.inner.dir.display(), file = %f.path().display(), error = %e,
+                    "cannot write the store's high-water mark; no longer keeping it");
+                *file = None;
+            }
+        }
+    }
+
+    /// The loss ledger, oldest range first: every sample the store lost (evicted over quota,
+    /// unreadable on disk, or gone with a rolled-back log), per device as seq ranges.
+    pub fn losses(&self) -> Vec<Loss> {
+        self.state().ledger.losses()
     }
 
     /// Makes sure everything written so far is on disk (and readable). The way to retry after
@@ -536,12 +720,33 @@ impl Store {
             keys::named_key(COUNTER, keys::CORRUPT_RECORDS),
             &corrupt.to_be_bytes(),
         );
+        // Which device's samples it held is unreadable too: the neighbours bound them.
+        let found = match id {
+            Some(id) => {
+                let bounds = SeqBounds {
+                    floor: floors(&st),
+                    next: st.seqs.iter().map(|(d, &n)| (d.0.clone(), n)).collect(),
+                };
+                let records = readable_seqs(&self.inner.db, Some(id));
+                losses::cover_missing(
+                    &records,
+                    &[(id, id + 1)],
+                    &bounds,
+                    |_| LossReason::Corrupted,
+                    edge_model::now_ms(),
+                )
+            }
+            None => Vec::new(),
+        };
+        let ledger = st.ledger.with(&found, &mut writes);
         match self.inner.db.apply_batch(writes) {
             Ok(()) => {
                 st.counters.corrupt_records = corrupt;
+                st.ledger = ledger;
                 let lost = id.and_then(|id| st.index.remove(id));
                 error!(store = %self.inner.dir.display(), record = ?id, reason,
                     samples = lost.map(|m| m.samples), corrupt_records = corrupt,
+                    lost_ranges = %ranges_text(&found),
                     "removed a corrupted record: its samples are lost");
             }
             Err(e) => error!(store = %self.inner.dir.display(), record = ?id, reason,
@@ -717,6 +922,9 @@ impl Store {
                 dropped_samples: st.counters.dropped_samples,
                 corrupt_records: st.counters.corrupt_records,
                 quarantines: st.counters.quarantines,
+                salvages: st.counters.salvages,
+                salvaged_records: st.counters.salvaged_records,
+                lost: st.ledger.counts,
                 committed_samples: st.committed_samples,
                 committed_bytes: st.committed_bytes,
                 commits: st.commits,
@@ -847,21 +1055,24 @@ impl Store {
                 undelivered.insert(name.clone(), lost);
             }
         }
+        let (per_device, ranges) = self.count_per_device(first, bound);
         let evicted = Evictions {
             first_id: span.first,
             last_id: span.last,
             records: span.records,
             samples: span.samples,
             bytes: span.bytes,
-            per_device: self.count_per_device(first, bound),
+            per_device,
             undelivered,
         };
+        let ledger = st.ledger.with(&ranges, &mut writes);
         if let Err(e) = self.inner.db.apply_batch(writes) {
             error!(store = %self.inner.dir.display(), error = %e,
                 "cannot evict the oldest records; the store keeps growing over its quota");
             return;
         }
         st.index.remove_below(bound);
+        st.ledger = ledger;
         st.counters.dropped_records = dropped_records;
         st.counters.dropped_samples = dropped_samples;
         for name in evicted.undelivered.keys() {
@@ -872,24 +1083,42 @@ impl Store {
         }
     }
 
-    /// Records and samples per device in `first..bound`, for the eviction report.
-    fn count_per_device(&self, first: RecordId, bound: RecordId) -> BTreeMap<String, (u64, u64)> {
+    /// Records and samples per device in `first..bound`, for the eviction report, and the
+    /// exact seq ranges they held, for the loss ledger. Reading the evicted records back costs
+    /// a disk read per record on a rare path, where keeping each record's device and seqs in
+    /// the index would cost memory for every record all the time.
+    fn count_per_device(
+        &self,
+        first: RecordId,
+        bound: RecordId,
+    ) -> (BTreeMap<String, (u64, u64)>, Vec<Loss>) {
         let mut per_device: BTreeMap<String, (u64, u64)> = BTreeMap::new();
-        for (_, value) in self
+        let mut ranges: Vec<Loss> = Vec::new();
+        let now = edge_model::now_ms();
+        for (key, value) in self
             .inner
             .db
             .range(keys::record_key(first)..keys::record_key(bound))
             .flatten()
         {
             let (device, samples) = match Batch::decode(&value) {
-                Ok(b) => (b.device.0, b.samples.len() as u64),
-                Err(_) => ("(unreadable)".to_owned(), 0),
+                Ok(b) => {
+                    for sample in &b.samples {
+                        push_seq(&mut ranges, &b.device.0, sample.seq, now);
+                    }
+                    (b.device.0, b.samples.len() as u64)
+                }
+                Err(e) => {
+                    error!(store = %self.inner.dir.display(), record = ?keys::record_id(&key), error = %e,
+                        "an evicted record was unreadable: its samples are not in the loss ledger");
+                    ("(unreadable)".to_owned(), 0)
+                }
             };
             let entry = per_device.entry(device).or_default();
             entry.0 += 1;
             entry.1 += samples;
         }
-        per_device
+        (per_device, ranges)
     }
 
     fn check_northbound(&self, st: &State, name: &str) -> Result<(), StoreError> {
@@ -971,30 +1200,7 @@ fn open_waiting_for_lock(
 /// Opens sled in `dir` and scans it, telling an unreadable directory from one that is merely
 /// locked or inaccessible.
 fn open_and_load(dir: &Path, opts: &StoreOptions) -> Result<(sled::Db, Loaded), OpenFailure> {
-    let config = sled::Config::new()
-        .path(dir)
-        .cache_capacity(opts.cache_capacity_bytes)
-        .mode(sled::Mode::LowSpace)
-        .flush_every_ms(Some(BACKGROUND_FLUSH_MS));
-    // sled starts an empty database over a log whose beginning it cannot read, without an
-    // error: a log that had content but yields no database is unreadable, not new.
-    let had_log = std::fs::metadata(dir.join("db")).is_ok_and(|m| m.len() > 0);
-    let db = match catch_unwind(AssertUnwindSafe(|| config.open())) {
-        Ok(Ok(db)) if had_log && !db.was_recovered() => {
-            drop(db);
-            return Err(OpenFailure::Unreadable(
-                "sled found no database in the existing log file".to_owned(),
-            ));
-        }
-        Ok(Ok(db)) => db,
-        Ok(Err(e)) => return Err(classify(dir, e, "open")),
-        Err(panic) => {
-            return Err(OpenFailure::Unreadable(format!(
-                "sled failed while opening it: {}",
-                panic_message(panic.as_ref())
-            )))
-        }
-    };
+    let db = open_db(dir, opts)?;
     match catch_unwind(AssertUnwindSafe(|| load(&db, dir))) {
         Ok(Ok(loaded)) => Ok((db, loaded)),
         Ok(Err(e)) => {
@@ -1008,6 +1214,32 @@ fn open_and_load(dir: &Path, opts: &StoreOptions) -> Result<(sled::Db, Loaded), 
                 panic_message(panic.as_ref())
             )))
         }
+    }
+}
+
+/// Opens sled in `dir`.
+fn open_db(dir: &Path, opts: &StoreOptions) -> Result<sled::Db, OpenFailure> {
+    let config = sled::Config::new()
+        .path(dir)
+        .cache_capacity(opts.cache_capacity_bytes)
+        .mode(sled::Mode::LowSpace)
+        .flush_every_ms(Some(BACKGROUND_FLUSH_MS));
+    // sled starts an empty database over a log whose beginning it cannot read, without an
+    // error: a log that had content but yields no database is unreadable, not new.
+    let had_log = std::fs::metadata(dir.join("db")).is_ok_and(|m| m.len() > 0);
+    match catch_unwind(AssertUnwindSafe(|| config.open())) {
+        Ok(Ok(db)) if had_log && !db.was_recovered() => {
+            drop(db);
+            Err(OpenFailure::Unreadable(
+                "sled found no database in the existing log file".to_owned(),
+            ))
+        }
+        Ok(Ok(db)) => Ok(db),
+        Ok(Err(e)) => Err(classify(dir, e, "open")),
+        Err(panic) => Err(OpenFailure::Unreadable(format!(
+            "sled failed while opening it: {}",
+            panic_message(panic.as_ref())
+        ))),
     }
 }
 
@@ -1045,7 +1277,7 @@ fn classify(dir: &Path, e: sled::Error, op: &'static str) -> OpenFailure {
     }
 }
 
-fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
     if let Some(s) = panic.downcast_ref::<&str>() {
         (*s).to_owned()
     } else if let Some(s) = panic.downcast_ref::<String>() {
@@ -1070,7 +1302,7 @@ fn quarantine(dir: &Path, reason: &str) -> Result<PathBuf, StoreError> {
         source,
     })?;
     error!(store = %dir.display(), moved_to = %to.display(), reason,
-        "the store directory is unreadable: moved it aside and started an empty store; the samples in it are not delivered");
+        "the store directory is unreadable: moved it aside; salvaging what can be read into a fresh store");
     Ok(to)
 }
 
@@ -1094,6 +1326,11 @@ fn load(db: &sled::Db, dir: &Path) -> Result<Loaded, sled::Error> {
                         if let Some(max) = batch.samples.iter().map(|s| s.seq).max() {
                             let next = record_seqs.entry(batch.device.clone()).or_default();
                             *next = (*next).max(max.saturating_add(1));
+                        }
+                        if let Some(min) = batch.samples.iter().map(|s| s.seq).min() {
+                            let first =
+                                loaded.first_seqs.entry(batch.device.clone()).or_insert(min);
+                            *first = (*first).min(min);
                         }
                         loaded.index.push(RecordMeta {
                             id,
@@ -1123,6 +1360,13 @@ fn load(db: &sled::Db, dir: &Path) -> Result<Loaded, sled::Error> {
                         keys::DROPPED_SAMPLES => loaded.counters.dropped_samples = n,
                         keys::CORRUPT_RECORDS => loaded.counters.corrupt_records = n,
                         keys::QUARANTINES => loaded.counters.quarantines = n,
+                        keys::SALVAGES => loaded.counters.salvages = n,
+                        keys::SALVAGED_RECORDS => loaded.counters.salvaged_records = n,
+                        keys::NEXT_ID_FLOOR => loaded.counters.next_id_floor = n,
+                        keys::LOST_EVICTED => loaded.lost.evicted = n,
+                        keys::LOST_CORRUPTED => loaded.lost.corrupted = n,
+                        keys::LOST_ROLLED_BACK => loaded.lost.rolled_back = n,
+                        keys::FOLDED_LOSS_RANGES => loaded.lost.folded_ranges = n,
                         other => {
                             debug!(store = %dir.display(), counter = other, "ignoring an unknown counter")
                         }
@@ -1135,6 +1379,14 @@ fn load(db: &sled::Db, dir: &Path) -> Result<Loaded, sled::Error> {
                 Some(nb) => loaded.checkpoints.push(nb.to_owned()),
                 None => {
                     warn!(store = %dir.display(), key = ?key.as_ref(), "ignoring a checkpoint with an unreadable name")
+                }
+            },
+            LOSS => match (keys::u64_value(&key[1..]), Loss::decode(&value)) {
+                (Some(k), Some(loss)) => {
+                    loaded.losses.insert(k, loss);
+                }
+                _ => {
+                    warn!(store = %dir.display(), key = ?key.as_ref(), "ignoring an unreadable loss ledger entry")
                 }
             },
             _ => debug!(store = %dir.display(), key = ?key.as_ref(), "ignoring an unknown key"),
@@ -1160,6 +1412,162 @@ fn load(db: &sled::Db, dir: &Path) -> Result<Loaded, sled::Error> {
         db.apply_batch(writes)?;
     }
     Ok(loaded)
+}
+
+/// The high-water mark of the running store.
+fn mark_of(st: &State) -> Mark {
+    let floor = floors(st);
+    let min_cursor = st
+        .cursors
+        .values()
+        .copied()
+        .min()
+        .unwrap_or_else(|| st.index.first_id().unwrap_or(st.next_durable));
+    Mark {
+        next_id: st.next_durable,
+        min_cursor,
+        devices: st
+            .seqs
+            .iter()
+            .map(|(device, &next_seq)| {
+                let floor_seq = floor.get(&device.0).copied().unwrap_or(FIRST_SEQ);
+                (
+                    device.0.clone(),
+                    DeviceMark {
+                        next_seq,
+                        floor_seq,
+                    },
+                )
+            })
+            .collect(),
+    }
+}
+
+/// Each device's seq floor: the newest epoch every northbound has acknowledged everything
+/// below of. Epochs older than it are dropped on the way.
+fn floors(st: &State) -> BTreeMap<String, u64> {
+    let min_cursor = st.cursors.values().copied().min().unwrap_or(0);
+    let epoch = st
+        .epochs
+        .iter()
+        .rev()
+        .find(|e| e.below <= min_cursor)
+        .or(st.epochs.front());
+    epoch
+        .map(|e| e.seqs.iter().map(|(d, &s)| (d.0.clone(), s)).collect())
+        .unwrap_or_default()
+}
+
+/// Adds one evicted seq to the ranges: extends the device's last range or starts one.
+fn push_seq(ranges: &mut Vec<Loss>, device: &str, seq: u64, at_ms: u64) {
+    let last = ranges.iter_mut().rev().find(|l| l.device == device);
+    match last {
+        Some(l) if l.last_seq.checked_add(1) == Some(seq) => {
+            l.last_seq = seq;
+            l.samples += 1;
+        }
+        _ => ranges.push(Loss::range(device, seq, seq, LossReason::Evicted, at_ms)),
+    }
+}
+
+/// Device and seqs of every readable record, in id order (except `skip`); a rare-path scan.
+fn readable_seqs(db: &sled::Db, skip: Option<RecordId>) -> Vec<RecordSeqs> {
+    let mut out = Vec::new();
+    for (key, value) in db
+        .range(keys::record_key(0)..=keys::record_key(RecordId::MAX))
+        .flatten()
+    {
+        let Ok((id, batch)) = decode_record(&key, &value) else {
+            continue;
+        };
+        let seqs = batch.samples.iter().map(|s| s.seq);
+        if Some(id) == skip {
+            continue;
+        }
+        if let (Some(first), Some(last)) = (seqs.clone().min(), seqs.max()) {
+            out.push(RecordSeqs {
+                id,
+                device: batch.device.0,
+                first_seq: first,
+                last_seq: last,
+            });
+        }
+    }
+    out
+}
+
+/// "plc1 10..=19 (corrupted), ..."
+fn ranges_text(losses: &[Loss]) -> String {
+    losses
+        .iter()
+        .map(|l| {
+            format!(
+                "{} {}..={} ({})",
+                l.device, l.first_seq, l.last_seq, l.reason
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// At open: the records that should be here (from the lowest cursor up to the mark, or up to
+/// the last one sled knows without a mark) and are not, covered per device by seq ranges, and
+/// logged. A run above everything sled still has is a rolled-back log; anything else (holes,
+/// undecodable records, a salvage) is corruption.
+#[allow(clippy::too_many_arguments)]
+fn find_losses(
+    db: &sled::Db,
+    dir: &Path,
+    index: &RecordIndex,
+    stored_cursors: &BTreeMap<String, RecordId>,
+    seqs: &HashMap<DeviceId, u64>,
+    mark: Option<&Mark>,
+    next_id: RecordId,
+    sled_next: RecordId,
+    salvaged: bool,
+) -> Vec<Loss> {
+    let sled_min_cursor = stored_cursors.values().copied().min();
+    let from = match mark {
+        Some(m) => m.min_cursor.max(sled_min_cursor.unwrap_or(0)),
+        None => sled_min_cursor.unwrap_or_else(|| index.first_id().unwrap_or(next_id)),
+    };
+    let runs = losses::missing_runs(index.ids_below(RecordId::MAX), from, next_id);
+    if runs.is_empty() {
+        return Vec::new();
+    }
+    let records = readable_seqs(db, None);
+    let mut bounds = SeqBounds {
+        floor: BTreeMap::new(),
+        next: seqs.iter().map(|(d, &n)| (d.0.clone(), n)).collect(),
+    };
+    if let Some(m) = mark {
+        for (device, d) in &m.devices {
+            bounds.floor.insert(device.clone(), d.floor_seq);
+            let next = bounds.next.entry(device.clone()).or_insert(0);
+            *next = (*next).max(d.next_seq);
+        }
+    }
+    let found = losses::cover_missing(
+        &records,
+        &runs,
+        &bounds,
+        |(start, _)| {
+            if !salvaged && start >= sled_next {
+                LossReason::RolledBack
+            } else {
+                LossReason::Corrupted
+            }
+        },
+        edge_model::now_ms(),
+    );
+    let missing: u64 = runs.iter().map(|(a, b)| b - a).sum();
+    let samples: u64 = found.iter().map(|l| l.samples).sum();
+    error!(store = %dir.display(), missing_records = missing, missing_runs = runs.len(),
+        first_missing = runs.first().map(|r| r.0), last_missing = runs.last().map(|r| r.1 - 1),
+        expected_next_id = next_id, sled_next_id = sled_next, mark = mark.is_some(),
+        lost_samples_at_most = samples, lost_ranges = %ranges_text(&found),
+        "records committed to the store are gone (a damaged or rolled-back log): recorded as lost; ids and seqs continue after the highest ever given");
+    found
 }
 
 /// A stored record from its sled key and value; any malformation is an error text for the log.
