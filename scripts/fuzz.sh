@@ -51,8 +51,9 @@ if ! nice -n "$nice_level" cargo +nightly fuzz build; then
     exit 2
 fi
 
-logs=$(mktemp -d)
-trap 'rm -rf "$logs"' EXIT
+# libFuzzer's output of the last run of each target (gitignored).
+logs=fuzz/logs
+mkdir -p "$logs"
 summary=()
 failed=0
 for t in "${targets[@]}"; do
@@ -80,6 +81,7 @@ for t in "${targets[@]}"; do
         artifact=$(grep -oE 'fuzz/artifacts/[^ ]+' "$log" | tail -n 1)
         result="CRASH (exit $rc)${artifact:+, input: $artifact}"
         grep -E -m 20 "panicked at|ERROR: (libFuzzer|AddressSanitizer)|^SUMMARY" "$log" | sed 's/^/    /'
+        echo "    full output: $log"
     fi
     line=$(printf '%-16s %6s s  %12s execs  %9s execs/s  %s' "$t" "$elapsed" "$execs" "$rate" "$result")
     echo "$line"
