@@ -68,11 +68,12 @@ for t in "${targets[@]}"; do
     elapsed=$(( $(date +%s) - start ))
     execs=$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$log" | grep -o '[0-9]*$' | tail -n 1)
     if [[ -z $execs ]]; then
+        # A crash stops libFuzzer before its final stats: take the last status line.
         execs=$(grep -oE '^#[0-9]+' "$log" | tail -n 1 | tr -d '#')
     fi
     execs=${execs:-0}
     # libFuzzer's own rate (its run time, without the build and start of cargo).
-    rate=$(grep -E '^#[0-9]+ +DONE' "$log" | grep -oE 'exec/s: *[0-9]+' | grep -oE '[0-9]+$' | tail -n 1)
+    rate=$(grep -o 'stat::average_exec_per_sec: *[0-9]*' "$log" | grep -o '[0-9]*$' | tail -n 1)
     rate=${rate:-$(( elapsed > 0 ? execs / elapsed : execs ))}
     if [[ $rc -eq 0 ]]; then
         result="no crash"
