@@ -52,7 +52,11 @@ impl BlockLearner {
     /// True once the largest accepted size is known exactly.
     pub fn settled(&self) -> bool {
         match self.min_refused {
-            Some(r) => self.max_ok + 1 >= r || self.current < self.floor.max(self.max_ok),
+            // Widened: a read of 65535 may have been answered, and 65535 + 1 must not wrap.
+            Some(r) => {
+                u32::from(self.max_ok) + 1 >= u32::from(r)
+                    || self.current < self.floor.max(self.max_ok)
+            }
             None => true,
         }
     }
@@ -223,6 +227,16 @@ mod tests {
         let mut l = BlockLearner::new(125, 4);
         assert_eq!(l.refused(4), None);
         assert_eq!(l.limit(), 125);
+    }
+
+    #[test]
+    fn an_answered_read_of_65535_after_a_refusal_is_settled_without_overflow() {
+        // Found by the modbus_response fuzz target: `settled` computed 65535 + 1 in u16.
+        let mut l = BlockLearner::new(125, 1);
+        assert_eq!(l.refused(200), Some(100));
+        assert_eq!(l.accepted(u16::MAX), Some(199));
+        assert!(l.settled());
+        assert_eq!(l.limit(), 199);
     }
 
     #[test]
