@@ -89,6 +89,14 @@ pub fn raw_value(tag: &TagSpec, value: &Value) -> Result<Value, WriteError> {
                     tag.name
                 )));
             };
+            // Not a number a PLC should ever be handed as a setpoint (a Sparkplug DCMD can
+            // carry one; JSON cannot).
+            if !x.is_finite() {
+                return Err(WriteError::BadValue(format!(
+                    "tag `{}`: {v} is not a finite number",
+                    tag.name
+                )));
+            }
             // 64-bit integers beyond 2^53 do not survive a trip through f64: keep them exact
             // when no scaling applies and the variant already matches.
             if tag.scaling.is_identity() && v.data_type() == dt {
@@ -211,6 +219,23 @@ mod tests {
             prepare_write(&ir, &Value::U16(1)),
             Err(WriteError::NotWritable(_))
         ));
+    }
+
+    #[test]
+    fn nan_and_infinities_are_never_written_to_a_float_tag() {
+        for dt in [DataType::F32, DataType::F64] {
+            let t = tag("hr:1", dt, true);
+            for v in [
+                Value::F32(f32::NAN),
+                Value::F32(f32::INFINITY),
+                Value::F64(f64::NAN),
+                Value::F64(f64::NEG_INFINITY),
+            ] {
+                let e = prepare_write(&t, &v).expect_err("not finite");
+                assert!(e.is_rejection(), "{dt} {v}: {e:?}");
+            }
+            assert!(prepare_write(&t, &Value::F64(1.5)).is_ok());
+        }
     }
 
     #[test]
