@@ -14,8 +14,8 @@
 //!
 //! Settings (environment): `OUTAGE_MINUTES` (default 10, fractions allowed), `TAGS` (10000),
 //! `DEVICES` (10), `POLL_MS` (1000), `WARMUP_S` (30), `SAMPLE_S` (10), `AFTER_S` (seconds to
-//! keep sampling after the replay, 30), `MAX_DISK_MB` (the store quota; the product's default
-//! when unset), `OUTAGE_AGENT_BIN` (a wrapper to run instead of the release binary, e.g. a
+//! keep sampling after the replay, 30), `MAX_DISK_MB` and `CACHE_MB` (the store's quota and
+//! page cache; the product's defaults when unset), `OUTAGE_AGENT_BIN` (a wrapper to run instead of the release binary, e.g. a
 //! script that execs it under a memory profiler).
 //!
 //! Everything runs on 127.0.0.1 with ports chosen by the kernel; Mosquitto must be installed.
@@ -57,7 +57,7 @@ use crate::support::{AgentProcess, Mosquitto, TestDir};
 
 const USAGE: &str = "usage: cargo bench -p edge-agent --bench outage -- [--quick]
 environment: OUTAGE_MINUTES (10) TAGS (10000) DEVICES (10) POLL_MS (1000) WARMUP_S (30)
-             SAMPLE_S (10) AFTER_S (30) MAX_DISK_MB (product default) OUTAGE_AGENT_BIN";
+             SAMPLE_S (10) AFTER_S (30) MAX_DISK_MB CACHE_MB (product defaults) OUTAGE_AGENT_BIN";
 
 /// The SPEC's memory ceiling and replay target.
 const RSS_TARGET_MB: f64 = 20.0;
@@ -89,6 +89,7 @@ struct Settings {
     sample_every: Duration,
     after: Duration,
     max_disk_mb: Option<u64>,
+    cache_mb: Option<u64>,
     agent_bin: PathBuf,
 }
 
@@ -146,6 +147,10 @@ impl Settings {
             max_disk_mb: std::env::var("MAX_DISK_MB")
                 .ok()
                 .map(|_| env_u64("MAX_DISK_MB", 0))
+                .transpose()?,
+            cache_mb: std::env::var("CACHE_MB")
+                .ok()
+                .map(|_| env_u64("CACHE_MB", 0))
                 .transpose()?,
             agent_bin,
         })
@@ -788,13 +793,17 @@ async fn run(s: &Settings) -> anyhow::Result<bool> {
     );
     println!(
         "{} tags on {} simulated PLCs, poll {} ms, per-device batching; warm-up {} s, outage \
-         {:.1} min, samples every {} s\nagent: {}",
+         {:.1} min, samples every {} s; store quota {}, cache {}\nagent: {}",
         thousands(s.tags as f64),
         s.devices,
         s.poll_ms,
         s.warmup.as_secs(),
         s.outage.as_secs_f64() / 60.0,
         s.sample_every.as_secs(),
+        s.max_disk_mb
+            .map_or("default".to_owned(), |mb| format!("{mb} MB")),
+        s.cache_mb
+            .map_or("default".to_owned(), |mb| format!("{mb} MB")),
         s.agent_bin.display()
     );
 
@@ -831,9 +840,13 @@ async fn run(s: &Settings) -> anyhow::Result<bool> {
         .collect();
     let dir = TestDir::new();
     let data_dir = dir.data_dir();
-    let store_extra = s
-        .max_disk_mb
-        .map_or(String::new(), |mb| format!("max_disk_mb = {mb}"));
+    let mut store_extra = String::new();
+    if let Some(mb) = s.max_disk_mb {
+        store_extra.push_str(&format!("max_disk_mb = {mb}\n"));
+    }
+    if let Some(mb) = s.cache_mb {
+        store_extra.push_str(&format!("cache_mb = {mb}\n"));
+    }
     let config = dir.write_config(&common::config_toml(
         &data_dir,
         broker.port(),
