@@ -483,12 +483,18 @@ mod tests {
             answer(
                 &mut bank,
                 &exceptions,
-                &Request::ReadHoldingRegisters(0, 126)
+                &Request::ReadHoldingRegisters(0, 126),
+                None
             ),
             Err(ExceptionCode::IllegalDataValue)
         );
         assert_eq!(
-            answer(&mut bank, &exceptions, &Request::ReadHoldingRegisters(5, 1)),
+            answer(
+                &mut bank,
+                &exceptions,
+                &Request::ReadHoldingRegisters(5, 1),
+                None
+            ),
             Err(ExceptionCode::ServerDeviceBusy)
         );
     }
@@ -500,9 +506,47 @@ mod tests {
         assert!(answer(
             &mut bank,
             &exceptions,
-            &Request::ReadHoldingRegisters(0, 10)
+            &Request::ReadHoldingRegisters(0, 10),
+            None
         )
         .is_ok());
+    }
+
+    #[test]
+    fn the_read_hook_runs_before_a_valid_read_is_answered_and_never_on_a_refused_one() {
+        let mut bank = Bank::new();
+        let bump = |bank: &mut Bank, area: Area, start: u16, _count: u16| {
+            let next = bank.register(area, start) + 1;
+            bank.set_registers(area, start, &[next]);
+        };
+        let read = Request::ReadHoldingRegisters(3, 1);
+        for expected in 1..=3u16 {
+            assert_eq!(
+                answer(&mut bank, &[], &read, Some(&bump)),
+                Ok(Response::ReadHoldingRegisters(vec![expected]))
+            );
+        }
+        let refused = [busy(Area::HoldingRegister, 3..4)];
+        assert!(answer(&mut bank, &refused, &read, Some(&bump)).is_err());
+        let too_many = Request::ReadHoldingRegisters(3, 200);
+        assert!(answer(&mut bank, &[], &too_many, Some(&bump)).is_err());
+        assert_eq!(
+            bank.register(Area::HoldingRegister, 3),
+            3,
+            "refused reads serve nothing"
+        );
+        assert!(answer(
+            &mut bank,
+            &[],
+            &Request::WriteSingleRegister(3, 9),
+            Some(&bump)
+        )
+        .is_ok());
+        assert_eq!(
+            bank.register(Area::HoldingRegister, 3),
+            9,
+            "writes do not run the hook"
+        );
     }
 
     #[test]
