@@ -298,19 +298,7 @@ async fn an_rtu_device_behind_a_device_server_is_read_over_tcp() {
     let sim = ModbusSim::detached();
     sim.set_registers(Area::InputRegister, 4, &[0x4148, 0x0000]);
     let server = tokio_modbus_rtu_over_tcp(listener, sim);
-    let spec = DeviceSpec {
-        name: DeviceId("meter".into()),
-        transport: Transport::RtuOverTcp,
-        host: addr.ip().to_string(),
-        port: addr.port(),
-        unit_id: 9,
-        timeout: Duration::from_millis(500),
-        backoff_min: Duration::from_millis(100),
-        backoff_max: Duration::from_millis(500),
-        limits: PlanLimits::default(),
-        tags: vec![tag("temp", "ir:4", DataType::F32)],
-        learned_limits: None,
-    };
+    let spec = behind_device_server(addr, vec![tag("temp", "ir:4", DataType::F32)]);
     let (stop, _) = watch::channel(false);
     let mut r = run(vec![spec], stop);
     let b = tokio::time::timeout(Duration::from_secs(5), r.rx.recv())
@@ -335,19 +323,7 @@ async fn the_read_that_proves_an_rtu_device_answers_is_a_sample_too() {
         bank.set_registers(Area::HoldingRegister, 0, &[next]);
     })));
     let server = tokio_modbus_rtu_over_tcp(listener, sim.clone());
-    let spec = DeviceSpec {
-        name: DeviceId("meter".into()),
-        transport: Transport::RtuOverTcp,
-        host: addr.ip().to_string(),
-        port: addr.port(),
-        unit_id: 9,
-        timeout: Duration::from_millis(500),
-        backoff_min: Duration::from_millis(100),
-        backoff_max: Duration::from_millis(500),
-        limits: PlanLimits::default(),
-        tags: vec![tag("count", "hr:0", DataType::U16)],
-        learned_limits: None,
-    };
+    let spec = behind_device_server(addr, vec![tag("count", "hr:0", DataType::U16)]);
     let (stop, _) = watch::channel(false);
     let mut r = run(vec![spec], stop);
     let mut values = Vec::new();
@@ -365,6 +341,23 @@ async fn the_read_that_proves_an_rtu_device_answers_is_a_sample_too() {
     );
     let _ = r.stop.send(true);
     server.abort();
+}
+
+/// Device "meter", unit 9, behind the device server at `addr`.
+fn behind_device_server(addr: std::net::SocketAddr, tags: Vec<TagSpec>) -> DeviceSpec {
+    DeviceSpec {
+        name: DeviceId("meter".into()),
+        transport: Transport::RtuOverTcp,
+        host: addr.ip().to_string(),
+        port: addr.port(),
+        unit_id: 9,
+        timeout: Duration::from_millis(500),
+        backoff_min: Duration::from_millis(100),
+        backoff_max: Duration::from_millis(500),
+        limits: PlanLimits::default(),
+        tags,
+        learned_limits: None,
+    }
 }
 
 /// A device server: RTU frames over TCP, answered by `sim` for unit 9 only.

@@ -64,13 +64,16 @@ pub(crate) fn read_target(request: &Request<'_>) -> Option<(Area, u16, u16)> {
     }
 }
 
+/// What [`crate::server::ReadHook`] points at.
+pub(crate) type ReadHookFn = dyn Fn(&mut Bank, Area, u16, u16) + Send + Sync;
+
 /// The answer a real device would give to `request`, applying any write to `bank`. `read_hook`
 /// runs just before a valid read is answered (see [`crate::server::ReadHook`]).
 pub(crate) fn answer(
     bank: &mut Bank,
     exceptions: &[InjectedException],
     request: &Request<'_>,
-    read_hook: Option<&(dyn Fn(&mut Bank, Area, u16, u16) + Send + Sync)>,
+    read_hook: Option<&ReadHookFn>,
 ) -> Result<Response, ExceptionCode> {
     let op = validate(request)?;
     let (area, span) = op.span();

@@ -87,7 +87,7 @@ impl std::fmt::Debug for HookSlot {
 
 /// Runs on every register or bit read the device is about to answer, with the bank locked:
 /// `(bank, area, start, count)`. It may change the bank; the answer carries the changed values.
-pub type ReadHook = Arc<dyn Fn(&mut Bank, Area, u16, u16) + Send + Sync>;
+pub type ReadHook = Arc<protocol::ReadHookFn>;
 
 /// A running listener and a way to learn when all of its connections are gone.
 #[derive(Debug)]

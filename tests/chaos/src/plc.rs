@@ -61,9 +61,11 @@ impl CounterPlc {
         };
         let log = Arc::clone(&served);
         sim.set_read_hook(Some(Arc::new(move |bank, area, start, count| {
+            let span = u32::from(start)..u32::from(start) + u32::from(count);
+            let first = u32::from(COUNTER_REGISTER);
             let covers = area == Area::HoldingRegister
-                && start <= COUNTER_REGISTER
-                && u32::from(start) + u32::from(count) >= u32::from(COUNTER_REGISTER) + 2;
+                && span.contains(&first)
+                && span.contains(&(first + 1));
             if !covers {
                 return;
             }
