@@ -8,6 +8,7 @@
 mod error;
 mod evictions;
 mod index;
+mod journal;
 mod keys;
 mod losses;
 mod mark;

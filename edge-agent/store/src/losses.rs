@@ -134,7 +134,7 @@ impl Loss {
         })
     }
 
-    fn contains(&self, other: &Loss) -> bool {
+    pub(crate) fn contains(&self, other: &Loss) -> bool {
         self.device == other.device
             && self.first_seq <= other.first_seq
             && other.last_seq <= self.last_seq

@@ -16,6 +16,7 @@ use tracing::{debug, error, info, warn};
 use crate::error::StoreError;
 use crate::evictions::{EvictionLog, Evictions};
 use crate::index::{RecordIndex, RecordMeta};
+use crate::journal::{self, LossJournal};
 use crate::keys::{self, CHECKPOINT, COUNTER, CURSOR, LOSS, SEQ};
 use crate::losses::{self, Ledger, Loss, LossReason, LostCounts, RecordSeqs, SeqBounds};
 use crate::mark::{self, DeviceMark, Mark, MarkFile};
@@ -146,6 +147,8 @@ struct Inner {
     state: Mutex<State>,
     /// Written after every flush; its own lock so that its occasional sync holds up no reader.
     mark: Mutex<Option<MarkFile>>,
+    /// The loss ledger's copy outside sled; `None` once writing it failed.
+    journal: Mutex<Option<LossJournal>>,
     /// Commits run one at a time, flush included, so that ids become visible in order.
     commit_lock: tokio::sync::Mutex<()>,
     watch_tx: watch::Sender<RecordId>,
@@ -234,6 +237,8 @@ struct Loaded {
 /// How the directory was found before it was read: the mark, and a quarantine with salvage.
 struct Opened {
     mark: mark::ReadMark,
+    /// The loss journal's entries (a copy of the ledger outside sled).
+    journal: Vec<Loss>,
     quarantined: Option<PathBuf>,
     salvaged: Option<Salvaged>,
 }
@@ -269,6 +274,7 @@ impl Store {
         // Read before sled touches anything, and before a quarantine takes the file away.
         let mut opened = Opened {
             mark: mark::read(&dir),
+            journal: journal::read(&dir),
             quarantined: None,
             salvaged: None,
         };
@@ -334,6 +340,7 @@ impl Store {
         } = loaded;
         let Opened {
             mark: read_mark,
+            journal: journal_losses,
             quarantined,
             salvaged,
         } = opened;
@@ -380,7 +387,22 @@ impl Store {
             sled_next,
             salvaged.is_some(),
         );
-        let ledger = Ledger::load(ledger_entries, lost).with(&found_lost, &mut writes);
+        // The journal restores ledger entries a rolled-back log took with it; entries the
+        // ledger still holds are not counted again.
+        let restored: Vec<Loss> = {
+            let held = Ledger::load(ledger_entries.clone(), lost).losses();
+            journal_losses
+                .into_iter()
+                .filter(|l| !held.iter().any(|h| h.contains(l)))
+                .collect()
+        };
+        if !restored.is_empty() {
+            warn!(store = %dir.display(), ranges = restored.len(), lost_ranges = %ranges_text(&restored),
+                "loss ledger entries missing from the store were restored from its loss journal");
+        }
+        let ledger = Ledger::load(ledger_entries, lost)
+            .with(&restored, &mut writes)
+            .with(&found_lost, &mut writes);
         if let Some(s) = &salvaged {
             counters.salvages += 1;
             counters.salvaged_records += s.records;
@@ -494,6 +516,14 @@ impl Store {
             }]),
             last_epoch: None,
         };
+        let journal = match LossJournal::create(&dir, &state.ledger.losses()) {
+            Ok(j) => Some(j),
+            Err(e) => {
+                error!(store = %dir.display(), error = %e,
+                    "cannot write the store's loss journal; the loss ledger has no copy outside sled");
+                None
+            }
+        };
         let mark_file = match MarkFile::create(&dir, read_mark.generation, &mark_of(&state)) {
             Ok(f) => Some(f),
             Err(e) => {
@@ -508,6 +538,7 @@ impl Store {
                 dir,
                 state: Mutex::new(state),
                 mark: Mutex::new(mark_file),
+                journal: Mutex::new(journal),
                 commit_lock: tokio::sync::Mutex::new(()),
                 watch_tx,
             }),
@@ -653,6 +684,25 @@ impl Store {
         }
     }
 
+    /// Copies newly recorded losses into the loss journal.
+    fn journal_losses(&self, added: &[Loss], ledger: &Ledger) {
+        if added.is_empty() {
+            return;
+        }
+        let mut journal = self
+            .inner
+            .journal
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(j) = journal.as_mut() {
+            if let Err(e) = j.append(added, &ledger.losses()) {
+                error!(store = %self.inner.dir.display(), error = %e,
+                    "cannot write the store's loss journal; no longer keeping it");
+                *journal = None;
+            }
+        }
+    }
+
     /// The loss ledger, oldest range first: every sample the store lost (evicted over quota,
     /// unreadable on disk, or gone with a rolled-back log), per device as seq ranges.
     pub fn losses(&self) -> Vec<Loss> {
@@ -742,6 +792,7 @@ impl Store {
         match self.inner.db.apply_batch(writes) {
             Ok(()) => {
                 st.counters.corrupt_records = corrupt;
+                self.journal_losses(&found, &ledger);
                 st.ledger = ledger;
                 let lost = id.and_then(|id| st.index.remove(id));
                 error!(store = %self.inner.dir.display(), record = ?id, reason,
@@ -1072,6 +1123,7 @@ impl Store {
             return;
         }
         st.index.remove_below(bound);
+        self.journal_losses(&ranges, &ledger);
         st.ledger = ledger;
         st.counters.dropped_records = dropped_records;
         st.counters.dropped_samples = dropped_samples;
@@ -1630,6 +1682,44 @@ mod tests {
             Store::open(dir.path(), StoreOptions::default(), &nbs).expect("reopen");
         assert_eq!(recovery.corrupt_records_removed, 0);
         assert_eq!(store.stats().corrupt_records, 1, "the counter is persisted");
+    }
+
+    #[tokio::test]
+    async fn an_eviction_whose_ledger_entry_sled_lost_is_restored_from_the_journal() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let nbs = vec!["mes".to_owned()];
+        let (store, _) = Store::open(dir.path(), StoreOptions::default(), &nbs).expect("open");
+        for _ in 0..4 {
+            store.commit(vec![batch(3)]).await.expect("commit");
+        }
+        {
+            let mut st = store.state();
+            store.evict_below(&mut st, 2);
+        }
+        let evicted = store.losses();
+        assert_eq!(evicted.len(), 1);
+        assert_eq!(
+            (evicted[0].first_seq, evicted[0].last_seq, evicted[0].reason),
+            (1, 6, LossReason::Evicted)
+        );
+        // A log sled recovered only up to before the eviction's ledger entry.
+        for (key, _) in store.inner.db.scan_prefix([keys::LOSS]).flatten() {
+            store.inner.db.remove(key).expect("remove");
+        }
+        store
+            .inner
+            .db
+            .remove(keys::named_key(COUNTER, LossReason::Evicted.counter()))
+            .expect("remove");
+        store.inner.db.flush().expect("flush");
+        drop(store);
+
+        let (store, _) = Store::open(dir.path(), StoreOptions::default(), &nbs).expect("reopen");
+        assert_eq!(store.losses(), evicted, "restored from the journal");
+        assert_eq!(store.stats().lost.evicted, 6);
+        drop(store);
+        let (store, _) = Store::open(dir.path(), StoreOptions::default(), &nbs).expect("reopen");
+        assert_eq!(store.stats().lost.evicted, 6, "not counted twice");
     }
 
     #[tokio::test]
