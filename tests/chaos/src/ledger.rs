@@ -71,7 +71,7 @@ pub struct Row {
     pub missing: u64,
     /// The same seq carrying two different values (a seq given twice).
     pub conflicts: u64,
-    /// Up to a few examples of missing values, for the report.
+    /// Up to a few examples of each violation, for the report.
     pub missing_examples: Vec<String>,
 }
 
@@ -133,7 +133,7 @@ pub fn judge(
                         row.missing += 1;
                         if row.missing_examples.len() < EXAMPLES {
                             row.missing_examples.push(format!(
-                                "value {} (served at {} ms)",
+                                "missing: value {} (served at {} ms)",
                                 served.value, served.at_ms
                             ));
                         }
@@ -148,7 +148,7 @@ pub fn judge(
                             row.not_acquired_no_fault += 1;
                             if row.missing_examples.len() < EXAMPLES {
                                 row.missing_examples.push(format!(
-                                    "value {} not acquired outside any fault (served at {} ms)",
+                                    "missing: value {} not acquired outside any fault (served at {} ms)",
                                     served.value, served.at_ms
                                 ));
                             }
@@ -161,9 +161,12 @@ pub fn judge(
                 let uncovered = reference_view.uncovered_gaps(&lost);
                 row.missing += uncovered.iter().map(|(a, b)| b - a + 1).sum::<u64>();
                 for (a, b) in uncovered.iter().take(EXAMPLES) {
-                    row.missing_examples.push(format!("seqs {a}..={b}"));
+                    row.missing_examples
+                        .push(format!("missing: seqs {a}..={b}"));
                 }
                 row.conflicts = reference_view.conflicts;
+                row.missing_examples
+                    .extend(reference_view.conflict_examples.iter().cloned());
             }
             rows.push(row);
         }
@@ -188,8 +191,12 @@ fn count_arrivals(arrivals: &[Delivery], row: &mut Row) {
         if !d.ordered {
             continue;
         }
-        if highest.is_some_and(|h| key < h) {
+        if let Some(h) = highest.filter(|&h| key < h) {
             row.out_of_order += 1;
+            if row.missing_examples.len() < EXAMPLES {
+                row.missing_examples
+                    .push(format!("out of order: {key} arrived after {h}"));
+            }
         }
         highest = highest.max(Some(key));
     }
@@ -218,6 +225,8 @@ struct SeqView {
     /// value → seq, for values that arrived.
     by_value: BTreeMap<u32, u64>,
     conflicts: u64,
+    /// A few seqs that carried two values, with both.
+    conflict_examples: Vec<String>,
 }
 
 impl SeqView {
@@ -225,10 +234,19 @@ impl SeqView {
         let mut by_seq = BTreeMap::new();
         let mut by_value = BTreeMap::new();
         let mut conflicts = 0;
+        let mut conflict_examples = Vec::new();
         for d in arrivals {
             let Some(seq) = d.seq else { continue };
             match by_seq.get(&seq) {
-                Some(previous) if *previous != d.value => conflicts += 1,
+                Some(previous) if *previous != d.value => {
+                    conflicts += 1;
+                    if conflict_examples.len() < EXAMPLES {
+                        conflict_examples.push(format!(
+                            "seq {seq} carried {previous:?} and then {:?}",
+                            d.value
+                        ));
+                    }
+                }
                 Some(_) => {}
                 None => {
                     by_seq.insert(seq, d.value);
@@ -242,6 +260,7 @@ impl SeqView {
             by_seq,
             by_value,
             conflicts,
+            conflict_examples,
         }
     }
 
@@ -360,7 +379,7 @@ pub fn render(rows: &[Row]) -> String {
             let _ = writeln!(out, "    recorded losses: {}", reasons.join(", "));
         }
         for e in &r.missing_examples {
-            let _ = writeln!(out, "    missing: {e}");
+            let _ = writeln!(out, "    {e}");
         }
     }
     out
