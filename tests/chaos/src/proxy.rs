@@ -5,6 +5,9 @@
 //! - `Cut`: every open connection is closed at once (new ones are accepted and forwarded).
 //! - `Blackhole`: connections stay open but nothing gets through in either direction, and new
 //!   connections are accepted but never reach the upstream: the peer only notices by timeout.
+//!   What was sent meanwhile is held, not dropped, and flows once the path is back: a dead
+//!   link loses packets, but TCP retransmits them or fails the connection; it never delivers a
+//!   stream with a hole in it.
 //! - `Delay(d)`: every chunk is held for `d` before it is forwarded.
 //! - `Throttle(bps)`: each direction of each connection is limited to `bps` bytes a second.
 
@@ -164,11 +167,15 @@ async fn pump(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, mut mode: watch::
             Ok(0) | Err(_) => break,
             Ok(n) => n,
         };
-        let current = *mode.borrow_and_update();
+        let mut current = *mode.borrow_and_update();
+        while current == Mode::Blackhole {
+            if mode.changed().await.is_err() {
+                return;
+            }
+            current = *mode.borrow_and_update();
+        }
         match current {
-            Mode::Pass => {}
-            // Swallowed: the bytes are gone, as on a dead link.
-            Mode::Blackhole => continue,
+            Mode::Pass | Mode::Blackhole => {}
             Mode::Delay(d) => tokio::time::sleep(d).await,
             Mode::Throttle(bps) => {
                 let secs = n as f64 / bps.max(1) as f64;
@@ -232,6 +239,12 @@ mod tests {
             "nothing gets through a blackhole"
         );
         proxy.set(Mode::Pass);
+        let mut held = [0u8; 4];
+        tokio::time::timeout(wait, s.read_exact(&mut held))
+            .await
+            .expect("the held bytes arrive once the path is back")
+            .expect("read");
+        assert_eq!(&held, b"ping", "held, not dropped");
         assert_eq!(
             round_trip(&mut s, wait).await.as_deref(),
             Some(&b"ping"[..])
