@@ -389,18 +389,17 @@ impl Store {
         );
         // The journal restores ledger entries a rolled-back log took with it; entries the
         // ledger still holds are not counted again.
-        let restored: Vec<Loss> = {
-            let held = Ledger::load(ledger_entries.clone(), lost).losses();
-            journal_losses
-                .into_iter()
-                .filter(|l| !held.iter().any(|h| h.contains(l)))
-                .collect()
-        };
+        let ledger = Ledger::load(ledger_entries, lost);
+        let held = ledger.losses();
+        let restored: Vec<Loss> = journal_losses
+            .into_iter()
+            .filter(|l| !held.iter().any(|h| h.contains(l)))
+            .collect();
         if !restored.is_empty() {
             warn!(store = %dir.display(), ranges = restored.len(), lost_ranges = %ranges_text(&restored),
                 "loss ledger entries missing from the store were restored from its loss journal");
         }
-        let ledger = Ledger::load(ledger_entries, lost)
+        let ledger = ledger
             .with(&restored, &mut writes)
             .with(&found_lost, &mut writes);
         if let Some(s) = &salvaged {

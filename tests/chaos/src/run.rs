@@ -124,7 +124,7 @@ pub async fn run(args: Args) -> anyhow::Result<bool> {
     let out = match &args.out {
         Some(dir) => dir.clone(),
         None => {
-            std::env::temp_dir().join(format!("edge-chaos-{}-{}", args.seed, edge_model_now_ms()))
+            std::env::temp_dir().join(format!("edge-chaos-{}-{}", args.seed, edge_model::now_ms()))
         }
     };
     if out.join("data").exists() {
@@ -234,12 +234,6 @@ pub async fn run(args: Args) -> anyhow::Result<bool> {
             Err(e)
         }
     }
-}
-
-fn edge_model_now_ms() -> u128 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis())
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
