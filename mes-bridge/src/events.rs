@@ -8,7 +8,15 @@
 //! sample always gives the same id, so an event sent again from the store after a crash or an
 //! outage has the id it had the first time and consumers deduplicate by it. Every event also
 //! carries `timestamp_ms` and `seq`, the source timestamp and seq of that sample.
+//!
+//! Seqs count per device, so when a machine reads tags of several devices, two of its samples
+//! can share a seq. Events from the machine's home device keep the id above, unchanged from
+//! when a machine read one device (consumers already hold those ids); events from any other
+//! device name it before the seq, `filler:workorder/start:ua:1234`, and carry `"device": "ua"`
+//! to say whose seq `seq` is. Device and machine names are letters, digits, `-` and `_`, so the
+//! two forms cannot be mistaken for each other.
 
+use edge_model::DeviceId;
 use serde::{Deserialize, Serialize};
 
 use crate::machine::MachineState;
@@ -18,6 +26,10 @@ use crate::uns::Message;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Origin {
     pub machine: String,
+    /// The device of the stored sample behind the event.
+    pub device: DeviceId,
+    /// Whether `device` is the machine's home device, whose ids leave the device out.
+    pub home: bool,
     /// The device seq of the stored sample behind the event.
     pub seq: u64,
     /// That sample's source timestamp (epoch ms).
@@ -114,7 +126,11 @@ impl MesEvent {
     /// The idempotency key: the same for the same stored sample, whenever it is derived.
     pub fn event_id(&self) -> String {
         let o = self.origin();
-        format!("{}:{}:{}", o.machine, self.kind(), o.seq)
+        if o.home {
+            format!("{}:{}:{}", o.machine, self.kind(), o.seq)
+        } else {
+            format!("{}:{}:{}:{}", o.machine, self.kind(), o.device, o.seq)
+        }
     }
 
     /// `state/current` and `workorder/current` are retained: the last known value for a
@@ -138,6 +154,10 @@ struct Envelope<'a, T: Serialize> {
     #[serde(flatten)]
     body: T,
     timestamp_ms: u64,
+    /// Whose `seq` it is, for samples of another device than the machine's home device (left
+    /// out for the home device, as before machines could read several devices).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    device: Option<&'a str>,
     seq: u64,
     #[serde(skip_serializing_if = "is_false")]
     replay: bool,
@@ -345,6 +365,7 @@ fn envelope<T: Serialize>(event: &MesEvent, replay: bool, body: T) -> Vec<u8> {
         machine: &o.machine,
         body,
         timestamp_ms: o.timestamp_ms,
+        device: (!o.home).then_some(o.device.0.as_str()),
         seq: o.seq,
         replay,
     };
@@ -360,6 +381,8 @@ mod tests {
     fn origin(seq: u64) -> Origin {
         Origin {
             machine: "filler".into(),
+            device: DeviceId::from("plc"),
+            home: true,
             seq,
             timestamp_ms: 1_000 + seq,
         }
@@ -571,6 +594,29 @@ mod tests {
         assert_eq!(none["external_work_order_id"], json!(null));
         assert_eq!(none["quantity"], json!(0));
         assert_eq!(none["job_state"], json!(null));
+    }
+
+    #[test]
+    fn samples_of_two_devices_with_the_same_seq_give_different_ids() {
+        let home = MesEvent::WorkOrderStart {
+            origin: origin(42),
+            order: order(),
+        };
+        let other = MesEvent::WorkOrderStart {
+            origin: Origin {
+                device: DeviceId::from("ua"),
+                home: false,
+                ..origin(42)
+            },
+            order: order(),
+        };
+        assert_eq!(home.event_id(), "filler:workorder/start:42");
+        assert_eq!(other.event_id(), "filler:workorder/start:ua:42");
+        let (_, v) = encode(&other, false);
+        assert_eq!(v["event_id"], json!("filler:workorder/start:ua:42"));
+        assert_eq!((&v["device"], &v["seq"]), (&json!("ua"), &json!(42)));
+        let (_, v) = encode(&home, false);
+        assert!(v.get("device").is_none(), "home events keep their old form");
     }
 
     #[test]

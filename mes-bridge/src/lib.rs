@@ -21,6 +21,8 @@ pub mod sparkplug;
 pub mod uns;
 
 pub use events::{MesEncoder, MesEvent};
-pub use machine::{CounterSpec, CounterWidth, MachineSpec, MachineState, StateMapping, StateSpec};
+pub use machine::{
+    CounterSpec, CounterWidth, MachineSpec, MachineState, StateMapping, StateSpec, TagRef,
+};
 pub use rules::{CheckpointError, MesBridge};
 pub use uns::{Batching, Catalog, Message, UnsEncoder};

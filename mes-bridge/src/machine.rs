@@ -1,4 +1,4 @@
-//! What the MES rules know about one machine (SPEC §6): which tags of which device carry its
+//! What the MES rules know about one machine (SPEC §6): which tags of which devices carry its
 //! work order, product, good and scrap counters and state word, how state values map to states
 //! and reason codes, and which PLC tags receive a dispatched work order. Built from the board
 //! config; plain data, no I/O.
@@ -11,16 +11,21 @@ use edge_model::{DataType, DeviceId, TagName};
 use serde::{Deserialize, Serialize};
 
 /// One `[[machine]]`: the production facts of a machine and the PLC tags they come from.
+///
+/// Each fact names its own device: a machine can take its work order and state from an OPC UA
+/// server and its counters from a Modbus PLC.
 #[derive(Debug, Clone, PartialEq)]
 pub struct MachineSpec {
     /// The machine's name: the topic level of `{root}/{machine}/_mes/...`.
     pub name: String,
-    /// The device (PLC) whose tags carry the facts.
+    /// The machine's home device. The event ids of its samples keep the form they had when a
+    /// machine read only one device (`filler:workorder/start:1234`); samples of any other
+    /// device name it in the id (see [`crate::events`]), since seqs count per device.
     pub device: DeviceId,
     /// The tag holding the current work order id (string or integer; empty or 0 is "no order").
-    pub work_order: Option<TagName>,
+    pub work_order: Option<TagRef>,
     /// The tag holding the current product id (string or integer).
-    pub product: Option<TagName>,
+    pub product: Option<TagRef>,
     /// The counter of good parts.
     pub good: Option<CounterSpec>,
     /// The counter of scrapped parts.
@@ -29,11 +34,48 @@ pub struct MachineSpec {
     pub state: Option<StateSpec>,
 }
 
+impl MachineSpec {
+    /// Every tag the rules read, whichever role it has.
+    pub fn tags(&self) -> impl Iterator<Item = &TagRef> {
+        [
+            self.work_order.as_ref(),
+            self.product.as_ref(),
+            self.good.as_ref().map(|c| &c.tag),
+            self.scrap.as_ref().map(|c| &c.tag),
+            self.state.as_ref().map(|st| &st.tag),
+        ]
+        .into_iter()
+        .flatten()
+    }
+}
+
+/// A tag of a device: what a role of a machine reads.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TagRef {
+    pub device: DeviceId,
+    pub tag: TagName,
+}
+
+impl TagRef {
+    pub fn new(device: impl Into<String>, tag: impl Into<String>) -> TagRef {
+        TagRef {
+            device: DeviceId(device.into()),
+            tag: TagName(tag.into()),
+        }
+    }
+}
+
+impl fmt::Display for TagRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.device, self.tag)
+    }
+}
+
 /// A production counter in the PLC: a raw integer that grows by one per part and wraps at its
 /// width.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CounterSpec {
-    pub tag: TagName,
+    pub tag: TagRef,
     pub width: CounterWidth,
     /// The most a counter can advance between two readings. A drop whose wrap-around distance
     /// is within it is a wrap-around; a larger drop is a reset of the counter to zero.
@@ -80,7 +122,7 @@ impl CounterWidth {
 /// The state word of a machine and its map.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StateSpec {
-    pub tag: TagName,
+    pub tag: TagRef,
     /// Value of the state word → state; values not listed read as [`MachineState::Unknown`].
     pub map: Vec<StateMapping>,
 }

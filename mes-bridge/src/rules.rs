@@ -1,4 +1,4 @@
-//! The MES rules (SPEC §6): stored batches of a machine's device in, production facts out.
+//! The MES rules (SPEC §6): stored batches of a machine's devices in, production facts out.
 //! Pure and deterministic: the events of a batch depend only on the batch and on the bridge's
 //! memory (last counter readings, current order, current state and since when), and that
 //! memory can be saved as a checkpoint and restored.
@@ -18,22 +18,24 @@
 //! the PLC, so even records lost to quota eviction only lose event detail: the next reading
 //! counts what was produced meanwhile.
 //!
-//! # Within one batch (one scan of the device)
+//! # Within one batch (one scan of one device)
 //!
-//! Counters are compared first, then the product and work order, then the state word. Parts
+//! A batch comes from one device and feeds only the roles of a machine that name that device
+//! (a machine may take its work order from an OPC UA server and its counters from a Modbus
+//! PLC). Counters are compared first, then the product and work order, then the state word. Parts
 //! counted in the scan that shows a new work order were made before the PLC switched, so they
 //! go to the order that ends, except parts counted after a counter reset in that scan (the PLC
 //! cleared the counter for the new order), which go to the new order. Bad readings leave
 //! counters and the order as they were; a bad state word reads as `unknown`.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use edge_model::{Batch, DeviceId, Quality, Sample, TagName, Value};
+use edge_model::{Batch, DeviceId, Quality, Sample, Value};
 use serde::{Deserialize, Serialize};
 
 use crate::counter::{raw_count, step, Step};
 use crate::events::{MesEncoder, MesEvent, Order, Origin, StateInfo};
-use crate::machine::{CounterSpec, MachineSpec, MachineState};
+use crate::machine::{CounterSpec, MachineSpec, MachineState, TagRef};
 use crate::uns::Message;
 
 /// The checkpoint format this build writes and reads.
@@ -66,11 +68,21 @@ struct Memory {
 /// The last good reading of a counter.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 struct CounterMemory {
-    /// The tag it was read from: a checkpoint of a counter since moved to another tag is not
-    /// a baseline for the new one.
+    /// The device and tag it was read from: a checkpoint of a counter since moved to another
+    /// tag or device is not a baseline for the new one. Checkpoints written before a machine
+    /// could read several devices have no device: theirs is the machine's home device.
+    #[serde(default)]
+    device: Option<String>,
     tag: String,
     raw: u64,
     at_ms: u64,
+}
+
+impl CounterMemory {
+    fn read_from(&self, tag: &TagRef, home: &DeviceId) -> bool {
+        let device = self.device.as_deref().unwrap_or(&home.0);
+        device == tag.device.0 && self.tag == tag.tag.0
+    }
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -98,7 +110,10 @@ impl MesBridge {
     pub fn new(root: &str, specs: Vec<MachineSpec>) -> MesBridge {
         let mut by_device: HashMap<DeviceId, Vec<usize>> = HashMap::new();
         for (i, spec) in specs.iter().enumerate() {
-            by_device.entry(spec.device.clone()).or_default().push(i);
+            let devices: BTreeSet<&DeviceId> = spec.tags().map(|t| &t.device).collect();
+            for device in devices {
+                by_device.entry(device.clone()).or_default().push(i);
+            }
         }
         MesBridge {
             machines: specs
@@ -156,16 +171,9 @@ impl MesBridge {
         let mut machines = cp.machines;
         for m in &mut self.machines {
             let mut memory = machines.remove(&m.spec.name).unwrap_or_default();
-            let same_tag = |c: &Option<CounterMemory>, spec: &Option<CounterSpec>| match (c, spec) {
-                (Some(c), Some(s)) => c.tag == s.tag.0,
-                _ => false,
-            };
-            if !same_tag(&memory.good, &m.spec.good) {
-                memory.good = None;
-            }
-            if !same_tag(&memory.scrap, &m.spec.scrap) {
-                memory.scrap = None;
-            }
+            let home = &m.spec.device;
+            memory.good = baseline(memory.good, m.spec.good.as_ref(), home);
+            memory.scrap = baseline(memory.scrap, m.spec.scrap.as_ref(), home);
             m.memory = memory;
         }
         Ok(())
@@ -199,14 +207,30 @@ impl MesBridge {
     }
 }
 
-/// The last sample of `tag` in the batch with good quality and a value.
-fn last_good<'b>(batch: &'b Batch, tag: Option<&TagName>) -> Option<&'b Sample> {
-    let tag = tag?;
+/// A restored counter reading, if it is still a baseline for the configured counter: read from
+/// the same device and tag. It comes back naming its device, so the next checkpoint does.
+fn baseline(
+    memory: Option<CounterMemory>,
+    spec: Option<&CounterSpec>,
+    home: &DeviceId,
+) -> Option<CounterMemory> {
+    let spec = spec?;
+    let memory = memory.filter(|c| c.read_from(&spec.tag, home))?;
+    Some(CounterMemory {
+        device: Some(spec.tag.device.0.clone()),
+        ..memory
+    })
+}
+
+/// The last sample of `tag` in the batch with good quality and a value (none if the batch is
+/// of another device).
+fn last_good<'b>(batch: &'b Batch, tag: Option<&TagRef>) -> Option<&'b Sample> {
+    let tag = tag.filter(|t| t.device == batch.device)?;
     batch
         .samples
         .iter()
         .rev()
-        .find(|s| &s.tag == tag && s.quality == Quality::Good && s.value.is_some())
+        .find(|s| s.tag == tag.tag && s.quality == Quality::Good && s.value.is_some())
 }
 
 /// A work order or product id as text: strings trimmed, integers in decimal; empty text and
@@ -284,28 +308,20 @@ impl Tally {
 }
 
 impl MachineRules {
-    fn origin(&self, seq: u64, timestamp_ms: u64) -> Origin {
+    fn origin(&self, device: &DeviceId, seq: u64, timestamp_ms: u64) -> Origin {
         Origin {
             machine: self.spec.name.clone(),
+            device: device.clone(),
+            home: *device == self.spec.device,
             seq,
             timestamp_ms,
         }
     }
 
     fn observe(&mut self, batch: &Batch, out: &mut Vec<MesEvent>) -> bool {
+        let device = &batch.device;
         let spec = &self.spec;
-        let mine = |s: &Sample| {
-            [
-                spec.work_order.as_ref(),
-                spec.product.as_ref(),
-                spec.good.as_ref().map(|c| &c.tag),
-                spec.scrap.as_ref().map(|c| &c.tag),
-                spec.state.as_ref().map(|st| &st.tag),
-            ]
-            .into_iter()
-            .flatten()
-            .any(|t| *t == s.tag)
-        };
+        let mine = |s: &Sample| spec.tags().any(|t| t.device == *device && t.tag == s.tag);
         if !batch.samples.iter().any(mine) {
             return false;
         }
@@ -351,7 +367,7 @@ impl MachineRules {
                 before.add(&c, is_good);
             }
         }
-        if self.credit(&before, out) {
+        if self.credit(&before, device, out) {
             order_dirty = true;
             mark.tally(&before);
         }
@@ -359,7 +375,7 @@ impl MachineRules {
             let ts = s.timestamp_ms();
             if let Some(order) = self.memory.order.take() {
                 out.push(MesEvent::WorkOrderComplete {
-                    origin: self.origin(s.seq, ts),
+                    origin: self.origin(device, s.seq, ts),
                     order,
                     end_ms: ts,
                 });
@@ -373,7 +389,7 @@ impl MachineRules {
                     scrap: 0,
                 };
                 out.push(MesEvent::WorkOrderStart {
-                    origin: self.origin(s.seq, ts),
+                    origin: self.origin(device, s.seq, ts),
                     order: order.clone(),
                 });
                 self.memory.order = Some(order);
@@ -381,29 +397,31 @@ impl MachineRules {
             order_dirty = true;
             mark.note(s.seq, ts);
         }
-        if self.credit(&after, out) {
+        if self.credit(&after, device, out) {
             order_dirty = true;
             mark.tally(&after);
         }
         if let (true, Some(seq), Some(ts)) = (order_dirty, mark.seq, mark.ts) {
             out.push(MesEvent::WorkOrderCurrent {
-                origin: self.origin(seq, ts),
+                origin: self.origin(device, seq, ts),
                 order: self.memory.order.clone(),
             });
         }
 
         // 4. State: every reading of the state word, in order.
-        if let Some(st) = &self.spec.state {
-            let readings: Vec<&Sample> = batch.samples.iter().filter(|s| s.tag == st.tag).collect();
+        if let Some(st) = (self.spec.state.as_ref()).filter(|st| st.tag.device == *device) {
+            let readings: Vec<&Sample> = (batch.samples.iter())
+                .filter(|s| s.tag == st.tag.tag)
+                .collect();
             for s in readings {
-                self.state_reading(s, out);
+                self.state_reading(device, s, out);
             }
         }
         true
     }
 
     /// Emits a count event for `tally` (if it holds parts) and adds it to the current order.
-    fn credit(&mut self, tally: &Tally, out: &mut Vec<MesEvent>) -> bool {
+    fn credit(&mut self, tally: &Tally, device: &DeviceId, out: &mut Vec<MesEvent>) -> bool {
         let (Some(seq), Some(from), Some(to)) = (tally.seq, tally.from_ms, tally.to_ms) else {
             return false;
         };
@@ -416,7 +434,7 @@ impl MachineRules {
         }
         let order = self.memory.order.as_ref();
         out.push(MesEvent::ProductionCount {
-            origin: self.origin(seq, to),
+            origin: self.origin(device, seq, to),
             order_id: order.map(|o| o.id.clone()),
             product: order
                 .map(|o| o.product.clone())
@@ -430,7 +448,7 @@ impl MachineRules {
         order.is_some()
     }
 
-    fn state_reading(&mut self, s: &Sample, out: &mut Vec<MesEvent>) {
+    fn state_reading(&mut self, device: &DeviceId, s: &Sample, out: &mut Vec<MesEvent>) {
         let Some(spec) = &self.spec.state else { return };
         let ts = s.timestamp_ms();
         let (state, reason_code, reason, raw) = match (&s.value, s.quality) {
@@ -478,12 +496,12 @@ impl MachineRules {
             (p, lasted)
         });
         out.push(MesEvent::StateChange {
-            origin: self.origin(s.seq, ts),
+            origin: self.origin(device, s.seq, ts),
             state: next.clone(),
             previous,
         });
         out.push(MesEvent::StateCurrent {
-            origin: self.origin(s.seq, ts),
+            origin: self.origin(device, s.seq, ts),
             state: next.clone(),
         });
         self.memory.state = Some(next);
@@ -521,7 +539,8 @@ fn count(
     let raw = raw_count(sample.value.as_ref()?, spec.width)?;
     let at_ms = sample.timestamp_ms();
     let previous = memory.replace(CounterMemory {
-        tag: spec.tag.0.clone(),
+        device: Some(spec.tag.device.0.clone()),
+        tag: spec.tag.tag.0.clone(),
         raw,
         at_ms,
     });
@@ -541,6 +560,7 @@ fn count(
 mod tests {
     use super::*;
     use crate::machine::{CounterWidth, StateMapping, StateSpec};
+    use edge_model::TagName;
     use proptest::prelude::*;
 
     const MAX_STEP: u64 = 1_000;
@@ -549,20 +569,20 @@ mod tests {
         MachineSpec {
             name: "filler".into(),
             device: DeviceId::from("plc"),
-            work_order: Some(TagName::from("wo")),
-            product: Some(TagName::from("prod")),
+            work_order: Some(TagRef::new("plc", "wo")),
+            product: Some(TagRef::new("plc", "prod")),
             good: Some(CounterSpec {
-                tag: TagName::from("good"),
+                tag: TagRef::new("plc", "good"),
                 width: CounterWidth::Bits16,
                 max_step: MAX_STEP,
             }),
             scrap: Some(CounterSpec {
-                tag: TagName::from("scrap"),
+                tag: TagRef::new("plc", "scrap"),
                 width: CounterWidth::Bits16,
                 max_step: MAX_STEP,
             }),
             state: Some(StateSpec {
-                tag: TagName::from("state"),
+                tag: TagRef::new("plc", "state"),
                 map: vec![
                     StateMapping {
                         value: 1,
@@ -1070,7 +1090,7 @@ mod tests {
         second.work_order = None;
         second.product = None;
         second.good = Some(CounterSpec {
-            tag: TagName::from("caps"),
+            tag: TagRef::new("plc", "caps"),
             width: CounterWidth::Bits32,
             max_step: 10,
         });
@@ -1143,7 +1163,7 @@ mod tests {
         let cp = b.checkpoint();
         let mut moved = spec();
         if let Some(g) = moved.good.as_mut() {
-            g.tag = TagName::from("good2");
+            g.tag = TagRef::new("plc", "good2");
         }
         let mut restored = MesBridge::new("acme/line1", vec![moved]);
         restored.restore(&cp).expect("restore");
@@ -1178,6 +1198,313 @@ mod tests {
         let mut b = started();
         b.reset();
         assert_eq!(b.checkpoint(), bridge().checkpoint());
+    }
+
+    /// The filler with an OPC UA PLC added: work order, product and state word come from the
+    /// server `ua` (strings and an enumeration, which OPC UA delivers as Int32), the counters
+    /// from the Modbus PLC `plc` (UInt32 and UInt64), which stays the home device.
+    fn mixed() -> MachineSpec {
+        let mut sp = spec();
+        sp.work_order = Some(TagRef::new("ua", "wo"));
+        sp.product = Some(TagRef::new("ua", "prod"));
+        sp.good = Some(CounterSpec {
+            tag: TagRef::new("plc", "good"),
+            width: CounterWidth::Bits32,
+            max_step: MAX_STEP,
+        });
+        sp.scrap = Some(CounterSpec {
+            tag: TagRef::new("plc", "scrap"),
+            width: CounterWidth::Bits64,
+            max_step: MAX_STEP,
+        });
+        if let Some(st) = sp.state.as_mut() {
+            st.tag = TagRef::new("ua", "state");
+        }
+        sp
+    }
+
+    fn on(device: &str, samples: Vec<Sample>) -> Batch {
+        Batch {
+            device: DeviceId::from(device),
+            samples,
+        }
+    }
+
+    fn run_on(b: &mut MesBridge, device: &str, samples: Vec<Sample>) -> Vec<MesEvent> {
+        let mut out = Vec::new();
+        b.observe(&on(device, samples), &mut out);
+        out
+    }
+
+    fn ids(events: &[MesEvent]) -> Vec<String> {
+        events.iter().map(MesEvent::event_id).collect()
+    }
+
+    fn text(tag: &str, v: &str, seq: u64) -> Sample {
+        s(tag, Value::String(v.into()), seq)
+    }
+
+    #[test]
+    fn a_machine_takes_its_work_order_and_state_from_one_device_and_its_counters_from_another() {
+        let mut b = MesBridge::new("acme/line1", vec![mixed()]);
+        let events = run_on(
+            &mut b,
+            "ua",
+            vec![
+                text("prod", "P-5", 1),
+                text("wo", "WO-1", 2),
+                s("state", Value::I32(1), 3),
+            ],
+        );
+        assert_eq!(
+            kinds(&events),
+            vec![
+                "workorder/start",
+                "workorder/current",
+                "state/change",
+                "state/current"
+            ]
+        );
+        let MesEvent::WorkOrderStart { order, .. } = &events[0] else {
+            panic!("{events:?}")
+        };
+        assert_eq!(
+            (order.id.as_str(), order.product.as_deref()),
+            ("WO-1", Some("P-5"))
+        );
+        // The counters' first readings are baselines.
+        let baseline = vec![s("good", Value::U32(10), 1), s("scrap", Value::U64(0), 2)];
+        assert!(run_on(&mut b, "plc", baseline).is_empty());
+        let events = run_on(
+            &mut b,
+            "plc",
+            vec![s("good", Value::U32(14), 3), s("scrap", Value::U64(1), 4)],
+        );
+        assert_eq!(counts(&events), vec![(Some("WO-1".into()), 4, 1)]);
+        let MesEvent::ProductionCount { product, .. } = &events[0] else {
+            panic!("{events:?}")
+        };
+        assert_eq!(product.as_deref(), Some("P-5"));
+        let events = run_on(&mut b, "ua", vec![s("state", Value::I32(3), 4)]);
+        let MesEvent::StateChange { state, .. } = &events[0] else {
+            panic!("{events:?}")
+        };
+        assert_eq!(state.state, MachineState::Down);
+        let events = run_on(&mut b, "ua", vec![text("wo", "WO-2", 5)]);
+        assert_eq!(completed(&events), vec![("WO-1".into(), 4, 1)]);
+    }
+
+    #[test]
+    fn a_batch_feeds_only_the_roles_on_its_own_device() {
+        let mut b = MesBridge::new("acme/line1", vec![mixed()]);
+        run_on(
+            &mut b,
+            "ua",
+            vec![text("wo", "A", 1), s("state", Value::I32(1), 2)],
+        );
+        run_on(&mut b, "plc", vec![s("good", Value::U32(10), 1)]);
+        let before = b.checkpoint();
+        let mut out = Vec::new();
+        // Tags named like the machine's roles, but on the wrong device.
+        assert!(!b.observe(
+            &on(
+                "plc",
+                vec![text("wo", "B", 2), s("state", Value::U16(3), 3)]
+            ),
+            &mut out
+        ));
+        assert!(!b.observe(&on("ua", vec![s("good", Value::U32(99), 3)]), &mut out));
+        assert!(out.is_empty(), "{out:?}");
+        assert_eq!(b.checkpoint(), before);
+        assert!(b.watches(&DeviceId::from("ua")) && b.watches(&DeviceId::from("plc")));
+        assert!(!b.watches(&DeviceId::from("press")));
+    }
+
+    #[test]
+    fn samples_of_two_devices_with_the_same_seq_give_different_event_ids() {
+        let mut b = MesBridge::new("acme/line1", vec![mixed()]);
+        run_on(&mut b, "ua", vec![text("wo", "A", 6)]);
+        run_on(&mut b, "plc", vec![s("good", Value::U32(1), 6)]);
+        let from_ua = run_on(&mut b, "ua", vec![s("state", Value::I32(1), 7)]);
+        let from_plc = run_on(&mut b, "plc", vec![s("good", Value::U32(3), 7)]);
+        // The home device's ids keep the form they always had; the other device is named.
+        assert_eq!(
+            ids(&from_plc),
+            vec!["filler:production/count:7", "filler:workorder/current:7"]
+        );
+        assert_eq!(
+            ids(&from_ua),
+            vec!["filler:state/change:ua:7", "filler:state/current:ua:7"]
+        );
+        let origin = from_ua[0].origin();
+        assert_eq!(
+            (origin.device.0.as_str(), origin.home, origin.seq),
+            ("ua", false, 7)
+        );
+        assert!(from_plc[0].origin().home);
+    }
+
+    #[test]
+    fn events_of_batches_from_different_devices_follow_the_batch_order() {
+        let mut b = MesBridge::new("acme/line1", vec![mixed()]);
+        let batches = [
+            on("plc", vec![s("good", Value::U32(0), 1)]),
+            on("ua", vec![text("wo", "A", 1)]),
+            on("plc", vec![s("good", Value::U32(2), 2)]),
+            on("ua", vec![s("state", Value::I32(2), 2)]),
+            on("plc", vec![s("good", Value::U32(5), 3)]),
+            on("ua", vec![text("wo", "B", 3)]),
+        ];
+        let events = all_events(&mut b, &batches);
+        let seen: Vec<(String, &str)> = events
+            .iter()
+            .map(|e| (e.origin().device.0.clone(), e.kind()))
+            .collect();
+        let expected = [
+            ("ua", "workorder/start"),
+            ("ua", "workorder/current"),
+            ("plc", "production/count"),
+            ("plc", "workorder/current"),
+            ("ua", "state/change"),
+            ("ua", "state/current"),
+            ("plc", "production/count"),
+            ("plc", "workorder/current"),
+            ("ua", "workorder/complete"),
+            ("ua", "workorder/start"),
+            ("ua", "workorder/current"),
+        ];
+        let expected: Vec<(String, &str)> = expected
+            .iter()
+            .map(|(d, k)| ((*d).to_owned(), *k))
+            .collect();
+        assert_eq!(seen, expected);
+        assert_eq!(completed(&events), vec![("A".into(), 5, 0)]);
+    }
+
+    #[test]
+    fn a_uint32_counter_wraps_around_at_two_to_the_32() {
+        let mut b = MesBridge::new("acme/line1", vec![mixed()]);
+        run_on(&mut b, "ua", vec![text("wo", "A", 1)]);
+        run_on(&mut b, "plc", vec![s("good", Value::U32(u32::MAX - 2), 1)]);
+        let events = run_on(&mut b, "plc", vec![s("good", Value::U32(4), 2)]);
+        assert_eq!(counts(&events), vec![(Some("A".into()), 7, 0)]);
+        let MesEvent::ProductionCount { counter_reset, .. } = &events[0] else {
+            panic!("{events:?}")
+        };
+        assert!(!counter_reset);
+    }
+
+    #[test]
+    fn a_uint64_counter_counts_beyond_the_32_bit_range() {
+        let mut b = MesBridge::new("acme/line1", vec![mixed()]);
+        run_on(&mut b, "ua", vec![text("wo", "A", 1)]);
+        run_on(
+            &mut b,
+            "plc",
+            vec![s("scrap", Value::U64(5_000_000_000), 1)],
+        );
+        let events = run_on(
+            &mut b,
+            "plc",
+            vec![s("scrap", Value::U64(5_000_000_007), 2)],
+        );
+        assert_eq!(counts(&events), vec![(Some("A".into()), 0, 7)]);
+        run_on(&mut b, "plc", vec![s("scrap", Value::U64(u64::MAX - 1), 3)]);
+        let events = run_on(&mut b, "plc", vec![s("scrap", Value::U64(1), 4)]);
+        assert_eq!(counts(&events), vec![(Some("A".into()), 0, 3)]);
+    }
+
+    #[test]
+    fn an_opc_ua_enumeration_arrives_as_int32_and_maps_through_the_state_map() {
+        let mut b = MesBridge::new("acme/line1", vec![mixed()]);
+        let events = run_on(&mut b, "ua", vec![s("state", Value::I32(3), 1)]);
+        let MesEvent::StateChange { state, .. } = &events[0] else {
+            panic!("{events:?}")
+        };
+        assert_eq!(
+            (state.state, state.reason_code, state.raw),
+            (MachineState::Down, 180_100, Some(3))
+        );
+        let events = run_on(&mut b, "ua", vec![s("state", Value::I32(-1), 2)]);
+        let MesEvent::StateChange { state, .. } = &events[0] else {
+            panic!("{events:?}")
+        };
+        assert_eq!((state.state, state.raw), (MachineState::Unknown, Some(-1)));
+    }
+
+    #[test]
+    fn opc_ua_strings_are_work_orders_and_products_and_an_empty_string_is_none() {
+        let mut b = MesBridge::new("acme/line1", vec![mixed()]);
+        let events = run_on(
+            &mut b,
+            "ua",
+            vec![text("prod", " P-5 ", 1), text("wo", " WO-1 ", 2)],
+        );
+        let MesEvent::WorkOrderStart { order, .. } = &events[0] else {
+            panic!("{events:?}")
+        };
+        assert_eq!(
+            (order.id.as_str(), order.product.as_deref()),
+            ("WO-1", Some("P-5"))
+        );
+        let events = run_on(&mut b, "ua", vec![text("wo", "", 3)]);
+        assert_eq!(
+            kinds(&events),
+            vec!["workorder/complete", "workorder/current"]
+        );
+    }
+
+    #[test]
+    fn a_checkpoint_of_a_machine_on_several_devices_brings_back_every_devices_memory() {
+        let mut b = MesBridge::new("acme/line1", vec![mixed()]);
+        run_on(
+            &mut b,
+            "ua",
+            vec![text("wo", "A", 1), s("state", Value::I32(1), 2)],
+        );
+        run_on(&mut b, "plc", vec![s("good", Value::U32(10), 1)]);
+        let mut restored = MesBridge::new("acme/line1", vec![mixed()]);
+        restored.restore(&b.checkpoint()).expect("restore");
+        let next = [
+            on("plc", vec![s("good", Value::U32(12), 2)]),
+            on("ua", vec![text("wo", "B", 3)]),
+        ];
+        assert_eq!(all_events(&mut restored, &next), all_events(&mut b, &next));
+    }
+
+    #[test]
+    fn a_checkpoint_from_before_machines_read_several_devices_restores_on_the_home_device() {
+        // Written by the previous build: counters name their tag only.
+        let old = br#"{"version":1,"machines":{"filler":{
+            "good":{"tag":"good","raw":10,"at_ms":2000},
+            "scrap":{"tag":"scrap","raw":0,"at_ms":3000},
+            "order":{"id":"A","product":null,"start_ms":1000,"good":0,"scrap":0},
+            "product":null,
+            "state":{"state":"running","reason_code":10000,"reason":null,"raw":1,"since_ms":4000}}}}"#;
+        let mut b = bridge();
+        b.restore(old).expect("restore");
+        assert_eq!(b.checkpoint(), started().checkpoint());
+        let events = run(&mut b, vec![good(14, 10), scrap(1, 11), word(1, 12)]);
+        assert_eq!(counts(&events), vec![(Some("A".into()), 4, 1)]);
+        // On the mixed machine the counters are still on the home device `plc`.
+        let mut m = MesBridge::new("acme/line1", vec![mixed()]);
+        m.restore(old).expect("restore");
+        let events = run_on(&mut m, "plc", vec![s("good", Value::U32(12), 10)]);
+        assert_eq!(counts(&events), vec![(Some("A".into()), 2, 0)]);
+    }
+
+    #[test]
+    fn a_counter_moved_to_another_device_starts_from_a_new_baseline() {
+        let cp = started().checkpoint();
+        let mut moved = spec();
+        if let Some(g) = moved.good.as_mut() {
+            g.tag = TagRef::new("ua", "good");
+        }
+        let mut restored = MesBridge::new("acme/line1", vec![moved]);
+        restored.restore(&cp).expect("restore");
+        assert!(run_on(&mut restored, "ua", vec![s("good", Value::U16(500), 10)]).is_empty());
+        let events = run_on(&mut restored, "ua", vec![s("good", Value::U16(503), 11)]);
+        assert_eq!(counts(&events), vec![(Some("A".into()), 3, 0)]);
     }
 
     /// One scan of a simulated line: what the PLC shows, and what it really produced.
