@@ -22,11 +22,40 @@
 //!
 //! A batch comes from one device and feeds only the roles of a machine that name that device
 //! (a machine may take its work order from an OPC UA server and its counters from a Modbus
-//! PLC). Counters are compared first, then the product and work order, then the state word. Parts
-//! counted in the scan that shows a new work order were made before the PLC switched, so they
-//! go to the order that ends, except parts counted after a counter reset in that scan (the PLC
-//! cleared the counter for the new order), which go to the new order. Bad readings leave
-//! counters and the order as they were; a bad state word reads as `unknown`.
+//! PLC). Counters are compared first, then the product and work order, then the state word.
+//! Parts counted in the scan that shows a new work order were made before the PLC switched, so
+//! they go to the order that ends, with its product, except parts counted after a counter reset
+//! in that scan (the PLC cleared the counter for the new order), which go to the new order. A
+//! product read in the scan of an order change is the new order's: the completion carries the
+//! product, totals and start of the order that ended, also when the order ends without a next
+//! one, and the start the new product. A product change without an order change updates the
+//! running order, after the parts of its scan (made before the change) are counted. Bad
+//! readings leave counters and the order as they were; a bad state word reads as `unknown`.
+//!
+//! The events of one scan come in this order: `production/count` for the order that ends,
+//! `workorder/complete`, `workorder/start`, `production/count` for the new order (after a
+//! reset), `workorder/current`, then `state/change` and `state/current`. The old order's books
+//! close before anything of the new order appears, so a consumer that totals by order never sees
+//! a part of one order after the start of the next. The state comes last because an MES books a
+//! state period to the order running when the period began (availability per order, for OEE):
+//! the state a changeover scan shows (changeover, or running) belongs to the new order, while
+//! the period it ends, which `state/change` reports as `previous_*`, began under the old one.
+//!
+//! # Across devices
+//!
+//! Batches of different devices come in store order, and their events in that order; nothing
+//! ties one device's scan to another's. So parts counted on one device go to the order running
+//! when their batch comes, and a state word on another device than the work order changes
+//! when its own batch says so. Product and work order on different devices need a rule, since
+//! a PLC that switches both at once shows them in two batches:
+//!
+//! - product first: it updates the running order at once (`workorder/current`), but
+//!   provisionally. If the next batch of the work order's device shows a new order, the product
+//!   was the new order's: the completion carries the product the old order had, the start the
+//!   new one. Any other batch of that device (the order unchanged, or not read) makes the change
+//!   the running order's. The provisional change is part of the checkpoint.
+//! - work order first: the start carries the product known when it was read; the product read
+//!   next updates the running order (`workorder/current`, and its completion later).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -61,8 +90,18 @@ struct Memory {
     /// The product last read (applies to the next order).
     #[serde(default)]
     product: Option<String>,
+    /// A product change of the running order that the next batch of the work order's device
+    /// may yet give to a new order.
+    #[serde(default)]
+    provisional: Option<ProductBefore>,
     #[serde(default)]
     state: Option<StateInfo>,
+}
+
+/// The product the running order had before a provisional product change.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct ProductBefore {
+    product: Option<String>,
 }
 
 /// The last good reading of a counter.
@@ -320,10 +359,18 @@ impl MachineRules {
 
     fn observe(&mut self, batch: &Batch, out: &mut Vec<MesEvent>) -> bool {
         let device = &batch.device;
+        // Whatever it holds, a batch of the work order's device is the one that decides a
+        // product change held provisional since its last batch (see "Across devices").
+        let order_device = self.spec.work_order.as_ref().map(|t| &t.device) == Some(device);
+        let provisional = if order_device {
+            self.memory.provisional.take()
+        } else {
+            None
+        };
         let spec = &self.spec;
         let mine = |s: &Sample| spec.tags().any(|t| t.device == *device && t.tag == s.tag);
         if !batch.samples.iter().any(mine) {
-            return false;
+            return provisional.is_some();
         }
 
         // 1. Counters.
@@ -332,28 +379,28 @@ impl MachineRules {
         let good = count(spec.good.as_ref(), &mut self.memory.good, good_sample);
         let scrap = count(spec.scrap.as_ref(), &mut self.memory.scrap, scrap_sample);
 
-        // 2. Product, then work order.
-        let mut order_dirty = false;
-        let mut mark = Mark::default();
-        if let Some(s) = last_good(batch, self.spec.product.as_ref()) {
-            let product = s.value.as_ref().and_then(id_text);
-            if product != self.memory.product {
-                self.memory.product = product.clone();
-                if let Some(order) = self.memory.order.as_mut() {
-                    order.product = product;
-                    order_dirty = true;
-                    mark.note(s.seq, s.timestamp_ms());
-                }
-            }
-        }
-        let new_order = last_good(batch, self.spec.work_order.as_ref()).and_then(|s| {
+        // 2. What the scan shows of the product and the work order.
+        let product = last_good(batch, spec.product.as_ref())
+            .map(|s| (s, s.value.as_ref().and_then(id_text)))
+            .filter(|(_, p)| *p != self.memory.product);
+        let order_read = last_good(batch, spec.work_order.as_ref());
+        let new_order = order_read.and_then(|s| {
             let id = s.value.as_ref().and_then(id_text);
             let current = self.memory.order.as_ref().map(|o| &o.id);
             (id.as_ref() != current).then_some((s, id))
         });
+        if let (Some(_), Some(before), Some(order)) =
+            (&new_order, provisional, self.memory.order.as_mut())
+        {
+            // The product read since the work order's device last reported was the next
+            // order's: the order that ends keeps the one it ran with.
+            order.product = before.product;
+        }
 
-        // 3. Parts: before an order change to the order that ends, after a reset in the
-        // scan of the change to the new one.
+        // 3. Parts: before a change to the order (and product) that ends, after a reset in
+        // the scan of an order change to the new one.
+        let mut order_dirty = false;
+        let mut mark = Mark::default();
         let mut before = Tally::default();
         let mut after = Tally::default();
         for (counted, is_good) in [(good, true), (scrap, false)] {
@@ -370,6 +417,15 @@ impl MachineRules {
         if self.credit(&before, device, out) {
             order_dirty = true;
             mark.tally(&before);
+        }
+
+        // 4. The product and the work order. A product read in the scan of an order change
+        // is the new order's; without an order change it is the running order's.
+        if let Some((s, p)) = &product {
+            self.memory.product = p.clone();
+            if new_order.is_some() || self.memory.order.is_some() {
+                mark.note(s.seq, s.timestamp_ms());
+            }
         }
         if let Some((s, id)) = new_order {
             let ts = s.timestamp_ms();
@@ -396,6 +452,18 @@ impl MachineRules {
             }
             order_dirty = true;
             mark.note(s.seq, ts);
+        } else if let (Some((_, p)), Some(order)) = (product, self.memory.order.as_mut()) {
+            if order_read.is_none() {
+                // Nothing in this batch says the order is still the same: the product may be
+                // the next order's, which the work order's device has not shown yet.
+                self.memory
+                    .provisional
+                    .get_or_insert_with(|| ProductBefore {
+                        product: order.product.clone(),
+                    });
+            }
+            order.product = p;
+            order_dirty = true;
         }
         if self.credit(&after, device, out) {
             order_dirty = true;
@@ -408,9 +476,16 @@ impl MachineRules {
             });
         }
 
-        // 4. State: every reading of the state word, in order.
-        if let Some(st) = (self.spec.state.as_ref()).filter(|st| st.tag.device == *device) {
-            let readings: Vec<&Sample> = (batch.samples.iter())
+        // 5. State, after the orders (the module doc says why): every reading, in order.
+        if let Some(st) = self
+            .spec
+            .state
+            .as_ref()
+            .filter(|st| st.tag.device == *device)
+        {
+            let readings: Vec<&Sample> = batch
+                .samples
+                .iter()
                 .filter(|s| s.tag == st.tag.tag)
                 .collect();
             for s in readings {
@@ -1505,6 +1580,272 @@ mod tests {
         assert!(run_on(&mut restored, "ua", vec![s("good", Value::U16(500), 10)]).is_empty());
         let events = run_on(&mut restored, "ua", vec![s("good", Value::U16(503), 11)]);
         assert_eq!(counts(&events), vec![(Some("A".into()), 3, 0)]);
+    }
+
+    fn prod(id: &str, seq: u64) -> Sample {
+        text("prod", id, seq)
+    }
+
+    /// Work order "A" of product "P-1" running with counters at 10 / 0 and the machine
+    /// running, then 10 good and 2 scrap parts counted for it.
+    fn producing() -> MesBridge {
+        let mut b = bridge();
+        run(
+            &mut b,
+            vec![
+                prod("P-1", 1),
+                wo("A", 2),
+                good(10, 3),
+                scrap(0, 4),
+                word(1, 5),
+            ],
+        );
+        run(&mut b, vec![good(20, 6), scrap(2, 7)]);
+        b
+    }
+
+    fn starts(events: &[MesEvent]) -> Vec<(String, Option<String>, u64)> {
+        events
+            .iter()
+            .filter_map(|e| match e {
+                MesEvent::WorkOrderStart { order, .. } => {
+                    Some((order.id.clone(), order.product.clone(), order.start_ms))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn completions(events: &[MesEvent]) -> Vec<(Order, u64)> {
+        events
+            .iter()
+            .filter_map(|e| match e {
+                MesEvent::WorkOrderComplete { order, end_ms, .. } => Some((order.clone(), *end_ms)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn count_products(events: &[MesEvent]) -> Vec<(Option<String>, Option<String>)> {
+        events
+            .iter()
+            .filter_map(|e| match e {
+                MesEvent::ProductionCount {
+                    order_id, product, ..
+                } => Some((order_id.clone(), product.clone())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn current(events: &[MesEvent]) -> Option<(String, Option<String>)> {
+        events.iter().rev().find_map(|e| match e {
+            MesEvent::WorkOrderCurrent { order, .. } => {
+                order.as_ref().map(|o| (o.id.clone(), o.product.clone()))
+            }
+            _ => None,
+        })
+    }
+
+    #[test]
+    fn a_changeover_completes_the_old_order_with_its_product_and_totals_and_starts_the_new_one_with_the_new_product(
+    ) {
+        let mut b = producing();
+        // One scan shows the last parts of A, the new product and the new order.
+        let events = run(&mut b, vec![good(23, 10), prod("P-2", 11), wo("B", 12)]);
+        assert_eq!(
+            completions(&events),
+            vec![(
+                Order {
+                    id: "A".into(),
+                    product: Some("P-1".into()),
+                    start_ms: 2_000,
+                    good: 13,
+                    scrap: 2,
+                },
+                12_000
+            )]
+        );
+        assert_eq!(
+            starts(&events),
+            vec![("B".into(), Some("P-2".into()), 12_000)]
+        );
+        assert_eq!(
+            count_products(&events),
+            vec![(Some("A".into()), Some("P-1".into()))],
+            "the last parts of A were made as P-1"
+        );
+        assert_eq!(current(&events), Some(("B".into(), Some("P-2".into()))));
+    }
+
+    #[test]
+    fn the_last_completion_names_the_product_of_the_order_that_ended() {
+        let mut b = producing();
+        // The PLC clears order and product together at the end of the shift.
+        let events = run(&mut b, vec![prod("", 10), wo("", 11)]);
+        assert_eq!(
+            kinds(&events),
+            vec!["workorder/complete", "workorder/current"]
+        );
+        let ended = completions(&events);
+        assert_eq!(
+            ended
+                .iter()
+                .map(|(o, _)| (o.id.as_str(), o.product.as_deref(), o.good, o.scrap))
+                .collect::<Vec<_>>(),
+            vec![("A", Some("P-1"), 10, 2)]
+        );
+        // Parts made with neither order nor product name neither.
+        let events = run(&mut b, vec![good(21, 12)]);
+        assert_eq!(count_products(&events), vec![(None, None)]);
+    }
+
+    #[test]
+    fn in_one_scan_the_old_order_is_counted_and_completed_before_the_new_one_starts_and_the_state_changes_last(
+    ) {
+        let mut b = producing();
+        // The PLC cleared the good counter for B and counted 2; scrap went on for A; the
+        // machine shows changeover.
+        let events = run(
+            &mut b,
+            vec![
+                good(2, 10),
+                scrap(3, 11),
+                prod("P-2", 12),
+                wo("B", 13),
+                word(2, 14),
+            ],
+        );
+        assert_eq!(
+            kinds(&events),
+            vec![
+                "production/count",
+                "workorder/complete",
+                "workorder/start",
+                "production/count",
+                "workorder/current",
+                "state/change",
+                "state/current"
+            ]
+        );
+        assert_eq!(
+            count_products(&events),
+            vec![
+                (Some("A".into()), Some("P-1".into())),
+                (Some("B".into()), Some("P-2".into()))
+            ]
+        );
+        assert_eq!(completed(&events), vec![("A".into(), 10, 3)]);
+    }
+
+    #[test]
+    fn a_product_change_without_an_order_change_updates_the_running_order_after_its_scans_parts() {
+        let mut b = producing();
+        let events = run(&mut b, vec![good(25, 10), prod("P-9", 11), wo("A", 12)]);
+        assert_eq!(
+            kinds(&events),
+            vec!["production/count", "workorder/current"]
+        );
+        assert_eq!(
+            count_products(&events),
+            vec![(Some("A".into()), Some("P-1".into()))]
+        );
+        assert_eq!(current(&events), Some(("A".into(), Some("P-9".into()))));
+        let events = run(&mut b, vec![wo("B", 13)]);
+        let ended = completions(&events);
+        assert_eq!(ended[0].0.product.as_deref(), Some("P-9"));
+        assert_eq!(
+            starts(&events),
+            vec![("B".into(), Some("P-9".into()), 13_000)]
+        );
+    }
+
+    /// The filler reading its product from the OPC UA server `ua` and its work order (and
+    /// everything else) from the PLC `plc`.
+    fn product_elsewhere() -> MesBridge {
+        let mut sp = spec();
+        sp.product = Some(TagRef::new("ua", "prod"));
+        let mut b = MesBridge::new("acme/line1", vec![sp]);
+        run_on(&mut b, "ua", vec![prod("P-1", 1)]);
+        run(&mut b, vec![wo("A", 1), good(10, 2)]);
+        run(&mut b, vec![wo("A", 3), good(15, 4)]);
+        b
+    }
+
+    #[test]
+    fn a_product_from_another_device_read_just_before_an_order_change_goes_to_the_new_order() {
+        let mut b = product_elsewhere();
+        // Until the PLC is read again, the product shows on the running order.
+        let events = run_on(&mut b, "ua", vec![prod("P-2", 2)]);
+        assert_eq!(current(&events), Some(("A".into(), Some("P-2".into()))));
+        let events = run(&mut b, vec![wo("B", 5), good(16, 6)]);
+        let ended = completions(&events);
+        assert_eq!(
+            ended
+                .iter()
+                .map(|(o, _)| (o.id.as_str(), o.product.as_deref(), o.good))
+                .collect::<Vec<_>>(),
+            vec![("A", Some("P-1"), 6)]
+        );
+        assert_eq!(
+            count_products(&events),
+            vec![(Some("A".into()), Some("P-1".into()))]
+        );
+        assert_eq!(
+            starts(&events),
+            vec![("B".into(), Some("P-2".into()), 5_000)]
+        );
+    }
+
+    #[test]
+    fn a_product_from_another_device_is_the_running_orders_once_the_order_device_shows_no_change() {
+        let mut b = product_elsewhere();
+        run_on(&mut b, "ua", vec![prod("P-2", 2)]);
+        // The PLC's next scan still shows A: the product changed during A.
+        run(&mut b, vec![wo("A", 5), good(16, 6)]);
+        let events = run(&mut b, vec![wo("B", 7)]);
+        assert_eq!(completions(&events)[0].0.product.as_deref(), Some("P-2"));
+        assert_eq!(
+            starts(&events),
+            vec![("B".into(), Some("P-2".into()), 7_000)]
+        );
+        // Any batch of the PLC settles it, even one without the machine's tags.
+        run_on(&mut b, "ua", vec![prod("P-3", 3)]);
+        let mut out = Vec::new();
+        assert!(b.observe(&batch(vec![s("temperature", Value::F32(1.0), 8)]), &mut out));
+        assert!(out.is_empty());
+        let events = run(&mut b, vec![wo("C", 9)]);
+        assert_eq!(completions(&events)[0].0.product.as_deref(), Some("P-3"));
+    }
+
+    #[test]
+    fn an_order_change_read_before_the_product_from_another_device_starts_with_the_old_product_and_the_product_reading_corrects_it(
+    ) {
+        let mut b = product_elsewhere();
+        let events = run(&mut b, vec![wo("B", 5)]);
+        assert_eq!(completions(&events)[0].0.product.as_deref(), Some("P-1"));
+        // The start has gone out with the product known when it was read.
+        assert_eq!(
+            starts(&events),
+            vec![("B".into(), Some("P-1".into()), 5_000)]
+        );
+        let events = run_on(&mut b, "ua", vec![prod("P-2", 2)]);
+        assert_eq!(current(&events), Some(("B".into(), Some("P-2".into()))));
+        run(&mut b, vec![wo("B", 6)]);
+        let events = run(&mut b, vec![wo("C", 7)]);
+        assert_eq!(completions(&events)[0].0.product.as_deref(), Some("P-2"));
+    }
+
+    #[test]
+    fn a_provisional_product_survives_a_restart_from_the_checkpoint() {
+        let mut b = product_elsewhere();
+        run_on(&mut b, "ua", vec![prod("P-2", 2)]);
+        let mut restored = MesBridge::new("acme/line1", vec![b.machines[0].spec.clone()]);
+        restored.restore(&b.checkpoint()).expect("restore");
+        let next = vec![wo("B", 5)];
+        let events = run(&mut restored, next.clone());
+        assert_eq!(events, run(&mut b, next));
+        assert_eq!(completions(&events)[0].0.product.as_deref(), Some("P-1"));
     }
 
     /// One scan of a simulated line: what the PLC shows, and what it really produced.
