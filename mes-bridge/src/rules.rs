@@ -2026,6 +2026,49 @@ mod tests {
             prop_assert_eq!(unique.len(), ids.len(), "event ids are unique");
         }
 
+        /// When the PLC shows order `WO-n` with product `P-n` in the same scan, every start,
+        /// completion, current order and count names the product of its own order, whatever
+        /// wraps, resets, outages and restarts happen.
+        #[test]
+        fn every_order_event_names_the_product_of_its_own_order(
+            acts in proptest::collection::vec(act(), 1..60),
+            start in any::<u16>(),
+            cut in any::<proptest::sample::Index>(),
+        ) {
+            let (mut batches, _, _) = scans(&acts, start);
+            for b in &mut batches {
+                let Some(mut p) = b.samples.iter().find(|s| s.tag.0 == "wo").cloned() else {
+                    continue;
+                };
+                p.tag = TagName::from("prod");
+                p.seq += 1_000_000;
+                if let Some(Value::String(id)) = &p.value {
+                    p.value = Some(Value::String(id.replace("WO-", "P-")));
+                }
+                b.samples.insert(0, p);
+            }
+            let cut = cut.index(batches.len() + 1);
+            let mut first = bridge();
+            let mut events = all_events(&mut first, &batches[..cut]);
+            let mut resumed = bridge();
+            resumed.restore(&first.checkpoint()).expect("restore");
+            events.extend(all_events(&mut resumed, &batches[cut..]));
+            let product_of = |id: &str| Some(id.replace("WO-", "P-"));
+            for e in &events {
+                match e {
+                    MesEvent::WorkOrderStart { order, .. }
+                    | MesEvent::WorkOrderComplete { order, .. }
+                    | MesEvent::WorkOrderCurrent { order: Some(order), .. } => {
+                        prop_assert_eq!(&order.product, &product_of(&order.id), "{:?}", e);
+                    }
+                    MesEvent::ProductionCount { order_id, product, .. } => {
+                        prop_assert_eq!(product, &order_id.as_deref().and_then(product_of), "{:?}", e);
+                    }
+                    _ => {}
+                }
+            }
+        }
+
         /// Whatever the stream, a state change's previous duration is the time between the
         /// two changes, and durations add up to the time from the first change to the last.
         #[test]
