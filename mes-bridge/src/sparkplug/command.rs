@@ -1,6 +1,7 @@
 //! What hosts send the edge node, decoded and validated without I/O: NCMD (`Node
 //! Control/Rebirth`), DCMD (writes to device metrics, checked against the catalogue: known
-//! metric, writable, value in the field and range of the metric's datatype), and the primary
+//! metric, writable, value in the field and range of the metric's datatype, which for a metric
+//! of the server's type is the one its last DBIRTH declared), and the primary
 //! host's STATE messages (Sparkplug 3.0 JSON form). A command that fails any check is an error
 //! as a whole: nothing of it is written.
 
@@ -56,6 +57,11 @@ pub enum CommandError {
     },
     #[error("metric `{tag}` of device `{device}` is read-only")]
     NotWritable { device: String, tag: String },
+    #[error(
+        "metric `{tag}` of device `{device}` takes its type from the server, and no value has \
+         arrived yet to tell it: the metric is in no DBIRTH, so the command's value cannot be read"
+    )]
+    TypeUnknown { device: String, tag: String },
     #[error("metric `{tag}`: a null value cannot be written")]
     Null { tag: String },
     #[error("metric `{tag}`: the command carries no value")]
@@ -113,7 +119,8 @@ impl EdgeNode {
         let mut writes: Vec<TagWrite> = Vec::with_capacity(payload.metrics.len());
         for m in &payload.metrics {
             let i = self.metric_of(device, m)?;
-            let (Some(def), Some(&t)) = (dev.def.metrics.get(i), dev.types.get(i)) else {
+            let (Some(def), Some(&announced)) = (dev.def.metrics.get(i), dev.announced.get(i))
+            else {
                 return Err(unknown(device, m));
             };
             let alias = dev.first_alias + i as u64;
@@ -126,6 +133,14 @@ impl EdgeNode {
                     tag: def.name.clone(),
                 });
             }
+            // An untyped metric is decoded as the type its last DBIRTH declared, the one the
+            // host encodes with; before any, nothing says how to read the value.
+            let Some(t) = announced else {
+                return Err(CommandError::TypeUnknown {
+                    device: device.to_owned(),
+                    tag: def.name.clone(),
+                });
+            };
             if let Some(sent) = m.datatype.filter(|&d| d != t.code()) {
                 return Err(CommandError::WrongDatatype {
                     tag: def.name.clone(),
