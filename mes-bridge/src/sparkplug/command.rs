@@ -1,6 +1,7 @@
 //! What hosts send the edge node, decoded and validated without I/O: NCMD (`Node
 //! Control/Rebirth`), DCMD (writes to device metrics, checked against the catalogue: known
-//! metric, writable, value in the field and range of the metric's datatype), and the primary
+//! metric, writable, value in the field and range of the metric's datatype, which for a metric
+//! of the server's type is the one its last DBIRTH declared), and the primary
 //! host's STATE messages (Sparkplug 3.0 JSON form). A command that fails any check is an error
 //! as a whole: nothing of it is written.
 
@@ -56,6 +57,11 @@ pub enum CommandError {
     },
     #[error("metric `{tag}` of device `{device}` is read-only")]
     NotWritable { device: String, tag: String },
+    #[error(
+        "metric `{tag}` of device `{device}` takes its type from the server, and no value has \
+         arrived yet to tell it: the metric is in no DBIRTH, so the command's value cannot be read"
+    )]
+    TypeUnknown { device: String, tag: String },
     #[error("metric `{tag}`: a null value cannot be written")]
     Null { tag: String },
     #[error("metric `{tag}`: the command carries no value")]
@@ -113,7 +119,8 @@ impl EdgeNode {
         let mut writes: Vec<TagWrite> = Vec::with_capacity(payload.metrics.len());
         for m in &payload.metrics {
             let i = self.metric_of(device, m)?;
-            let (Some(def), Some(&t)) = (dev.def.metrics.get(i), dev.types.get(i)) else {
+            let (Some(def), Some(&announced)) = (dev.def.metrics.get(i), dev.announced.get(i))
+            else {
                 return Err(unknown(device, m));
             };
             let alias = dev.first_alias + i as u64;
@@ -126,6 +133,14 @@ impl EdgeNode {
                     tag: def.name.clone(),
                 });
             }
+            // An untyped metric is decoded as the type its last DBIRTH declared, the one the
+            // host encodes with; before any, nothing says how to read the value.
+            let Some(t) = announced else {
+                return Err(CommandError::TypeUnknown {
+                    device: device.to_owned(),
+                    tag: def.name.clone(),
+                });
+            };
             if let Some(sent) = m.datatype.filter(|&d| d != t.code()) {
                 return Err(CommandError::WrongDatatype {
                     tag: def.name.clone(),
@@ -315,7 +330,8 @@ impl PrimaryHost {
 mod tests {
     use super::*;
     use crate::sparkplug::node::{encode_payload, DeviceDef, MetricDef};
-    use edge_model::DataType;
+    use crate::sparkplug::types::SpType;
+    use edge_model::{Batch, DataType, DeviceId, Sample, TagName};
     use proptest::prelude::*;
 
     fn node() -> EdgeNode {
@@ -649,6 +665,122 @@ mod tests {
             .observe("spBv1.0/STATE/scada", br#"{"online": true}"#)
             .is_err());
         assert!(!h.is_online());
+    }
+
+    /// A device of an OPC UA server whose writable metrics keep the server's type.
+    fn opcua_node() -> EdgeNode {
+        let mut mode = MetricDef::untyped("mode");
+        mode.writable = true;
+        let mut recipe = MetricDef::untyped("recipe");
+        recipe.writable = true;
+        EdgeNode::new(
+            "plant1",
+            "gw1",
+            vec![DeviceDef {
+                name: "mixer".into(),
+                metrics: vec![
+                    MetricDef::new("speed", DataType::F64),
+                    mode,
+                    recipe,
+                    MetricDef::untyped("state"),
+                ],
+            }],
+        )
+    }
+
+    const MIXER: &str = "spBv1.0/plant1/DCMD/gw1/mixer";
+
+    fn arrives(n: &mut EdgeNode, tag: &str, value: Value) -> Vec<crate::Message> {
+        let mut out = Vec::new();
+        let batch = Batch {
+            device: DeviceId("mixer".into()),
+            samples: vec![Sample::good(TagName(tag.into()), value, 2)],
+        };
+        n.live(&batch, 3, &mut out);
+        out
+    }
+
+    #[test]
+    fn a_dcmd_to_an_untyped_metric_is_refused_until_a_value_gives_it_a_type() {
+        let mut n = opcua_node();
+        n.births(1);
+        let alias = n.alias("mixer", "recipe").expect("alias");
+        let write = cmd(vec![by_alias(
+            alias,
+            metric::Value::StringValue("PE-5".into()),
+        )]);
+        let e = n.decode_command(MIXER, &write).expect_err("no type yet");
+        assert_eq!(
+            e,
+            CommandError::TypeUnknown {
+                device: "mixer".into(),
+                tag: "recipe".into()
+            }
+        );
+        assert!(e.to_string().contains("`recipe`"), "{e}");
+        let births = arrives(&mut n, "recipe", Value::String("PVC-20".into()));
+        assert!(births[0].topic.contains("/DBIRTH/"));
+        assert_eq!(
+            n.decode_command(MIXER, &write),
+            Ok(Command::Write {
+                device: "mixer".into(),
+                writes: vec![TagWrite {
+                    tag: "recipe".into(),
+                    alias,
+                    value: Value::String("PE-5".into())
+                }]
+            })
+        );
+    }
+
+    #[test]
+    fn a_dcmd_to_an_untyped_metric_is_decoded_as_the_type_its_birth_declared() {
+        let mut n = opcua_node();
+        n.births(1);
+        let alias = n.alias("mixer", "mode").expect("alias");
+        arrives(&mut n, "mode", Value::I32(1));
+        let decode = |n: &EdgeNode, v: metric::Value| {
+            n.decode_command(MIXER, &cmd(vec![by_alias(alias, v)]))
+                .map(|c| match c {
+                    Command::Write { writes, .. } => writes[0].value.clone(),
+                    other => panic!("expected a write, got {other:?}"),
+                })
+        };
+        assert_eq!(
+            decode(&n, metric::Value::IntValue((-3i32) as u32)),
+            Ok(Value::I32(-3))
+        );
+        assert!(matches!(
+            decode(&n, metric::Value::DoubleValue(1.0)),
+            Err(CommandError::BadValue { .. })
+        ));
+        // The server's variable became a UInt32: reborn, and read as one.
+        arrives(&mut n, "mode", Value::U32(2));
+        assert_eq!(
+            decode(&n, metric::Value::LongValue(4_000_000_000)),
+            Ok(Value::U32(4_000_000_000))
+        );
+        let mut m = by_alias(alias, metric::Value::IntValue(1));
+        m.datatype = Some(SpType::Int32.code());
+        assert!(matches!(
+            n.decode_command(MIXER, &cmd(vec![m])),
+            Err(CommandError::WrongDatatype { sent: 3, .. })
+        ));
+    }
+
+    #[test]
+    fn a_read_only_untyped_metric_is_refused_as_read_only_before_and_after_its_type() {
+        let mut n = opcua_node();
+        let alias = n.alias("mixer", "state").expect("alias");
+        let write = cmd(vec![by_alias(alias, metric::Value::IntValue(1))]);
+        let read_only = Err(CommandError::NotWritable {
+            device: "mixer".into(),
+            tag: "state".into(),
+        });
+        assert_eq!(n.decode_command(MIXER, &write), read_only);
+        n.births(1);
+        arrives(&mut n, "state", Value::I32(1));
+        assert_eq!(n.decode_command(MIXER, &write), read_only);
     }
 
     proptest! {

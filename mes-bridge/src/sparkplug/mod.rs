@@ -4,7 +4,8 @@
 //! validated writes back, so the namespace, sequencing and encoding rules are unit-tested here.
 //!
 //! - [`EdgeNode`]: births, data, deaths, aliases, `seq` (0–255 across NBIRTH, DBIRTH, DDATA and
-//!   DDEATH) and `bdSeq`; device death and rebirth from the quality of the stored samples.
+//!   DDEATH) and `bdSeq`; device death and rebirth from the quality of the stored samples,
+//!   and rebirth when a metric of the server's type gets its first value or a new type.
 //! - [`EdgeNode::decode_command`]: NCMD rebirth and DCMD writes, validated.
 //! - [`PrimaryHost`]: the primary host's STATE (3.0 JSON form).
 //! - [`types`]: datatypes and which protobuf field carries which value.

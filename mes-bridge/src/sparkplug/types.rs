@@ -88,6 +88,13 @@ impl SpType {
         }
     }
 
+    /// The datatype a value is announced with when the tag keeps the server's type (an OPC UA
+    /// tag without `type`): the value's own type, by the same table as [`SpType::for_tag`]. A
+    /// scaled number is a double.
+    pub fn of_value(value: &Value, scaled: bool) -> SpType {
+        SpType::for_tag(value.data_type(), scaled)
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             SpType::Int8 => "Int8",
@@ -297,6 +304,33 @@ mod tests {
         assert_eq!(SpType::for_tag(DataType::F32, true), SpType::Double);
         assert_eq!(SpType::for_tag(DataType::Bool, true), SpType::Boolean);
         assert_eq!(SpType::for_tag(DataType::String(4), true), SpType::String);
+    }
+
+    #[test]
+    fn a_value_of_the_servers_type_is_announced_with_its_own_type() {
+        let cases = [
+            (Value::Bool(true), SpType::Boolean),
+            (Value::I16(-1), SpType::Int16),
+            (Value::U16(1), SpType::UInt16),
+            (Value::I32(-1), SpType::Int32),
+            (Value::U32(1), SpType::UInt32),
+            (Value::I64(-1), SpType::Int64),
+            (Value::U64(1), SpType::UInt64),
+            (Value::F32(1.5), SpType::Float),
+            (Value::F64(1.5), SpType::Double),
+            (Value::String(String::new()), SpType::String),
+            (Value::String("a long text".into()), SpType::String),
+        ];
+        for (v, t) in cases {
+            assert_eq!(SpType::of_value(&v, false), t, "{v:?}");
+        }
+        assert_eq!(SpType::of_value(&Value::F64(2.5), true), SpType::Double);
+        assert_eq!(SpType::of_value(&Value::I32(2), true), SpType::Double);
+        assert_eq!(SpType::of_value(&Value::Bool(true), true), SpType::Boolean);
+        assert_eq!(
+            SpType::of_value(&Value::String("x".into()), true),
+            SpType::String
+        );
     }
 
     #[test]
