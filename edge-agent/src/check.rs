@@ -4,7 +4,7 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
-use edge_config::{Config, ConfigErrors, Device, OpcUa, Protocol};
+use edge_config::{Config, ConfigErrors, Device, ModbusLink, OpcUa, Protocol};
 use edge_modbus::learn::{read_limits, BlockKind};
 use edge_opcua::{Deadband, Identity, TagMode};
 use edge_store::{Store, StoreError};
@@ -87,7 +87,7 @@ pub fn file_warnings(cfg: &Config) -> Vec<String> {
 }
 
 fn describe_opcua(out: &mut String, dev: &Device, ua: &OpcUa) -> std::fmt::Result {
-    let (subscribed, polled) = ua.split();
+    let (subscribed, polled) = OpcUa::split(&dev.tags);
     writeln!(
         out,
         "device {}  opcua {}  security {}/{}  {}  session {} s  timeout {} ms  {} tags ({subscribed} subscribed, {polled} polled)",
@@ -98,17 +98,16 @@ fn describe_opcua(out: &mut String, dev: &Device, ua: &OpcUa) -> std::fmt::Resul
         ua.identity.describe(),
         ua.session_timeout.as_secs(),
         dev.timeout.as_millis(),
-        ua.tags.len(),
+        dev.tags.len(),
     )?;
-    let width = ua
-        .tags
-        .iter()
-        .map(|t| t.node.to_string().len())
+    let ua_tags = || dev.tags.iter().filter_map(|t| Some((t, t.opcua()?)));
+    let width = ua_tags()
+        .map(|(_, o)| o.node.to_string().len())
         .max()
         .unwrap_or(0);
-    for t in &ua.tags {
+    for (t, o) in ua_tags() {
         let mut extra = String::new();
-        if let Some(dt) = t.data_type {
+        if let Some(dt) = o.data_type {
             write!(extra, "  as {dt}")?;
         }
         if t.scale != 1.0 || t.offset != 0.0 {
@@ -120,7 +119,7 @@ fn describe_opcua(out: &mut String, dev: &Device, ua: &OpcUa) -> std::fmt::Resul
         if t.writable {
             extra.push_str("  writable");
         }
-        let mode = match &t.mode {
+        let mode = match &o.mode {
             TagMode::Subscription {
                 publishing_interval,
                 sampling_interval,
@@ -157,13 +156,13 @@ fn describe_opcua(out: &mut String, dev: &Device, ua: &OpcUa) -> std::fmt::Resul
             out,
             "  tag {:<24} {:<width$}  {mode}{extra}",
             t.name,
-            t.node.to_string(),
+            o.node.to_string(),
         )?;
     }
     let mut subscriptions: Vec<(u128, usize)> = Vec::new();
     let mut polls: Vec<(u128, usize)> = Vec::new();
-    for t in &ua.tags {
-        let (list, ms) = match &t.mode {
+    for (_, o) in ua_tags() {
+        let (list, ms) = match &o.mode {
             TagMode::Subscription {
                 publishing_interval,
                 ..
@@ -235,8 +234,8 @@ pub fn describe(cfg: &Config) -> anyhow::Result<String> {
         match &nb.format {
             edge_config::Format::UnsJson => writeln!(
                 out,
-                "northbound {}  {}  client id {}  topics {}/…  {:?}, up to {} in flight",
-                nb.name, nb.url, nb.client_id, nb.topic_root, nb.batching, nb.max_inflight
+                "northbound {}  {}  client id {}  topics {}/…  {}, up to {} in flight",
+                nb.name, nb.url, nb.client_id, nb.topic_root, nb.batching.as_str(), nb.max_inflight
             )?,
             edge_config::Format::SparkplugB(sp) => writeln!(
                 out,
@@ -265,15 +264,18 @@ pub fn describe(cfg: &Config) -> anyhow::Result<String> {
     let mut opcua_subscribed = 0usize;
     let mut opcua_polled = 0usize;
     for dev in &cfg.devices {
-        if let Protocol::OpcUa(ua) = &dev.protocol {
-            writeln!(out)?;
-            describe_opcua(&mut out, dev, ua)?;
-            let (s, p) = ua.split();
-            opcua_subscribed += s;
-            opcua_polled += p;
-            total_tags += ua.tags.len();
-            continue;
-        }
+        total_tags += dev.tags.len();
+        let modbus = match &dev.protocol {
+            Protocol::OpcUa(ua) => {
+                writeln!(out)?;
+                describe_opcua(&mut out, dev, ua)?;
+                let (s, p) = OpcUa::split(&dev.tags);
+                opcua_subscribed += s;
+                opcua_polled += p;
+                continue;
+            }
+            Protocol::Modbus(m) => m,
+        };
         writeln!(out)?;
         writeln!(
             out,
@@ -286,7 +288,7 @@ pub fn describe(cfg: &Config) -> anyhow::Result<String> {
             dev.timeout.as_millis(),
             dev.tags.len()
         )?;
-        for t in &dev.tags {
+        for (t, m) in dev.tags.iter().filter_map(|t| Some((t, t.modbus()?))) {
             let mut extra = String::new();
             if t.scale != 1.0 || t.offset != 0.0 {
                 write!(extra, "  ×{}+{}", t.scale, t.offset)?;
@@ -294,10 +296,10 @@ pub fn describe(cfg: &Config) -> anyhow::Result<String> {
             if let Some(u) = &t.unit {
                 write!(extra, "  [{u}]")?;
             }
-            if let Some(d) = t.deadband {
+            if let Some(d) = m.deadband {
                 write!(extra, "  deadband {d}")?;
             }
-            if let Some(h) = t.heartbeat {
+            if let Some(h) = m.heartbeat {
                 write!(extra, "  heartbeat {} s", h.as_secs())?;
             }
             if t.writable {
@@ -307,24 +309,26 @@ pub fn describe(cfg: &Config) -> anyhow::Result<String> {
                 out,
                 "  tag {:<24} {:<10} {:<10} {}  every {} ms{}",
                 t.name,
-                t.address.to_string(),
-                t.data_type.to_string(),
-                t.byte_order,
-                t.poll_interval.as_millis(),
+                m.address.to_string(),
+                m.data_type.to_string(),
+                m.byte_order,
+                m.poll_interval.as_millis(),
                 extra
             )?;
         }
-        let plan = runtime::device_plan(dev)?;
+        let Some(plan) = runtime::device_plan(dev)? else {
+            continue;
+        };
         writeln!(
             out,
             "  read plan: {} request(s) per scan for {} tags, {:.1} requests/s (max block {} registers / {} bits, max gap {} / {})",
             plan.request_count(),
             dev.tags.len(),
             plan.requests_per_second(),
-            dev.max_registers,
-            dev.max_bits,
-            dev.max_gap_registers,
-            dev.max_gap_bits
+            modbus.max_registers,
+            modbus.max_bits,
+            modbus.max_gap_registers,
+            modbus.max_gap_bits
         )?;
         for group in &plan.groups {
             writeln!(out, "    every {} ms:", group.interval.as_millis())?;
@@ -351,7 +355,6 @@ pub fn describe(cfg: &Config) -> anyhow::Result<String> {
             }
         }
         total_requests += plan.request_count();
-        total_tags += dev.tags.len();
         total_rate += plan.requests_per_second();
     }
     for m in &cfg.machines {
@@ -394,7 +397,7 @@ fn describe_board(out: &mut String, cfg: &Config) -> std::fmt::Result {
             .devices
             .iter()
             .filter(
-                |d| matches!(&d.protocol, Protocol::ModbusRtu { serial, .. } if serial == &p.name),
+                |d| matches!(d.protocol.modbus().map(|m| &m.link), Some(ModbusLink::Rtu { serial }) if serial == &p.name),
             )
             .map(|d| d.name.as_str())
             .collect();
@@ -441,7 +444,15 @@ fn describe_board(out: &mut String, cfg: &Config) -> std::fmt::Result {
 /// One `[[machine]]`: where its facts come from, what its state values mean, where a
 /// dispatch is written.
 fn describe_machine(out: &mut String, cfg: &Config, m: &edge_config::Machine) -> std::fmt::Result {
-    let or_dash = |t: &Option<String>| t.clone().unwrap_or_else(|| "-".to_owned());
+    // A tag of the machine's own device by its name, another device's as `device/tag`.
+    let name = |t: &edge_config::TagRef| {
+        if t.device == m.device {
+            t.tag.clone()
+        } else {
+            t.to_string()
+        }
+    };
+    let or_dash = |t: &Option<edge_config::TagRef>| t.as_ref().map_or_else(|| "-".to_owned(), name);
     let root = cfg
         .northbounds
         .first()
@@ -463,7 +474,7 @@ fn describe_machine(out: &mut String, cfg: &Config, m: &edge_config::Machine) ->
         m.max_count_step
     )?;
     if let Some(tag) = &m.state_tag {
-        writeln!(out, "  state word {tag}:")?;
+        writeln!(out, "  state word {}:", name(tag))?;
         for s in &m.states {
             writeln!(
                 out,
@@ -480,18 +491,22 @@ fn describe_machine(out: &mut String, cfg: &Config, m: &edge_config::Machine) ->
         writeln!(out, "    other  → unknown (30000)")?;
     }
     if let Some(d) = &m.dispatch {
-        let mut order = vec![d.work_order_tag.clone()];
-        order.extend(d.product_tag.clone());
-        order.extend(d.quantity_tag.clone());
+        let mut order = vec![name(&d.work_order_tag)];
+        order.extend(d.product_tag.as_ref().map(name));
+        order.extend(d.quantity_tag.as_ref().map(name));
         order.extend(d.parameters.iter().map(|p| {
             format!(
                 "{} ({}{})",
-                p.tag,
+                name(&p.tag),
                 p.name,
                 if p.required { ", required" } else { "" }
             )
         }));
-        order.extend(d.handshake_tag.as_ref().map(|h| format!("{h} = true")));
+        order.extend(
+            d.handshake_tag
+                .as_ref()
+                .map(|h| format!("{} = true", name(h))),
+        );
         writeln!(out, "  dispatch writes {}", order.join(", then "))?;
     }
     Ok(())

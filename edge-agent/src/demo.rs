@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
 use clap::Args;
-use edge_config::{BrokerUrl, Config, Protocol, SystemSecrets};
+use edge_config::{BrokerUrl, Config, Modbus, ModbusLink, Protocol, SystemSecrets};
 use edge_modbus::codec::{decode_registers, encode_registers};
 use edge_modbus::{Area, ByteOrder};
 use edge_model::{DataType, Value};
@@ -336,13 +336,16 @@ fn demo_config(
     cfg.gateway.data_dir = data_dir.to_owned();
     for dev in &mut cfg.devices {
         match &mut dev.protocol {
-            Protocol::ModbusTcp { host, port, .. } => {
+            Protocol::Modbus(Modbus {
+                link: ModbusLink::Tcp { host, port },
+                ..
+            }) => {
                 *host = plc.ip().to_string();
                 *port = plc.port();
             }
             Protocol::OpcUa(ua) => ua.endpoint = opcua_endpoint.to_owned(),
             // The demo has no serial bus; a config given with -c keeps its own.
-            Protocol::ModbusRtu { .. } | Protocol::ModbusRtuTcp { .. } => {}
+            Protocol::Modbus(_) => {}
         }
     }
     for nb in &mut cfg.northbounds {

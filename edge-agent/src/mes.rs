@@ -11,14 +11,16 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use crate::runtime::{DeviceWriter, WriteFailure};
 use edge_config::Config;
-use edge_modbus::write::{prepare_write, DeviceHandle, WriteError};
-use edge_model::{DeviceId, TagName};
+use edge_model::DeviceId;
 use mes_bridge::command::{
     Answer, AnswerCache, CommandCatalog, DispatchParameter, DispatchSpec, Parsed, PlannedWrite,
-    Status, TagInfo,
+    Status, TagInfo, Target,
 };
-use mes_bridge::{CounterSpec, CounterWidth, MachineSpec, Message, StateMapping, StateSpec};
+use mes_bridge::{
+    CounterSpec, CounterWidth, MachineSpec, Message, StateMapping, StateSpec, TagRef,
+};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
@@ -45,31 +47,39 @@ pub struct CommandRequest {
     pub reply: mpsc::Sender<Message>,
 }
 
-/// The bridge's view of the configured machines.
+/// The bridge's view of the configured machines; their tags may come from any devices.
 pub fn machine_specs(cfg: &Config) -> Vec<MachineSpec> {
+    let tag_ref = |t: &edge_config::TagRef| TagRef::new(t.device.as_str(), t.tag.as_str());
+    let config_tag = |t: &edge_config::TagRef| {
+        cfg.devices
+            .iter()
+            .find(|d| d.name == t.device)?
+            .tags
+            .iter()
+            .find(|x| x.name == t.tag)
+    };
     cfg.machines
         .iter()
-        .filter_map(|m| {
-            // The config checked that the device and its tags exist.
-            let device = cfg.devices.iter().find(|d| d.name == m.device)?;
-            let counter = |tag: &Option<String>| {
-                let name = tag.as_ref()?;
-                let t = device.tags.iter().find(|t| t.name == *name)?;
+        .map(|m| {
+            // The config checked that every tag exists and that counters have a known
+            // integer type.
+            let counter = |t: &Option<edge_config::TagRef>| {
+                let t = t.as_ref()?;
                 Some(CounterSpec {
-                    tag: TagName(name.clone()),
-                    width: CounterWidth::of(t.data_type)?,
+                    tag: tag_ref(t),
+                    width: CounterWidth::of(config_tag(t)?.data_type()?)?,
                     max_step: m.max_count_step,
                 })
             };
-            Some(MachineSpec {
+            MachineSpec {
                 name: m.name.clone(),
                 device: DeviceId(m.device.clone()),
-                work_order: m.work_order_tag.clone().map(TagName),
-                product: m.product_tag.clone().map(TagName),
+                work_order: m.work_order_tag.as_ref().map(tag_ref),
+                product: m.product_tag.as_ref().map(tag_ref),
                 good: counter(&m.good_count_tag),
                 scrap: counter(&m.scrap_count_tag),
                 state: m.state_tag.as_ref().map(|tag| StateSpec {
-                    tag: TagName(tag.clone()),
+                    tag: tag_ref(tag),
                     map: m
                         .states
                         .iter()
@@ -81,7 +91,7 @@ pub fn machine_specs(cfg: &Config) -> Vec<MachineSpec> {
                         })
                         .collect(),
                 }),
-            })
+            }
         })
         .collect()
 }
@@ -95,32 +105,32 @@ pub fn command_catalog(cfg: &Config) -> CommandCatalog {
                 &d.name,
                 &t.name,
                 TagInfo {
-                    data_type: t.data_type,
-                    writable: t.writable && t.address.area.is_writable(),
+                    data_type: t.data_type(),
+                    writable: t.accepts_writes(),
                     scale: t.scale,
                     offset: t.offset,
                 },
             );
         }
     }
+    let target = |t: &edge_config::TagRef| Target::new(&t.device, &t.tag);
     for m in &cfg.machines {
         catalog.add_machine(
             &m.name,
             m.dispatch.as_ref().map(|d| DispatchSpec {
-                device: m.device.clone(),
-                work_order_tag: d.work_order_tag.clone(),
-                product_tag: d.product_tag.clone(),
-                quantity_tag: d.quantity_tag.clone(),
+                work_order_tag: target(&d.work_order_tag),
+                product_tag: d.product_tag.as_ref().map(target),
+                quantity_tag: d.quantity_tag.as_ref().map(target),
                 parameters: d
                     .parameters
                     .iter()
                     .map(|p| DispatchParameter {
                         name: p.name.clone(),
-                        tag: p.tag.clone(),
+                        tag: target(&p.tag),
                         required: p.required,
                     })
                     .collect(),
-                handshake_tag: d.handshake_tag.clone(),
+                handshake_tag: d.handshake_tag.as_ref().map(target),
             }),
         );
     }
@@ -130,7 +140,7 @@ pub fn command_catalog(cfg: &Config) -> CommandCatalog {
 /// Starts the command task. It ends when every sender is gone (the publishers stopped).
 pub fn spawn_commands(
     catalog: CommandCatalog,
-    handles: Vec<DeviceHandle>,
+    handles: Vec<DeviceWriter>,
 ) -> (mpsc::Sender<CommandRequest>, JoinHandle<()>) {
     let (tx, task, _targets) = spawn_reloadable_commands(catalog, handles);
     (tx, task)
@@ -140,7 +150,7 @@ pub fn spawn_commands(
 #[derive(Debug)]
 pub struct CommandTargets {
     pub catalog: CommandCatalog,
-    pub handles: Vec<DeviceHandle>,
+    pub handles: Vec<DeviceWriter>,
 }
 
 /// [`spawn_commands`], plus a sender that replaces the catalog and the device handles between
@@ -148,7 +158,7 @@ pub struct CommandTargets {
 /// duplicate request ids survive the replacement.
 pub fn spawn_reloadable_commands(
     catalog: CommandCatalog,
-    handles: Vec<DeviceHandle>,
+    handles: Vec<DeviceWriter>,
 ) -> (
     mpsc::Sender<CommandRequest>,
     JoinHandle<()>,
@@ -158,7 +168,10 @@ pub fn spawn_reloadable_commands(
     let (targets_tx, targets_rx) = watch::channel(None);
     let executor = Executor {
         catalog,
-        handles: handles.into_iter().map(|h| (h.name.clone(), h)).collect(),
+        handles: handles
+            .into_iter()
+            .map(|h| (h.name().to_owned(), h))
+            .collect(),
         answers: AnswerCache::new(ANSWERS_KEPT),
         limit: WRITE_LIMIT,
         targets: targets_rx,
@@ -170,7 +183,7 @@ pub fn spawn_reloadable_commands(
 #[derive(Debug)]
 pub struct Executor {
     catalog: CommandCatalog,
-    handles: HashMap<String, DeviceHandle>,
+    handles: HashMap<String, DeviceWriter>,
     answers: AnswerCache,
     limit: Duration,
     /// Replacement targets from a reload, taken before the next command.
@@ -186,7 +199,7 @@ impl Executor {
                     self.handles = t
                         .handles
                         .iter()
-                        .map(|h| (h.name.clone(), h.clone()))
+                        .map(|h| (h.name().to_owned(), h.clone()))
                         .collect();
                 }
             }
@@ -255,14 +268,8 @@ impl Executor {
                     format!("unknown device `{}`", w.device),
                 );
             };
-            let Some(spec) = handle.tag(&w.tag) else {
-                return Answer::rejected(
-                    Some(request_id),
-                    format!("unknown tag `{}` on device `{}`", w.tag, w.device),
-                );
-            };
-            if let Err(e) = prepare_write(spec, &w.value) {
-                return Answer::rejected(Some(request_id), e.to_string());
+            if let Err(e) = handle.check(&w.tag, &w.value) {
+                return Answer::rejected(Some(request_id), e.message);
             }
             checked.push((handle, w));
         }
@@ -283,11 +290,11 @@ fn failure(
     tag: &str,
     done: &[&str],
     total: usize,
-    e: &WriteError,
+    e: &WriteFailure,
 ) -> Answer {
     if done.is_empty() {
         let text = format!("device `{device}`, tag `{tag}`: {e}");
-        return if e.is_rejection() {
+        return if e.rejected {
             Answer::rejected(Some(request_id), text)
         } else {
             Answer::failed(request_id, text)
@@ -309,7 +316,11 @@ mod tests {
 
     #[test]
     fn a_failure_before_any_write_says_so_and_a_partial_one_lists_what_was_written() {
-        let a = failure("r", "filler", "next_order", &[], 3, &WriteError::Offline);
+        let offline = WriteFailure {
+            rejected: false,
+            message: "the device is not connected; the write was not queued".into(),
+        };
+        let a = failure("r", "filler", "next_order", &[], 3, &offline);
         assert_eq!(a.status, Status::Failed);
         assert_eq!(
             a.error.as_deref(),
@@ -321,7 +332,10 @@ mod tests {
             "new_order",
             &["next_order", "target"],
             3,
-            &WriteError::Timeout(Duration::from_secs(5)),
+            &WriteFailure {
+                rejected: false,
+                message: "no answer from the device within 5s".into(),
+            },
         );
         assert_eq!(a.status, Status::Failed);
         assert!(a.error.as_deref().is_some_and(
@@ -333,7 +347,10 @@ mod tests {
             "t",
             &[],
             1,
-            &WriteError::NotWritable("t".into()),
+            &WriteFailure {
+                rejected: true,
+                message: "tag `t` is not writable".into(),
+            },
         );
         assert_eq!(a.status, Status::Rejected);
     }

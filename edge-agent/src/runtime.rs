@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use anyhow::Context as _;
-use edge_config::{Batching, Config, Device, Format, Protocol, SerialParity};
+use edge_config::{Batching, Config, Device, Format, ModbusLink, OpcUa, Protocol, SerialParity};
 use edge_modbus::bus::{spawn_serial_bus, BusClient, Parity, SerialSettings};
 use edge_modbus::codec::Scaling;
 use edge_modbus::learn::{LimitStore, LIMITS_FILE};
@@ -18,7 +18,7 @@ use edge_modbus::link::Transport;
 use edge_modbus::plan::{PlanLimits, ReadPlan};
 use edge_modbus::poller::{DeviceCounters, DevicePoller, DeviceSpec, TagSpec};
 use edge_modbus::report::ReportRule;
-use edge_modbus::write::DeviceHandle;
+use edge_modbus::write::{prepare_write, DeviceHandle};
 use edge_model::{Batch, DeviceId, TagName, Value};
 use edge_opcua::pki::Pki;
 use edge_opcua::{OpcUaDevice, OpcUaHandle, PkiSettings};
@@ -73,52 +73,57 @@ pub fn northbound_names(cfg: &Config) -> Vec<String> {
     cfg.northbounds.iter().map(|n| n.name.clone()).collect()
 }
 
-/// The poller's view of a configured device, reached through `transport`.
-pub fn device_spec(dev: &Device, transport: Transport) -> DeviceSpec {
-    let (host, port) = match &dev.protocol {
-        Protocol::ModbusTcp { host, port, .. } | Protocol::ModbusRtuTcp { host, port, .. } => {
+/// The Modbus poller's view of a configured Modbus device, reached through `transport`;
+/// `None` for an OPC UA device.
+pub fn device_spec(dev: &Device, transport: Transport) -> Option<DeviceSpec> {
+    let modbus = dev.protocol.modbus()?;
+    let (host, port) = match &modbus.link {
+        ModbusLink::Tcp { host, port } | ModbusLink::RtuOverTcp { host, port } => {
             (host.clone(), *port)
         }
-        // Serial slaves are reached through their bus; OPC UA devices never get here.
-        Protocol::ModbusRtu { .. } | Protocol::OpcUa(_) => (String::new(), 0),
+        // Serial slaves are reached through their bus.
+        ModbusLink::Rtu { .. } => (String::new(), 0),
     };
-    DeviceSpec {
+    Some(DeviceSpec {
         name: DeviceId(dev.name.clone()),
         transport,
         learned_limits: None,
         host,
         port,
-        unit_id: dev.protocol.unit_id(),
+        unit_id: modbus.unit_id,
         timeout: dev.timeout,
         backoff_min: dev.backoff_min,
         backoff_max: dev.backoff_max,
         limits: PlanLimits {
-            max_registers: dev.max_registers,
-            max_bits: dev.max_bits,
-            max_gap_registers: dev.max_gap_registers,
-            max_gap_bits: dev.max_gap_bits,
+            max_registers: modbus.max_registers,
+            max_bits: modbus.max_bits,
+            max_gap_registers: modbus.max_gap_registers,
+            max_gap_bits: modbus.max_gap_bits,
         },
         tags: dev
             .tags
             .iter()
-            .map(|t| TagSpec {
-                name: TagName(t.name.clone()),
-                address: t.address,
-                data_type: t.data_type,
-                byte_order: t.byte_order,
-                scaling: Scaling {
-                    scale: t.scale,
-                    offset: t.offset,
-                },
-                report: ReportRule {
-                    deadband: t.deadband,
-                    heartbeat: t.heartbeat,
-                },
-                interval: t.poll_interval,
-                writable: t.writable,
+            .filter_map(|t| {
+                let m = t.modbus()?;
+                Some(TagSpec {
+                    name: TagName(t.name.clone()),
+                    address: m.address,
+                    data_type: m.data_type,
+                    byte_order: m.byte_order,
+                    scaling: Scaling {
+                        scale: t.scale,
+                        offset: t.offset,
+                    },
+                    report: ReportRule {
+                        deadband: m.deadband,
+                        heartbeat: m.heartbeat,
+                    },
+                    interval: m.poll_interval,
+                    writable: t.writable,
+                })
             })
             .collect(),
-    }
+    })
 }
 
 /// The OPC UA PKI directory inside the data directory: the gateway's application instance
@@ -148,10 +153,15 @@ pub fn pki_settings(cfg: &Config, trust_on_first_use: bool) -> PkiSettings {
     }
 }
 
-/// The read plan of a configured device.
-pub fn device_plan(dev: &Device) -> anyhow::Result<ReadPlan> {
+/// The read plan of a configured Modbus device; `None` for an OPC UA device, which has no
+/// read plan of its own.
+pub fn device_plan(dev: &Device) -> anyhow::Result<Option<ReadPlan>> {
     // The plan depends on the tags and limits only, not on the transport.
-    edge_modbus::poller::plan_for(&device_spec(dev, Transport::Tcp))
+    let Some(spec) = device_spec(dev, Transport::Tcp) else {
+        return Ok(None);
+    };
+    edge_modbus::poller::plan_for(&spec)
+        .map(Some)
         .with_context(|| format!("device `{}`: cannot plan its reads", dev.name))
 }
 
@@ -173,17 +183,20 @@ pub fn opcua_device_spec(cfg: &Config, dev: &Device) -> Option<edge_opcua::Devic
         backoff_max: dev.backoff_max,
         max_nodes_per_read: ua.max_nodes_per_read,
         pki: pki_settings(cfg, ua.trust_on_first_use),
-        tags: ua
+        tags: dev
             .tags
             .iter()
-            .map(|t| edge_opcua::TagSpec {
-                name: TagName(t.name.clone()),
-                node: t.node.clone(),
-                data_type: t.data_type,
-                scale: t.scale,
-                offset: t.offset,
-                mode: t.mode.clone(),
-                writable: t.writable,
+            .filter_map(|t| {
+                let o = t.opcua()?;
+                Some(edge_opcua::TagSpec {
+                    name: TagName(t.name.clone()),
+                    node: o.node.clone(),
+                    data_type: o.data_type,
+                    scale: t.scale,
+                    offset: t.offset,
+                    mode: o.mode.clone(),
+                    writable: t.writable,
+                })
             })
             .collect(),
     })
@@ -221,13 +234,6 @@ pub fn catalog(cfg: &Config) -> Catalog {
                 c.set_unit(&d.name, &t.name, u);
             }
         }
-        if let Protocol::OpcUa(ua) = &d.protocol {
-            for t in &ua.tags {
-                if let Some(u) = &t.unit {
-                    c.set_unit(&d.name, &t.name, u);
-                }
-            }
-        }
     }
     c
 }
@@ -248,10 +254,8 @@ pub struct Running {
     pub store: Store,
     pub devices: DeviceList,
     pub publishers: Vec<(String, Arc<PublisherStats>)>,
-    /// Where commands send writes, one handle per Modbus device.
-    pub handles: Vec<DeviceHandle>,
-    /// Where writes to OPC UA variables go, one handle per OPC UA device.
-    pub opcua_handles: Vec<OpcUaHandle>,
+    /// Where commands send writes, one per device, whatever its protocol.
+    pub writers: Vec<DeviceWriter>,
     /// The config being run (the last one applied).
     cfg: Config,
     /// The writer's queue; pollers started by a reload get a clone.
@@ -284,11 +288,12 @@ struct Links {
 impl Links {
     /// How a device is reached; a serial bus is started the first time a device uses it.
     fn transport(&mut self, cfg: &Config, dev: &Device) -> anyhow::Result<Transport> {
-        Ok(match &dev.protocol {
+        let link = dev.protocol.modbus().map(|m| &m.link);
+        Ok(match link {
             // OPC UA devices have their own driver and never ask for a Modbus transport.
-            Protocol::ModbusTcp { .. } | Protocol::OpcUa(_) => Transport::Tcp,
-            Protocol::ModbusRtuTcp { .. } => Transport::RtuOverTcp,
-            Protocol::ModbusRtu { serial, .. } => {
+            Some(ModbusLink::Tcp { .. }) | None => Transport::Tcp,
+            Some(ModbusLink::RtuOverTcp { .. }) => Transport::RtuOverTcp,
+            Some(ModbusLink::Rtu { serial }) => {
                 if let Some((_, bus)) = self.buses.iter().find(|(n, _)| n == serial) {
                     Transport::Serial(bus.clone())
                 } else {
@@ -351,10 +356,7 @@ fn spawn_poller(
     let (stop, stop_rx) = watch::channel(false);
     let (task, counters, writer) = if let Some(spec) = opcua_device_spec(cfg, dev) {
         let device = OpcUaDevice::new(spec);
-        let (subscribed, polled) = match &dev.protocol {
-            Protocol::OpcUa(ua) => ua.split(),
-            _ => (0, 0),
-        };
+        let (subscribed, polled) = OpcUa::split(&dev.tags);
         info!(device = %dev.name, endpoint = %device.spec().endpoint, subscribed, polled, "OPC UA device configured");
         let counters = device.counters();
         let writer = DeviceWriter::OpcUa(device.handle());
@@ -364,7 +366,8 @@ fn spawn_poller(
             writer,
         )
     } else {
-        let mut spec = device_spec(dev, links.transport(cfg, dev)?);
+        let mut spec = device_spec(dev, links.transport(cfg, dev)?)
+            .with_context(|| format!("device `{}` is neither Modbus nor OPC UA", dev.name))?;
         spec.learned_limits = Some(links.learned.clone());
         let poller = DevicePoller::new(spec)
             .with_context(|| format!("device `{}`: cannot plan its reads", dev.name))?;
@@ -432,7 +435,7 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Running> {
 
     let mut pollers = Vec::new();
     let mut devices = Vec::new();
-    let mut handles = Vec::new();
+    let mut writers = Vec::new();
     let (links_stop, _) = watch::channel(false);
     let mut links = Links {
         buses: Vec::new(),
@@ -440,15 +443,11 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Running> {
         stop: links_stop,
         tasks: Vec::new(),
     };
-    let mut opcua_handles = Vec::new();
     ensure_opcua_certificate(cfg).await?;
     for dev in &cfg.devices {
         let (task, counters, writer) = spawn_poller(cfg, dev, &tx, &mut links)?;
         devices.push((dev.name.clone(), counters));
-        match writer {
-            DeviceWriter::Modbus(h) => handles.push(h),
-            DeviceWriter::OpcUa(h) => opcua_handles.push(h),
-        }
+        writers.push(writer);
         pollers.push(task);
     }
     let devices: DeviceList = Arc::new(RwLock::new(devices));
@@ -475,7 +474,7 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Running> {
         info!(machine = %m.name, device = %m.device, "machine configured: MES events on {{root}}/{}/_mes/...", m.name);
     }
     let (commands, command_task, command_targets) =
-        mes::spawn_reloadable_commands(mes::command_catalog(cfg), handles.clone());
+        mes::spawn_reloadable_commands(mes::command_catalog(cfg), writers.clone());
     let mut publishers = Vec::new();
     let mut publisher_tasks = Vec::new();
     let mut encoder_slots = Vec::new();
@@ -486,7 +485,7 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Running> {
                 settings.clone(),
                 store.clone(),
                 sparkplug::device_defs(cfg),
-                handles.clone(),
+                writers.clone(),
                 &cfg.gateway.data_dir,
             );
             publishers.push((nb.name.clone(), p.stats()));
@@ -533,8 +532,7 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Running> {
         store,
         devices,
         publishers,
-        handles,
-        opcua_handles,
+        writers,
         cfg: cfg.clone(),
         batches: tx,
         publish_stop,
@@ -679,18 +677,13 @@ impl Running {
             .filter(|(n, _)| !going.contains(&n.as_str()))
             .cloned()
             .collect();
-        self.handles.retain(|h| !going.contains(&h.name.as_str()));
-        self.opcua_handles
-            .retain(|h| !going.contains(&h.name.as_str()));
+        self.writers.retain(|w| !going.contains(&w.name()));
         for d in plan.added.iter().chain(&plan.changed) {
             let (task, counters, writer) = spawn_poller(&new, d, &self.batches, &mut self.links)
                 .map_err(ReloadError::Start)?;
             self.pollers.push(task);
             counters_by_name.push((d.name.clone(), counters));
-            match writer {
-                DeviceWriter::Modbus(h) => self.handles.push(h),
-                DeviceWriter::OpcUa(h) => self.opcua_handles.push(h),
-            }
+            self.writers.push(writer);
         }
         // Config order, so status and metrics list devices as the file does.
         let order = |name: &str| new.devices.iter().position(|d| d.name == name);
@@ -700,7 +693,7 @@ impl Running {
 
         let _ = self.command_targets.send(Some(mes::CommandTargets {
             catalog: mes::command_catalog(&new),
-            handles: self.handles.clone(),
+            handles: self.writers.clone(),
         }));
         let cat = catalog(&new);
         for (nb, slot) in new.northbounds.iter().zip(&self.encoder_slots) {
@@ -769,16 +762,7 @@ impl Running {
 
     /// Where commands send writes for `device`, whatever its protocol.
     pub fn writer(&self, device: &str) -> Option<DeviceWriter> {
-        self.handles
-            .iter()
-            .find(|h| h.name == device)
-            .map(|h| DeviceWriter::Modbus(h.clone()))
-            .or_else(|| {
-                self.opcua_handles
-                    .iter()
-                    .find(|h| h.name == device)
-                    .map(|h| DeviceWriter::OpcUa(h.clone()))
-            })
+        self.writers.iter().find(|w| w.name() == device).cloned()
     }
 
     /// A point-in-time view of the whole agent.
@@ -828,6 +812,38 @@ impl DeviceWriter {
         match self {
             DeviceWriter::Modbus(h) => &h.name,
             DeviceWriter::OpcUa(h) => &h.name,
+        }
+    }
+
+    /// The checks a write must pass before anything is sent: the tag exists and may be
+    /// written, and (where the type is known here) the value fits it. An OPC UA variable's own
+    /// type is checked by its device task, still before anything is sent.
+    pub fn check(&self, tag: &str, value: &Value) -> Result<(), WriteFailure> {
+        let rejected = |message: String| WriteFailure {
+            rejected: true,
+            message,
+        };
+        match self {
+            DeviceWriter::Modbus(h) => {
+                let spec = h.tag(tag).ok_or_else(|| {
+                    rejected(format!("unknown tag `{tag}` on device `{}`", h.name))
+                })?;
+                prepare_write(spec, value)
+                    .map(drop)
+                    .map_err(|e| rejected(e.to_string()))
+            }
+            DeviceWriter::OpcUa(h) => {
+                let spec = h.tag(tag).ok_or_else(|| {
+                    rejected(format!("unknown tag `{tag}` on device `{}`", h.name))
+                })?;
+                if spec.writable {
+                    Ok(())
+                } else {
+                    Err(rejected(
+                        edge_opcua::WriteError::NotWritable(tag.to_owned()).to_string(),
+                    ))
+                }
+            }
         }
     }
 

@@ -18,7 +18,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use edge_config::{Config, Northbound, SparkplugSettings};
-use edge_modbus::write::{prepare_write, DeviceHandle};
 use edge_model::now_ms;
 use edge_store::{RecordId, Store};
 use mes_bridge::sparkplug::{
@@ -34,6 +33,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::northbound::{stopped, transport, Backoff, StoreReader, READ_CHUNK};
 use crate::publisher::PublisherStats;
+use crate::runtime::DeviceWriter;
 
 /// How long a DCMD write may wait for the device's answer.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -55,7 +55,7 @@ pub fn device_defs(cfg: &Config) -> Vec<DeviceDef> {
                 .iter()
                 .map(|t| MetricDef {
                     name: t.name.clone(),
-                    data_type: t.data_type,
+                    data_type: t.data_type(),
                     scale: t.scale,
                     offset: t.offset,
                     unit: t.unit.clone(),
@@ -201,7 +201,7 @@ pub struct SparkplugPublisher {
     settings: SparkplugSettings,
     store: Store,
     node: EdgeNode,
-    handles: HashMap<String, DeviceHandle>,
+    handles: HashMap<String, DeviceWriter>,
     stats: Arc<PublisherStats>,
     /// Delivery markers published (QoS 1 proofs), for benchmarks and metrics.
     markers: Arc<AtomicU64>,
@@ -226,7 +226,7 @@ impl SparkplugPublisher {
         settings: SparkplugSettings,
         store: Store,
         devices: Vec<DeviceDef>,
-        handles: Vec<DeviceHandle>,
+        handles: Vec<DeviceWriter>,
         data_dir: &Path,
     ) -> SparkplugPublisher {
         let device_count = devices.len();
@@ -237,7 +237,10 @@ impl SparkplugPublisher {
         let cursor = store.cursor(&nb.name);
         let max = usize::from(nb.max_inflight);
         SparkplugPublisher {
-            handles: handles.into_iter().map(|h| (h.name.clone(), h)).collect(),
+            handles: handles
+                .into_iter()
+                .map(|h| (h.name().to_owned(), h))
+                .collect(),
             stats: Arc::new(PublisherStats::default()),
             markers: Arc::new(AtomicU64::new(0)),
             folded_below: cursor,
@@ -762,11 +765,7 @@ impl SparkplugPublisher {
             return;
         };
         for w in &writes {
-            let checked = match handle.tag(&w.tag) {
-                Some(tag) => prepare_write(tag, &w.value).map(|_| ()),
-                None => Err(edge_modbus::write::WriteError::UnknownTag(w.tag.clone())),
-            };
-            if let Err(e) = checked {
+            if let Err(e) = handle.check(&w.tag, &w.value) {
                 warn!(northbound = %self.nb.name, device, tag = %w.tag, value = %w.value, error = %e,
                     "DCMD refused; nothing was written");
                 return;

@@ -90,35 +90,52 @@ pub fn response_topic(command_topic: &str) -> String {
 /// A tag as commands see it: its type, scaling and whether it may be written.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TagInfo {
-    pub data_type: DataType,
+    /// `None`: the type is the device's own (an OPC UA variable without a configured type);
+    /// the value is taken as JSON gives it and the device converts it to the variable's type,
+    /// refusing it there before anything is written when it does not fit.
+    pub data_type: Option<DataType>,
     pub writable: bool,
     pub scale: f64,
     pub offset: f64,
 }
 
-/// Where a dispatched work order is written on a machine's device.
+/// A tag a dispatch writes: any device's, Modbus or OPC UA.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    pub device: String,
+    pub tag: String,
+}
+
+impl Target {
+    pub fn new(device: &str, tag: &str) -> Target {
+        Target {
+            device: device.to_owned(),
+            tag: tag.to_owned(),
+        }
+    }
+}
+
+/// Where a dispatched work order is written: tags of the machine's devices.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DispatchSpec {
-    /// The device whose tags these are.
-    pub device: String,
     /// Receives `external_work_order_id` (required).
-    pub work_order_tag: String,
+    pub work_order_tag: Target,
     /// Receives `external_product_id`; the field is required when this is set and refused
     /// when it is not.
-    pub product_tag: Option<String>,
+    pub product_tag: Option<Target>,
     /// Receives `quantity` (the target); required when set, refused when not.
-    pub quantity_tag: Option<String>,
+    pub quantity_tag: Option<Target>,
     /// Named parameters (`parameters.{name}`), written in this order.
     pub parameters: Vec<DispatchParameter>,
     /// Written `true` after everything else: the PLC takes the order and clears it.
-    pub handshake_tag: Option<String>,
+    pub handshake_tag: Option<Target>,
 }
 
 /// One parameter a dispatch may (or must) carry.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DispatchParameter {
     pub name: String,
-    pub tag: String,
+    pub tag: Target,
     pub required: bool,
 }
 
@@ -391,17 +408,17 @@ impl CommandCatalog {
                 "timestamp_ms",
             ],
         )?;
-        let device = spec.device.as_str();
         let mut writes = Vec::new();
-        let mut write = |field: &str, tag: &str, json: &Json| -> Result<(), String> {
+        let mut write = |field: &str, target: &Target, json: &Json| -> Result<(), String> {
+            let Target { device, tag } = target;
             let info = self.tag(device, tag)?;
             if !info.writable {
                 return Err(format!("tag `{tag}` on device `{device}` is not writable"));
             }
             let value = json_value(info, json).map_err(|e| format!("`{field}`: {e}"))?;
             writes.push(PlannedWrite {
-                device: device.to_owned(),
-                tag: tag.to_owned(),
+                device: device.clone(),
+                tag: tag.clone(),
                 value,
             });
             Ok(())
@@ -490,6 +507,35 @@ fn check_fields(fields: &Map<String, Json>, known: &[&str]) -> Result<(), String
     }
 }
 
+/// A JSON value for a tag whose type is the device's own: booleans, strings and numbers as
+/// they are (whole numbers exactly, scaling undone), for the device to convert and check.
+fn untyped_value(tag: &TagInfo, json: &Json) -> Result<Value, String> {
+    match json {
+        Json::Bool(b) => Ok(Value::Bool(*b)),
+        Json::String(s) => Ok(Value::String(s.clone())),
+        Json::Number(n) => {
+            let unscaled = tag.scale == 1.0 && tag.offset == 0.0;
+            if unscaled {
+                if let Some(i) = n.as_i64() {
+                    return Ok(Value::I64(i));
+                }
+                if let Some(u) = n.as_u64() {
+                    return Ok(Value::U64(u));
+                }
+            }
+            let x = n
+                .as_f64()
+                .filter(|x| x.is_finite())
+                .ok_or_else(|| format!("{n} is not a finite number"))?;
+            Ok(Value::F64(x))
+        }
+        other => Err(format!(
+            "expected a number, a string or true/false, found {}",
+            json_kind(other)
+        )),
+    }
+}
+
 /// The smallest and largest values of an integer type, exactly.
 fn integer_range(dt: DataType) -> Option<(i128, i128)> {
     Some(match dt {
@@ -523,7 +569,9 @@ fn integer_value(x: i128, dt: DataType) -> Result<Value, String> {
 /// A JSON value as the value of a tag: the right kind for its type, within its range (after
 /// undoing its scaling), strings no longer than the tag holds.
 pub fn json_value(tag: &TagInfo, json: &Json) -> Result<Value, String> {
-    let dt = tag.data_type;
+    let Some(dt) = tag.data_type else {
+        return untyped_value(tag, json);
+    };
     match dt {
         DataType::Bool => match json {
             Json::Bool(b) => Ok(Value::Bool(*b)),
@@ -662,9 +710,13 @@ mod tests {
 
     const ROOT: &str = "acme/line1";
 
+    fn filler(tag: &str) -> Target {
+        Target::new("filler", tag)
+    }
+
     fn info(data_type: DataType, writable: bool) -> TagInfo {
         TagInfo {
-            data_type,
+            data_type: Some(data_type),
             writable,
             scale: 1.0,
             offset: 0.0,
@@ -684,7 +736,7 @@ mod tests {
             "filler",
             "temp_sp",
             TagInfo {
-                data_type: DataType::I16,
+                data_type: Some(DataType::I16),
                 writable: true,
                 scale: 0.1,
                 offset: 0.0,
@@ -693,23 +745,22 @@ mod tests {
         c.add_machine(
             "line",
             Some(DispatchSpec {
-                device: "filler".into(),
-                work_order_tag: "next_order".into(),
-                product_tag: Some("next_product".into()),
-                quantity_tag: Some("target".into()),
+                work_order_tag: filler("next_order"),
+                product_tag: Some(filler("next_product")),
+                quantity_tag: Some(filler("target")),
                 parameters: vec![
                     DispatchParameter {
                         name: "speed".into(),
-                        tag: "speed".into(),
+                        tag: filler("speed"),
                         required: false,
                     },
                     DispatchParameter {
                         name: "fill_ml".into(),
-                        tag: "fill_ml".into(),
+                        tag: filler("fill_ml"),
                         required: true,
                     },
                 ],
-                handshake_tag: Some("new_order".into()),
+                handshake_tag: Some(filler("new_order")),
             }),
         );
         c.add_machine("watcher", None);
@@ -1063,13 +1114,85 @@ mod tests {
     }
 
     #[test]
+    fn a_dispatch_writes_to_the_devices_its_targets_name_in_order() {
+        let mut c = catalog();
+        c.add_tag("ua", "order", info(DataType::String(32), true));
+        c.add_tag(
+            "ua",
+            "go",
+            TagInfo {
+                data_type: None,
+                writable: true,
+                scale: 1.0,
+                offset: 0.0,
+            },
+        );
+        c.add_machine(
+            "mixed",
+            Some(DispatchSpec {
+                work_order_tag: Target::new("ua", "order"),
+                product_tag: None,
+                quantity_tag: Some(filler("target")),
+                parameters: vec![],
+                handshake_tag: Some(Target::new("ua", "go")),
+            }),
+        );
+        let r = request(
+            "acme/line1/mixed/_mes/cmd/workorder/dispatch",
+            json!({"request_id": "r", "external_work_order_id": "WO-7", "quantity": 12}),
+        );
+        let writes = c.plan(&r).expect("valid dispatch");
+        let seen: Vec<(&str, &str, &Value)> = writes
+            .iter()
+            .map(|w| (w.device.as_str(), w.tag.as_str(), &w.value))
+            .collect();
+        assert_eq!(
+            seen,
+            vec![
+                ("ua", "order", &Value::String("WO-7".into())),
+                ("filler", "target", &Value::U32(12)),
+                ("ua", "go", &Value::Bool(true)),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_tag_of_the_devices_own_type_takes_json_values_as_they_are_for_the_device_to_convert() {
+        let untyped = |scale: f64| TagInfo {
+            data_type: None,
+            writable: true,
+            scale,
+            offset: 0.0,
+        };
+        assert_eq!(
+            json_value(&untyped(1.0), &json!(true)),
+            Ok(Value::Bool(true))
+        );
+        assert_eq!(
+            json_value(&untyped(1.0), &json!("WO-1")),
+            Ok(Value::String("WO-1".into()))
+        );
+        assert_eq!(json_value(&untyped(1.0), &json!(-3)), Ok(Value::I64(-3)));
+        assert_eq!(
+            json_value(&untyped(1.0), &json!(u64::MAX)),
+            Ok(Value::U64(u64::MAX))
+        );
+        assert_eq!(json_value(&untyped(1.0), &json!(2.5)), Ok(Value::F64(2.5)));
+        // Scaled: the engineering value goes to the device, which undoes the scaling.
+        assert_eq!(json_value(&untyped(0.1), &json!(7)), Ok(Value::F64(7.0)));
+        assert!(json_value(&untyped(1.0), &json!({"a": 1}))
+            .expect_err("an object is no tag value")
+            .contains("found an object"));
+        assert!(json_value(&untyped(1.0), &json!(null)).is_err());
+    }
+
+    #[test]
     fn fields_without_a_tag_on_the_machine_are_refused_rather_than_dropped() {
         let mut c = catalog();
         c.add_machine(
             "bare",
             Some(DispatchSpec {
-                device: "filler".into(),
-                work_order_tag: "next_order".into(),
+                work_order_tag: filler("next_order"),
                 product_tag: None,
                 quantity_tag: None,
                 parameters: vec![],
@@ -1187,7 +1310,7 @@ mod tests {
             x in any::<f64>(),
             s in ".{0,10}",
         ) {
-            let tag = TagInfo { data_type: dt, writable: true, scale, offset: 1.0 };
+            let tag = TagInfo { data_type: Some(dt), writable: true, scale, offset: 1.0 };
             for j in [json!(x), json!(s), json!(x as i64), json!(null), json!({"a": 1})] {
                 let _ = json_value(&tag, &j);
             }

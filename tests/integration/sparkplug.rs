@@ -21,12 +21,12 @@ use crate::common::*;
 use crate::support::mqtt::{QoS, Received};
 use crate::support::{AgentProcess, Collector, Mosquitto, TestDir};
 
-const GROUP: &str = "plant1";
-const NODE: &str = "gw-test";
+pub(crate) const GROUP: &str = "plant1";
+pub(crate) const NODE: &str = "gw-test";
 const WAIT: Duration = Duration::from_secs(20);
 
 /// A board config whose one northbound is a Sparkplug B edge node (`extra`: more keys).
-fn sparkplug_config(
+pub(crate) fn sparkplug_config(
     data: &std::path::Path,
     port: u16,
     extra: &str,
@@ -46,10 +46,10 @@ fn sparkplug_config(
 
 /// One received Sparkplug message, decoded.
 #[derive(Debug, Clone)]
-struct Sp {
-    kind: String,
-    device: Option<String>,
-    payload: Payload,
+pub(crate) struct Sp {
+    pub(crate) kind: String,
+    pub(crate) device: Option<String>,
+    pub(crate) payload: Payload,
 }
 
 impl Sp {
@@ -68,14 +68,14 @@ impl Sp {
             })
     }
 
-    fn is(&self, kind: &str, device: Option<&str>) -> bool {
+    pub(crate) fn is(&self, kind: &str, device: Option<&str>) -> bool {
         self.kind == kind && (device.is_none() || self.device.as_deref() == device)
     }
 }
 
 /// Every message under `spBv1.0/`, decoded, in arrival order. Panics on a malformed topic or
 /// payload: the edge node must never send one.
-fn decode_all(msgs: &[Received]) -> Vec<Sp> {
+pub(crate) fn decode_all(msgs: &[Received]) -> Vec<Sp> {
     msgs.iter()
         .filter(|m| m.topic.starts_with("spBv1.0/") && !m.topic.starts_with("spBv1.0/STATE/"))
         .map(|m| {
@@ -118,7 +118,7 @@ fn count(msgs: &[Received], kind: &str, device: Option<&str>) -> usize {
 }
 
 /// The aliases of a DBIRTH, by metric name.
-fn aliases(birth: &Sp) -> HashMap<String, u64> {
+pub(crate) fn aliases(birth: &Sp) -> HashMap<String, u64> {
     birth
         .payload
         .metrics
@@ -184,7 +184,7 @@ async fn wait_nbirth(collector: &Collector, n: usize) -> u64 {
         .expect("an NBIRTH carries bdSeq")
 }
 
-async fn publish_cmd(collector: &Collector, topic: &str, metrics: Vec<Metric>) {
+pub(crate) async fn publish_cmd(collector: &Collector, topic: &str, metrics: Vec<Metric>) {
     let payload = encode_payload(&Payload {
         timestamp: Some(edge_model::now_ms()),
         metrics,

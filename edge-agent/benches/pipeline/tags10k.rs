@@ -346,16 +346,17 @@ fn plan_requests(toml: &str, path: &Path) -> anyhow::Result<Requests> {
         observed_scans: 0,
     };
     for dev in &cfg.devices {
-        r.planned += runtime::device_plan(dev)?.request_count();
+        r.planned += runtime::device_plan(dev)?.map_or(0, |p| p.request_count());
         r.tags += dev.tags.len();
         r.one_per_tag += dev.tags.len();
         let mut spans: Vec<(Area, u32, u32)> = dev
             .tags
             .iter()
-            .map(|t| {
-                let start = u32::from(t.address.offset);
-                let len = u32::from(edge_modbus::codec::register_count(t.data_type));
-                (t.address.area, start, start + len)
+            .filter_map(|t| t.modbus())
+            .map(|m| {
+                let start = u32::from(m.address.offset);
+                let len = u32::from(edge_modbus::codec::register_count(m.data_type));
+                (m.address.area, start, start + len)
             })
             .collect();
         spans.sort_unstable();

@@ -12,28 +12,53 @@ use crate::broker_url::is_host_name;
 use crate::error::Diagnostics;
 use crate::names::{check_name, Underscore, UniqueNames};
 use crate::northbound::read_backoff;
-use crate::opcua::OpcUa;
+use crate::opcua::{OpcUa, OpcUaTag};
 use crate::reader::{Span, TableReader, Val};
 use crate::secret::SecretSource;
 
-/// `[[device]]`: one PLC, polled on its own schedule.
+/// `[[device]]`: one PLC, whatever its protocol: how to reach it, and its one list of tags.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Device {
     /// `name` (required): unique among the devices, letters, digits, `-` and `_`, not
     /// starting with `_`. It is a topic level: `{root}/{device}/{tag}`.
     pub name: String,
-    /// `protocol` (required) and its connection settings. `"modbus-tcp"` takes `host`
-    /// (required), `port` (default 502) and `unit_id` (0 to 255, default 1). `"opcua"` takes
-    /// the keys of [`OpcUa`]; its tags live there, and of the Modbus settings below it uses
-    /// only `poll_interval_ms` (the default of its polled tags), `timeout_ms` (default 5000,
-    /// per request) and the backoff; the others keep their defaults.
+    /// `protocol` (required) and its connection settings: `"modbus-tcp"`, `"modbus-rtu"` and
+    /// `"modbus-rtu-tcp"` take the keys of [`Modbus`], `"opcua"` those of [`OpcUa`].
     pub protocol: Protocol,
-    /// `poll_interval_ms` (10 to 86,400,000, default 1000): how often the device's tags are
-    /// read; a tag may set its own.
+    /// `poll_interval_ms` (10 to 86,400,000, default 1000): how often the device's polled
+    /// tags are read; a tag may set its own.
     pub poll_interval: Duration,
-    /// `timeout_ms` (10 to 60,000, default 1000): how long one request may wait for its
-    /// answer. After a timeout the connection is re-established.
+    /// `timeout_ms` (Modbus 10 to 60,000, default 1000; OPC UA 100 to 600,000, default
+    /// 5000): how long one request may wait for its answer. After a Modbus timeout the
+    /// connection is re-established.
     pub timeout: Duration,
+    /// `backoff_min_ms` (default 500): the first wait before reconnecting to an unreachable
+    /// device; it doubles with each failure, with jitter, up to `backoff_max_ms` (default
+    /// 30000). Both 10 to 3,600,000, min not above max. Meanwhile its tags read `bad`.
+    pub backoff_min: Duration,
+    /// See `backoff_min`.
+    pub backoff_max: Duration,
+    /// The device's `[[device.tag]]`s, at least one, in file order, whatever the protocol.
+    pub tags: Vec<Tag>,
+}
+
+/// How to reach a device: the part of a `[[device]]` that depends on its protocol.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Protocol {
+    /// `protocol = "modbus-tcp"`, `"modbus-rtu"` or `"modbus-rtu-tcp"`.
+    Modbus(Modbus),
+    /// `protocol = "opcua"`: an OPC UA server.
+    OpcUa(Box<OpcUa>),
+}
+
+/// A Modbus device: its link, its unit, and how its reads are merged.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Modbus {
+    /// How frames reach the device.
+    pub link: ModbusLink,
+    /// `unit_id` (TCP 0 to 255, RTU 1 to 247, default 1): the Modbus unit (slave) id; behind
+    /// a TCP-to-RTU gateway it selects the serial device.
+    pub unit_id: u8,
     /// `byte_order` (default `"ABCD"`): the default order of the bytes of multi-register
     /// values: `ABCD` big-endian, `CDAB` word-swapped, `BADC` byte-swapped, `DCBA`
     /// little-endian. A tag may set its own.
@@ -49,100 +74,82 @@ pub struct Device {
     pub max_registers: u16,
     /// `max_bits` (1 to 2000, default 2000): the largest coil or discrete-input read.
     pub max_bits: u16,
-    /// `backoff_min_ms` (default 500): the first wait before reconnecting to an unreachable
-    /// device; it doubles with each failure, with jitter, up to `backoff_max_ms` (default
-    /// 30000). Both 10 to 3,600,000, min not above max. Meanwhile its tags read `bad`.
-    pub backoff_min: Duration,
-    /// See `backoff_min`.
-    pub backoff_max: Duration,
-    /// The device's `[[device.tag]]`s, at least one.
-    pub tags: Vec<Tag>,
 }
 
-/// How to reach a device.
+/// The transport of a Modbus device.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Protocol {
-    /// `protocol = "modbus-tcp"`.
-    ModbusTcp {
-        /// `host` (required): IP address or host name of the PLC or Modbus gateway.
-        host: String,
-        /// `port` (default 502).
-        port: u16,
-        /// `unit_id` (0 to 255, default 1): the Modbus unit (slave) id; behind a TCP-to-RTU
-        /// gateway it selects the serial device.
-        unit_id: u8,
-    },
-    /// `protocol = "modbus-rtu"`: a slave on a serial bus of the board.
-    ModbusRtu {
-        /// `serial` (required): the `name` of a `[[board.serial]]` port.
-        serial: String,
-        /// `unit_id` (1 to 247, default 1): the slave address on the bus.
-        unit_id: u8,
-    },
-    /// `protocol = "modbus-rtu-tcp"`: RTU frames over TCP to a serial device server.
-    ModbusRtuTcp {
-        /// `host` (required): the device server.
-        host: String,
-        /// `port` (default 502): its TCP port for the serial line.
-        port: u16,
-        /// `unit_id` (1 to 247, default 1): the slave address on the serial line behind it.
-        unit_id: u8,
-    },
-    /// `protocol = "opcua"`: an OPC UA server and its tags.
-    OpcUa(Box<OpcUa>),
+pub enum ModbusLink {
+    /// `protocol = "modbus-tcp"`: `host` (required, IP address or host name of the PLC or
+    /// Modbus gateway) and `port` (default 502).
+    Tcp { host: String, port: u16 },
+    /// `protocol = "modbus-rtu"`: a slave on a serial bus of the board; `serial` (required)
+    /// is the `name` of a `[[board.serial]]` port.
+    Rtu { serial: String },
+    /// `protocol = "modbus-rtu-tcp"`: RTU frames over TCP to a serial device server at
+    /// `host` (required) and `port` (default 502).
+    RtuOverTcp { host: String, port: u16 },
 }
 
 impl Protocol {
     pub fn as_str(&self) -> &'static str {
         match self {
-            Protocol::ModbusTcp { .. } => "modbus-tcp",
-            Protocol::ModbusRtu { .. } => "modbus-rtu",
-            Protocol::ModbusRtuTcp { .. } => "modbus-rtu-tcp",
+            Protocol::Modbus(m) => match m.link {
+                ModbusLink::Tcp { .. } => "modbus-tcp",
+                ModbusLink::Rtu { .. } => "modbus-rtu",
+                ModbusLink::RtuOverTcp { .. } => "modbus-rtu-tcp",
+            },
             Protocol::OpcUa(_) => "opcua",
+        }
+    }
+
+    /// The Modbus settings; `None` for OPC UA.
+    pub fn modbus(&self) -> Option<&Modbus> {
+        match self {
+            Protocol::Modbus(m) => Some(m),
+            Protocol::OpcUa(_) => None,
+        }
+    }
+
+    /// The OPC UA settings; `None` for Modbus.
+    pub fn opcua(&self) -> Option<&OpcUa> {
+        match self {
+            Protocol::OpcUa(o) => Some(o),
+            Protocol::Modbus(_) => None,
         }
     }
 
     /// The Modbus unit id on whatever transport; 0 for OPC UA, which has none.
     pub fn unit_id(&self) -> u8 {
-        match self {
-            Protocol::ModbusTcp { unit_id, .. }
-            | Protocol::ModbusRtu { unit_id, .. }
-            | Protocol::ModbusRtuTcp { unit_id, .. } => *unit_id,
-            Protocol::OpcUa(_) => 0,
-        }
+        self.modbus().map_or(0, |m| m.unit_id)
     }
 
     /// Where the device is, for logs and `check`.
     pub fn endpoint(&self) -> String {
         match self {
-            Protocol::ModbusTcp { host, port, .. } | Protocol::ModbusRtuTcp { host, port, .. } => {
-                if host.contains(':') {
-                    format!("[{host}]:{port}")
-                } else {
-                    format!("{host}:{port}")
+            Protocol::Modbus(m) => match &m.link {
+                ModbusLink::Tcp { host, port } | ModbusLink::RtuOverTcp { host, port } => {
+                    if host.contains(':') {
+                        format!("[{host}]:{port}")
+                    } else {
+                        format!("{host}:{port}")
+                    }
                 }
-            }
-            Protocol::ModbusRtu { serial, .. } => format!("serial {serial}"),
+                ModbusLink::Rtu { serial } => format!("serial {serial}"),
+            },
             Protocol::OpcUa(o) => o.endpoint.clone(),
         }
     }
 }
 
-/// `[[device.tag]]`: one value of a device.
+/// `[[device.tag]]`: one value of a device. What every tag has, whatever its device's
+/// protocol, is here; where and how it is read is in its [`TagAddress`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct Tag {
     /// `name` (required): unique within its device, letters, digits, `-` and `_`, not
     /// starting with `_`. The last topic level: `{root}/{device}/{tag}`.
     pub name: String,
-    /// `address` (required): area and zero-based protocol address, as in `hr:100` (holding
-    /// register), `ir:7` (input register), `coil:3`, `di:0` (discrete input) or `hr:100.3`
-    /// (bit 3 of a register, type bool).
-    pub address: Address,
-    /// `type` (required): `bool`, `i16`, `u16`, `i32`, `u32`, `i64`, `u64`, `f32`, `f64` or
-    /// `string:N` (N bytes, two per register). Coils and discrete inputs hold only `bool`.
-    pub data_type: DataType,
-    /// `byte_order` (default: the device's `byte_order`).
-    pub byte_order: ByteOrder,
+    /// `address` (required) and the keys that only apply to the device's protocol.
+    pub address: TagAddress,
     /// `scale` (default 1.0; finite, not 0) and `offset` (default 0.0): numeric values are
     /// published as `raw * scale + offset`. Numeric types only.
     pub scale: f64,
@@ -150,6 +157,31 @@ pub struct Tag {
     pub offset: f64,
     /// `unit` (optional): the engineering unit published with the value, as in `"degC"`.
     pub unit: Option<String>,
+    /// `writable` (default false): whether MQTT commands may write this tag. Modbus: only
+    /// coils and holding registers can be written. OPC UA: the value is converted to the
+    /// variable's own data type, and refused when it does not fit.
+    pub writable: bool,
+}
+
+/// Where a tag is read: a Modbus register or bit, or an OPC UA node.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TagAddress {
+    Modbus(ModbusTag),
+    OpcUa(OpcUaTag),
+}
+
+/// The Modbus part of a tag, always polled by the gateway.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModbusTag {
+    /// `address`: area and zero-based protocol address, as in `hr:100` (holding register),
+    /// `ir:7` (input register), `coil:3`, `di:0` (discrete input) or `hr:100.3` (bit 3 of a
+    /// register, type bool).
+    pub address: Address,
+    /// `type` (required): `bool`, `i16`, `u16`, `i32`, `u32`, `i64`, `u64`, `f32`, `f64` or
+    /// `string:N` (N bytes, two per register). Coils and discrete inputs hold only `bool`.
+    pub data_type: DataType,
+    /// `byte_order` (default: the device's `byte_order`).
+    pub byte_order: ByteOrder,
     /// `deadband` (optional, 0 or more): a new value is published only when it differs from
     /// the last published one by more than this (after scaling); 0 publishes every change and
     /// nothing else. Bool and string tags take only 0. Without a deadband every read is
@@ -159,11 +191,52 @@ pub struct Tag {
     /// device's `heartbeat_s`, itself 0 by default): publish the value at least this often
     /// even when the deadband holds it back. 0 means never.
     pub heartbeat: Option<Duration>,
-    /// `writable` (default false): whether MQTT commands may write this tag. Only coils and
-    /// holding registers can be written.
-    pub writable: bool,
     /// `poll_interval_ms` (10 to 86,400,000, default: the device's `poll_interval_ms`).
     pub poll_interval: Duration,
+}
+
+impl Tag {
+    /// The tag's configured type: always known for Modbus; for OPC UA only when the tag sets
+    /// `type` (otherwise values keep the server's type).
+    pub fn data_type(&self) -> Option<DataType> {
+        match &self.address {
+            TagAddress::Modbus(m) => Some(m.data_type),
+            TagAddress::OpcUa(o) => o.data_type,
+        }
+    }
+
+    /// The Modbus part; `None` for an OPC UA tag.
+    pub fn modbus(&self) -> Option<&ModbusTag> {
+        match &self.address {
+            TagAddress::Modbus(m) => Some(m),
+            TagAddress::OpcUa(_) => None,
+        }
+    }
+
+    /// The OPC UA part; `None` for a Modbus tag.
+    pub fn opcua(&self) -> Option<&OpcUaTag> {
+        match &self.address {
+            TagAddress::OpcUa(o) => Some(o),
+            TagAddress::Modbus(_) => None,
+        }
+    }
+
+    /// Whether commands may write the tag: `writable`, on an address that can be written.
+    pub fn accepts_writes(&self) -> bool {
+        self.writable
+            && match &self.address {
+                TagAddress::Modbus(m) => m.address.area.is_writable(),
+                TagAddress::OpcUa(_) => true,
+            }
+    }
+
+    /// The address as the config writes it: `hr:100` or a node id.
+    pub fn address_text(&self) -> String {
+        match &self.address {
+            TagAddress::Modbus(m) => m.address.to_string(),
+            TagAddress::OpcUa(o) => o.node.to_string(),
+        }
+    }
 }
 
 impl Device {
@@ -274,7 +347,7 @@ fn read_device(
         .integer(cx, "unit_id", 0..=255)
         .or(Device::DEFAULT_UNIT_ID);
     let serial = t.string(cx, "serial");
-    let protocol = match protocol {
+    let link = match protocol {
         Some((Kind::Rtu, _)) => {
             if let Some((_, span)) = host.present() {
                 cx.error(span, "`host` does not apply to a modbus-rtu device", Some("a serial slave is reached through `serial`; use protocol = \"modbus-rtu-tcp\" for a device server".to_owned()));
@@ -306,30 +379,19 @@ fn read_device(
                         None
                     }
                 });
-            match (serial, unit_id) {
-                (Some(serial), Some(unit_id)) => Some(Protocol::ModbusRtu { serial, unit_id }),
-                _ => None,
-            }
+            serial.map(|serial| ModbusLink::Rtu { serial })
         }
         Some((Kind::RtuOverTcp, _)) => {
             let host = t.require(cx, "host", host, "host = \"10.0.0.20\"");
-            match (host, port, unit_id) {
-                (Some((host, _)), Some(port), Some(unit_id)) => Some(Protocol::ModbusRtuTcp {
-                    host,
-                    port,
-                    unit_id,
-                }),
+            match (host, port) {
+                (Some((host, _)), Some(port)) => Some(ModbusLink::RtuOverTcp { host, port }),
                 _ => None,
             }
         }
         Some((Kind::Tcp, _)) => {
             let host = t.require(cx, "host", host, "host = \"10.0.0.5\"");
-            match (host, port, unit_id) {
-                (Some((host, _)), Some(port), Some(unit_id)) => Some(Protocol::ModbusTcp {
-                    host,
-                    port,
-                    unit_id,
-                }),
+            match (host, port) {
+                (Some((host, _)), Some(port)) => Some(ModbusLink::Tcp { host, port }),
                 _ => None,
             }
         }
@@ -372,14 +434,17 @@ fn read_device(
 
     Some(Device {
         name: name?.0.to_owned(),
-        protocol: protocol?,
+        protocol: Protocol::Modbus(Modbus {
+            link: link?,
+            unit_id: unit_id?,
+            byte_order: byte_order?,
+            max_gap_registers: max_gap?,
+            max_gap_bits: max_gap_bits?,
+            max_registers: max_registers?,
+            max_bits: max_bits?,
+        }),
         poll_interval: Duration::from_millis(poll_ms?),
         timeout: Duration::from_millis(timeout_ms?),
-        byte_order: byte_order?,
-        max_gap_registers: max_gap?,
-        max_gap_bits: max_gap_bits?,
-        max_registers: max_registers?,
-        max_bits: max_bits?,
         backoff_min: backoff_min?,
         backoff_max: backoff_max?,
         tags: tags?,
@@ -650,16 +715,18 @@ fn read_tag(
     }
     Some(Tag {
         name: name?.0.to_owned(),
-        address: address?.0,
-        data_type: data_type?.0,
-        byte_order,
+        address: TagAddress::Modbus(ModbusTag {
+            address: address?.0,
+            data_type: data_type?.0,
+            byte_order,
+            deadband,
+            heartbeat: heartbeat_s.filter(|&s| s > 0).map(Duration::from_secs),
+            poll_interval: Duration::from_millis(poll_ms),
+        }),
         scale: scale.or(1.0)?,
         offset: offset.or(0.0)?,
         unit: unit.optional()?.map(|(u, _)| u.to_owned()),
-        deadband,
-        heartbeat: heartbeat_s.filter(|&s| s > 0).map(Duration::from_secs),
         writable: writable.or(false)?,
-        poll_interval: Duration::from_millis(poll_ms),
     })
 }
 

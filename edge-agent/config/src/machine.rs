@@ -1,8 +1,9 @@
 //! `[[machine]]` (SPEC §6): which tags of a device carry a machine's production facts (work
 //! order, product, good and scrap counters, state word), how state values map to states and
 //! reason codes (`[[machine.state]]`), and where a dispatched work order is written
-//! (`[machine.dispatch]`). Every tag is checked against its device: it exists, its type suits
-//! its role, and dispatch targets are writable.
+//! (`[machine.dispatch]`). A tag is one of the machine's device, or of any other device when
+//! written `device/tag`, whatever the devices' protocols. Every tag is checked against its
+//! device: it exists, its type suits its role, and dispatch targets are writable.
 
 use std::collections::{HashMap, HashSet};
 
@@ -22,22 +23,25 @@ pub struct Machine {
     /// starting with `_`. The topic level of its events: `{root}/{name}/_mes/...`. It may
     /// equal its device's name.
     pub name: String,
-    /// `device` (required): the `[[device]]` whose tags carry the machine's facts.
+    /// `device` (required): the `[[device]]` whose tags carry the machine's facts. A tag key
+    /// below names a tag of this device (`"good_count"`), or of another device as
+    /// `"device/tag"` (`"filler_ua/good_count"`), Modbus or OPC UA alike.
     pub device: String,
     /// `work_order_tag` (optional): a string or integer tag holding the current work order
     /// id; a change starts and completes work orders. Empty (or 0) means no order.
-    pub work_order_tag: Option<String>,
+    pub work_order_tag: Option<TagRef>,
     /// `product_tag` (optional): a string or integer tag holding the current product id.
-    pub product_tag: Option<String>,
+    pub product_tag: Option<TagRef>,
     /// `good_count_tag`, `scrap_count_tag` (optional): unscaled integer tags counting good
     /// and scrapped parts. They may wrap around at their width (u16 after 65535) and be reset
-    /// by the PLC; counts stay right either way.
-    pub good_count_tag: Option<String>,
+    /// by the PLC; counts stay right either way. An OPC UA counter needs its `type` (as
+    /// `"u32"`): the width is what tells a wrap-around from a reset.
+    pub good_count_tag: Option<TagRef>,
     /// See `good_count_tag`.
-    pub scrap_count_tag: Option<String>,
+    pub scrap_count_tag: Option<TagRef>,
     /// `state_tag` (optional): an unscaled integer or bool tag holding the machine's state
-    /// word, mapped by the `[[machine.state]]` entries.
-    pub state_tag: Option<String>,
+    /// word, mapped by the `[[machine.state]]` entries (an OPC UA enumeration is an integer).
+    pub state_tag: Option<TagRef>,
     /// `max_count_step` (1 to half the narrowest counter's range, default 10000): the most a
     /// counter can advance between two readings. A counter that drops by less than this
     /// across its largest value wrapped around; one that drops by more was reset by the PLC.
@@ -71,14 +75,14 @@ pub struct StateEntry {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Dispatch {
     /// `work_order_tag` (required): a writable string or integer tag for the work order id.
-    pub work_order_tag: String,
+    pub work_order_tag: TagRef,
     /// `product_tag` (optional): a writable string or integer tag for the product id.
-    pub product_tag: Option<String>,
+    pub product_tag: Option<TagRef>,
     /// `quantity_tag` (optional): a writable numeric tag for the target quantity.
-    pub quantity_tag: Option<String>,
+    pub quantity_tag: Option<TagRef>,
     /// `handshake_tag` (optional): a writable bool tag set `true` after everything else, to
     /// tell the PLC a new order is ready (the PLC clears it when it has taken the order).
-    pub handshake_tag: Option<String>,
+    pub handshake_tag: Option<TagRef>,
     /// `[[machine.dispatch.parameter]]`: named parameters the dispatch may carry.
     pub parameters: Vec<DispatchParameter>,
 }
@@ -89,13 +93,35 @@ pub struct DispatchParameter {
     /// `name` (required): the key in the dispatch's `parameters` object.
     pub name: String,
     /// `tag` (required): the writable tag it is written to.
-    pub tag: String,
+    pub tag: TagRef,
     /// `required` (default false): a dispatch without it is rejected.
     pub required: bool,
 }
 
 impl Machine {
     pub const DEFAULT_MAX_COUNT_STEP: u64 = 10_000;
+}
+
+/// A tag of a named device, as a machine refers to it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct TagRef {
+    pub device: String,
+    pub tag: String,
+}
+
+impl TagRef {
+    pub fn new(device: &str, tag: &str) -> TagRef {
+        TagRef {
+            device: device.to_owned(),
+            tag: tag.to_owned(),
+        }
+    }
+}
+
+impl std::fmt::Display for TagRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.device, self.tag)
+    }
 }
 
 /// What a tag is used for, and so which types it may have.
@@ -116,10 +142,19 @@ enum Role {
 }
 
 impl Role {
+    /// Whether the tag's type suits the role. An OPC UA tag without `type` has the server's
+    /// type, unknown here: it suits every role but a counter, whose width must be known.
     fn accepts(self, tag: &Tag) -> bool {
         let unscaled = tag.scale == 1.0 && tag.offset == 0.0;
+        let Some(dt) = tag.data_type() else {
+            return match self {
+                Role::Counter => false,
+                Role::Id | Role::State => unscaled,
+                Role::Quantity | Role::Handshake | Role::Any => true,
+            };
+        };
         let integer = matches!(
-            tag.data_type,
+            dt,
             DataType::I16
                 | DataType::U16
                 | DataType::I32
@@ -128,11 +163,11 @@ impl Role {
                 | DataType::U64
         );
         match self {
-            Role::Id => matches!(tag.data_type, DataType::String(_)) || (integer && unscaled),
+            Role::Id => matches!(dt, DataType::String(_)) || (integer && unscaled),
             Role::Counter => integer && unscaled,
-            Role::State => (integer && unscaled) || tag.data_type == DataType::Bool,
-            Role::Quantity => tag.data_type.is_numeric(),
-            Role::Handshake => tag.data_type == DataType::Bool,
+            Role::State => (integer && unscaled) || dt == DataType::Bool,
+            Role::Quantity => dt.is_numeric(),
+            Role::Handshake => dt == DataType::Bool,
             Role::Any => true,
         }
     }
@@ -149,9 +184,14 @@ impl Role {
     }
 }
 
-/// The device a machine names, when it is known: `None` when the devices could not be read
-/// or the name is wrong (both reported), and the tag checks are left out.
-type DeviceRef<'d> = Option<&'d Device>;
+/// The devices a machine's tag keys may name: its own (`None` when its name is wrong or
+/// the devices could not be read, both reported, and then the tag checks are left out) and
+/// every configured one, for `device/tag`.
+#[derive(Clone, Copy)]
+struct Scope<'d> {
+    home: Option<&'d Device>,
+    devices: Option<&'d [Device]>,
+}
 
 pub(crate) fn read_machines(
     cx: &mut Diagnostics<'_>,
@@ -192,7 +232,7 @@ fn read_machine(
     let device_name = t.text(cx, "device");
     let device_name = t.require(cx, "device", device_name, "device = \"filler\"");
     let mut ok = true;
-    let device: DeviceRef<'_> = match (&device_name, devices) {
+    let home: Option<&Device> = match (&device_name, devices) {
         (Some((d, span)), Some(devices)) => {
             let found = devices.iter().find(|x| x.name == *d);
             if found.is_none() {
@@ -209,19 +249,20 @@ fn read_machine(
         _ => None,
     };
 
-    let work_order = tag_key(cx, t, "work_order_tag", device, Role::Id, false);
-    let product = tag_key(cx, t, "product_tag", device, Role::Id, false);
-    let good = tag_key(cx, t, "good_count_tag", device, Role::Counter, false);
-    let scrap = tag_key(cx, t, "scrap_count_tag", device, Role::Counter, false);
-    let state = tag_key(cx, t, "state_tag", device, Role::State, false);
+    let scope = Scope { home, devices };
+    let work_order = tag_key(cx, t, "work_order_tag", scope, Role::Id, false);
+    let product = tag_key(cx, t, "product_tag", scope, Role::Id, false);
+    let good = tag_key(cx, t, "good_count_tag", scope, Role::Counter, false);
+    let scrap = tag_key(cx, t, "scrap_count_tag", scope, Role::Counter, false);
+    let state = tag_key(cx, t, "state_tag", scope, Role::State, false);
     let max_step = t.integer::<u64>(cx, "max_count_step", 1..=i64::MAX);
     let max_count_step = check_max_step(cx, t, max_step, [&good, &scrap]);
     let states = read_states(cx, t, state.as_ref());
-    let dispatch = read_dispatch(cx, t, device);
+    let dispatch = read_dispatch(cx, t, scope);
 
     let (work_order, product, good, scrap, state) = (
-        work_order?.map(|(n, _)| n.name),
-        product?.map(|(n, _)| n.name),
+        work_order?.map(|(n, _)| n.tag),
+        product?.map(|(n, _)| n.tag),
         good?,
         scrap?,
         state?,
@@ -236,7 +277,7 @@ fn read_machine(
         cx.structural(
             &t.span(),
             "this machine names none of its production facts",
-            Some("add work_order_tag, good_count_tag, scrap_count_tag, state_tag or [machine.dispatch] with tags of its device".to_owned()),
+            Some("add work_order_tag, good_count_tag, scrap_count_tag, state_tag or [machine.dispatch], naming tags of its device (`tag`) or of another one (`device/tag`)".to_owned()),
         );
         return None;
     }
@@ -248,9 +289,9 @@ fn read_machine(
         device: device_name?.0.to_owned(),
         work_order_tag: work_order,
         product_tag: product,
-        good_count_tag: good.map(|(n, _)| n.name),
-        scrap_count_tag: scrap.map(|(n, _)| n.name),
-        state_tag: state.map(|(n, _)| n.name),
+        good_count_tag: good.map(|(n, _)| n.tag),
+        scrap_count_tag: scrap.map(|(n, _)| n.tag),
+        state_tag: state.map(|(n, _)| n.tag),
         max_count_step: max_count_step?,
         states,
         dispatch,
@@ -260,40 +301,65 @@ fn read_machine(
 /// A tag named by a machine, with the facts about it the checks need.
 #[derive(Debug, Clone)]
 struct NamedTag {
-    name: String,
+    tag: TagRef,
     data_type: Option<DataType>,
 }
 
-/// Reads a key naming a tag of the machine's device and checks that the tag suits `role`
-/// (and is writable, if `writable`). `Some(None)`: the key is absent; `None`: invalid
-/// (reported).
+/// Reads a key naming a tag (`tag` of the machine's device, or `device/tag`) and checks
+/// that the tag suits `role` (and is writable, if `writable`). `Some(None)`: the key is
+/// absent; `None`: invalid (reported).
 fn tag_key(
     cx: &mut Diagnostics<'_>,
     t: &mut TableReader<'_, '_>,
     key: &'static str,
-    device: DeviceRef<'_>,
+    scope: Scope<'_>,
     role: Role,
     writable: bool,
 ) -> Option<Option<(NamedTag, Span)>> {
-    let (name, span) = match t.text(cx, key) {
+    let (text, span) = match t.text(cx, key) {
         Val::Absent => return Some(None),
         Val::Invalid => return None,
-        Val::Present(name, span) => (name.to_owned(), span),
+        Val::Present(text, span) => (text.trim().to_owned(), span),
+    };
+    let (device, name) = match text.split_once('/') {
+        Some((device, name)) => {
+            let devices = scope.devices?;
+            if name.is_empty() {
+                cx.error(
+                    &span,
+                    format!("`{key}` names no tag after `{device}/`"),
+                    Some(format!(
+                        "write `{device}/TAG`, TAG a tag of device `{device}`"
+                    )),
+                );
+                return None;
+            }
+            let Some(found) = devices.iter().find(|d| d.name == device) else {
+                let known: Vec<&str> = devices.iter().map(|x| x.name.as_str()).collect();
+                let hint = match did_you_mean(device, known.iter().copied()) {
+                    Some(best) => format!("did you mean `{best}/{name}`?"),
+                    None => format!("the devices are {}", quoted_list(&known)),
+                };
+                cx.error(
+                    &span,
+                    format!("`{key}` names unknown device `{device}`"),
+                    Some(hint),
+                );
+                return None;
+            };
+            (Some(found), name)
+        }
+        None => (scope.home, text.as_str()),
     };
     let Some(device) = device else {
-        return Some(Some((
-            NamedTag {
-                name,
-                data_type: None,
-            },
-            span,
-        )));
+        // The machine's own device is unknown (reported): nothing to check against.
+        return None;
     };
-    let tag = check_tag(cx, &span, key, device, &name, role, writable)?;
+    let tag = check_tag(cx, &span, key, device, name, role, writable)?;
     Some(Some((
         NamedTag {
-            name,
-            data_type: Some(tag.data_type),
+            tag: TagRef::new(&device.name, &tag.name),
+            data_type: tag.data_type(),
         },
         span,
     )))
@@ -331,18 +397,28 @@ fn check_tag<'d>(
         } else {
             ""
         };
+        let (is, hint) = match tag.data_type() {
+            Some(dt) => (dt.to_string(), None),
+            // Only an OPC UA tag may leave its type to the server.
+            None => (
+                "an OPC UA tag without `type`".to_owned(),
+                (role == Role::Counter).then(|| format!(
+                    "a counter's width tells a wrap-around from a reset: add type = \"u32\" (or the variable's integer type) to tag `{name}` of device `{}`",
+                    device.name
+                )),
+            ),
+        };
         cx.error(
             span,
             format!(
-                "`{key}` needs {}; tag `{name}` is {}{scaled}",
-                role.expected(),
-                tag.data_type
+                "`{key}` needs {}; tag `{name}` is {is}{scaled}",
+                role.expected()
             ),
-            None,
+            hint,
         );
         return None;
     }
-    if writable && !tag.writable {
+    if writable && !tag.accepts_writes() {
         cx.error(
             span,
             format!("`{key}`: tag `{name}` is not writable"),
@@ -421,7 +497,7 @@ fn read_states(
         Some(Some((tag, span))) if tables.is_empty() => {
             cx.error(
                 span,
-                format!("state tag `{}` has no [[machine.state]] entries", tag.name),
+                format!("state tag `{}` has no [[machine.state]] entries", tag.tag.tag),
                 Some("add a [[machine.state]] with value and state for each value of the state word, as in value = 1 and state = \"running\"".to_owned()),
             );
             return None;
@@ -541,18 +617,18 @@ fn value_range(dt: DataType) -> std::ops::RangeInclusive<i64> {
 fn read_dispatch(
     cx: &mut Diagnostics<'_>,
     t: &mut TableReader<'_, '_>,
-    device: DeviceRef<'_>,
+    scope: Scope<'_>,
 ) -> Option<Option<Dispatch>> {
     let mut d = match t.table_named(cx, "dispatch", "[machine.dispatch]") {
         Val::Absent => return Some(None),
         Val::Invalid => return None,
         Val::Present(d, _) => d,
     };
-    let work_order = tag_key(cx, &mut d, "work_order_tag", device, Role::Id, true);
-    let product = tag_key(cx, &mut d, "product_tag", device, Role::Id, true);
-    let quantity = tag_key(cx, &mut d, "quantity_tag", device, Role::Quantity, true);
-    let handshake = tag_key(cx, &mut d, "handshake_tag", device, Role::Handshake, true);
-    let parameters = read_parameters(cx, &mut d, device);
+    let work_order = tag_key(cx, &mut d, "work_order_tag", scope, Role::Id, true);
+    let product = tag_key(cx, &mut d, "product_tag", scope, Role::Id, true);
+    let quantity = tag_key(cx, &mut d, "quantity_tag", scope, Role::Quantity, true);
+    let handshake = tag_key(cx, &mut d, "handshake_tag", scope, Role::Handshake, true);
+    let parameters = read_parameters(cx, &mut d, scope);
     let work_order = match work_order {
         Some(None) => {
             cx.structural(
@@ -565,13 +641,13 @@ fn read_dispatch(
         other => other,
     };
     // One tag written twice in a dispatch means two fields fight over it.
-    let mut used: HashSet<String> = HashSet::new();
+    let mut used: HashSet<TagRef> = HashSet::new();
     let mut distinct = true;
     let singles = [&work_order, &product, &quantity, &handshake];
     let named = singles
         .iter()
         .filter_map(|v| v.as_ref().and_then(|o| o.as_ref()))
-        .map(|(tag, span)| (tag.name.clone(), span.clone()));
+        .map(|(tag, span)| (tag.tag.clone(), span.clone()));
     let params = parameters
         .iter()
         .flatten()
@@ -593,10 +669,10 @@ fn read_dispatch(
         return None;
     }
     Some(Some(Dispatch {
-        work_order_tag: work_order.0.name,
-        product_tag: product.map(|(t, _)| t.name),
-        quantity_tag: quantity.map(|(t, _)| t.name),
-        handshake_tag: handshake.map(|(t, _)| t.name),
+        work_order_tag: work_order.0.tag,
+        product_tag: product.map(|(t, _)| t.tag),
+        quantity_tag: quantity.map(|(t, _)| t.tag),
+        handshake_tag: handshake.map(|(t, _)| t.tag),
         parameters: parameters.into_iter().map(|(p, _)| p).collect(),
     }))
 }
@@ -604,7 +680,7 @@ fn read_dispatch(
 fn read_parameters(
     cx: &mut Diagnostics<'_>,
     d: &mut TableReader<'_, '_>,
-    device: DeviceRef<'_>,
+    scope: Scope<'_>,
 ) -> Option<Vec<(DispatchParameter, Span)>> {
     let tables = match d.tables(cx, "parameter", "[[machine.dispatch.parameter]]") {
         Val::Absent => return Some(Vec::new()),
@@ -621,7 +697,7 @@ fn read_parameters(
                 check_name(cx, span, "parameter name", name, Underscore::Allowed)
                     && names.insert(cx, span, name)
             });
-        let tag = tag_key(cx, &mut p, "tag", device, Role::Any, true);
+        let tag = tag_key(cx, &mut p, "tag", scope, Role::Any, true);
         let tag = match tag {
             Some(None) => {
                 cx.structural(
@@ -642,7 +718,7 @@ fn read_parameters(
             (Some((name, _)), Some((tag, span)), Some(required), Some(all)) => all.push((
                 DispatchParameter {
                     name: name.to_owned(),
-                    tag: tag.name,
+                    tag: tag.tag,
                     required,
                 },
                 span,

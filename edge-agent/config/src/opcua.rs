@@ -11,7 +11,7 @@ use edge_opcua::{
     SecurityPolicy, TagMode,
 };
 
-use crate::device::{Device, Protocol};
+use crate::device::{Device, Protocol, Tag, TagAddress};
 use crate::error::Diagnostics;
 use crate::gateway::resolve;
 use crate::names::{check_name, Underscore, UniqueNames};
@@ -19,7 +19,8 @@ use crate::northbound::{read_backoff, read_credentials};
 use crate::reader::{Span, TableReader, Val};
 use crate::secret::SecretSource;
 
-/// `protocol = "opcua"`: how to reach and talk to an OPC UA server, and its tags.
+/// `protocol = "opcua"`: how to reach and talk to an OPC UA server (its tags are the
+/// device's, in [`Device::tags`]).
 #[derive(Debug, Clone, PartialEq)]
 pub struct OpcUa {
     /// `endpoint` (required): the server's URL, `opc.tcp://host[:port][/path]` (port 4840 by
@@ -47,15 +48,11 @@ pub struct OpcUa {
     /// `max_nodes_per_read` (0 to 100,000, default 0): the most nodes in one Read besides the
     /// server's own MaxNodesPerRead; 0 leaves it to the server.
     pub max_nodes_per_read: u32,
-    /// The device's `[[device.tag]]`s, at least one.
-    pub tags: Vec<OpcUaTag>,
 }
 
-/// `[[device.tag]]` of an OPC UA device.
+/// The OPC UA part of a `[[device.tag]]` (the keys every tag has are in [`Tag`]).
 #[derive(Debug, Clone, PartialEq)]
 pub struct OpcUaTag {
-    /// `name` (required): unique within its device, letters, digits, `-` and `_`.
-    pub name: String,
     /// `address` (required): the node id, as `edge-agent opcua browse` prints it:
     /// `ns=2;s=Filler.Temperature`, `ns=2;i=1001`, `ns=3;g=<guid>`, `ns=4;b=<base64>`, or with
     /// the namespace URI: `nsu=urn:acme:plant;s=Filler.Temperature`.
@@ -63,15 +60,6 @@ pub struct OpcUaTag {
     /// `type` (optional): convert values to this type (`bool`, `i16` … `f64`, `string:N`);
     /// without it a value keeps the server's type.
     pub data_type: Option<DataType>,
-    /// `scale` and `offset` (numbers only): values are stored as `raw * scale + offset`.
-    pub scale: f64,
-    /// See `scale`.
-    pub offset: f64,
-    /// `unit` (optional): the engineering unit published with the value.
-    pub unit: Option<String>,
-    /// `writable` (default false): whether commands may write this tag; the value is converted
-    /// to the variable's own data type, and refused when it does not fit.
-    pub writable: bool,
     /// `mode` (default: the device's `mode`, itself `"subscription"` by default):
     /// `"subscription"` takes `publishing_interval_ms` (default 1000), `sampling_interval_ms`
     /// (default: the publishing interval), `queue_size` (1 to 10,000, default 10) and a server
@@ -90,14 +78,13 @@ impl OpcUa {
     pub const DEFAULT_QUEUE_SIZE: u32 = 10;
     pub const DEFAULT_POLL_INTERVAL_MS: u64 = 1000;
 
-    /// The subscribed tags and the polled tags.
-    pub fn split(&self) -> (usize, usize) {
-        let subscribed = self
-            .tags
+    /// How many of `tags` are subscribed to, and how many polled.
+    pub fn split(tags: &[Tag]) -> (usize, usize) {
+        let subscribed = tags
             .iter()
-            .filter(|t| t.mode.is_subscription())
+            .filter(|t| t.opcua().is_some_and(|o| o.mode.is_subscription()))
             .count();
-        (subscribed, self.tags.len() - subscribed)
+        (subscribed, tags.len() - subscribed)
     }
 }
 
@@ -210,21 +197,15 @@ pub(crate) fn read_opcua_device(
         keep_alive: Duration::from_millis(keep_alive_ms?),
         trust_on_first_use: trust_on_first_use?,
         max_nodes_per_read: max_nodes_per_read?,
-        tags: tags?,
     };
     Some(Device {
         name: name?.0.to_owned(),
         protocol: Protocol::OpcUa(Box::new(opcua)),
         poll_interval: Duration::from_millis(poll_ms),
         timeout: Duration::from_millis(timeout_ms?),
-        byte_order: edge_modbus::ByteOrder::Abcd,
-        max_gap_registers: 0,
-        max_gap_bits: 0,
-        max_registers: Device::MAX_REGISTERS,
-        max_bits: Device::MAX_BITS,
         backoff_min: backoff_min?,
         backoff_max: backoff_max?,
-        tags: Vec::new(),
+        tags: tags?,
     })
 }
 
@@ -390,7 +371,7 @@ fn read_tags(
     device: &mut TableReader<'_, '_>,
     defaults: &TagDefaults,
     device_name: Option<&str>,
-) -> Option<Vec<OpcUaTag>> {
+) -> Option<Vec<Tag>> {
     let tables = match device.tables(cx, "tag", "[[device.tag]]") {
         Val::Present(tables, _) if !tables.is_empty() => tables,
         Val::Invalid => return None,
@@ -429,7 +410,7 @@ fn read_tag(
     t: &mut TableReader<'_, '_>,
     defaults: &TagDefaults,
     names: &mut UniqueNames,
-) -> Option<OpcUaTag> {
+) -> Option<Tag> {
     let name = t.string(cx, "name");
     let name = t
         .require(cx, "name", name, "name = \"temperature\"")
@@ -641,14 +622,16 @@ fn read_tag(
     if !consistent {
         return None;
     }
-    Some(OpcUaTag {
+    Some(Tag {
         name: name?.0.to_owned(),
-        node: node?.0,
-        data_type,
+        address: TagAddress::OpcUa(OpcUaTag {
+            node: node?.0,
+            data_type,
+            mode,
+        }),
         scale,
         offset,
         unit,
         writable,
-        mode,
     })
 }

@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use edge_config::{parse, ConfigError, ConfigErrors, Protocol, SecretSource, SerialParity};
+use edge_config::{parse, ConfigError, ConfigErrors, ModbusLink, SecretSource, SerialParity};
 
 const FILE: &str = "/etc/edge-agent/board.toml";
 
@@ -92,13 +92,15 @@ fn a_board_with_a_serial_port_led_and_input_is_read_with_its_defaults() {
     assert_eq!(c.board.inputs[0].name, "part_present");
     assert_eq!(c.board.inputs[0].poll_interval.as_millis(), 100);
     assert_eq!(c.board.input_device, "io");
+    let modbus = c.devices[0].protocol.modbus().expect("a Modbus device");
     assert_eq!(
-        c.devices[0].protocol,
-        Protocol::ModbusRtu {
+        modbus.link,
+        ModbusLink::Rtu {
             serial: "rs485-1".into(),
-            unit_id: 7
         }
     );
+    assert_eq!(modbus.unit_id, 7);
+    assert_eq!(c.devices[0].protocol.as_str(), "modbus-rtu");
 }
 
 #[test]

@@ -8,7 +8,7 @@ use std::path::Path;
 
 use edge_config::{
     parse, Config, ConfigError, ConfigErrors, Dispatch, DispatchParameter, Machine, MachineState,
-    SecretSource, StateEntry,
+    SecretSource, StateEntry, TagRef,
 };
 
 struct NoSecrets;
@@ -98,6 +98,11 @@ host = "10.0.0.5"
     )
 }
 
+/// A tag of the device `filler`, as a machine names it.
+fn filler(tag: &str) -> TagRef {
+    TagRef::new("filler", tag)
+}
+
 fn parse_ok(src: &str) -> Config {
     match parse(src, Path::new(FILE), &NoSecrets) {
         Ok(c) => c,
@@ -172,11 +177,11 @@ fn a_full_machine_reads_into_typed_values_with_defaults_filled_in() {
         vec![Machine {
             name: "filler-1".into(),
             device: "filler".into(),
-            work_order_tag: Some("order".into()),
+            work_order_tag: Some(filler("order")),
             product_tag: None,
-            good_count_tag: Some("good".into()),
-            scrap_count_tag: Some("scrap".into()),
-            state_tag: Some("state".into()),
+            good_count_tag: Some(filler("good")),
+            scrap_count_tag: Some(filler("scrap")),
+            state_tag: Some(filler("state")),
             max_count_step: 500,
             states: vec![
                 StateEntry {
@@ -193,13 +198,13 @@ fn a_full_machine_reads_into_typed_values_with_defaults_filled_in() {
                 },
             ],
             dispatch: Some(Dispatch {
-                work_order_tag: "next_order".into(),
+                work_order_tag: filler("next_order"),
                 product_tag: None,
-                quantity_tag: Some("target".into()),
-                handshake_tag: Some("new_order".into()),
+                quantity_tag: Some(filler("target")),
+                handshake_tag: Some(filler("new_order")),
                 parameters: vec![DispatchParameter {
                     name: "speed".into(),
-                    tag: "speed_sp".into(),
+                    tag: filler("speed_sp"),
                     required: true,
                 }],
             }),
@@ -402,7 +407,10 @@ fn a_dispatch_writes_each_tag_once_and_names_each_parameter_once() {
         "[[machine]]\nname = \"m\"\ndevice = \"filler\"\n  [machine.dispatch]\n  work_order_tag = \"next_order\"\n  quantity_tag = \"target\"\n    [[machine.dispatch.parameter]]\n    name = \"speed\"\n    tag = \"target\"\n",
     );
     let e = only_error(&src);
-    assert_eq!(e.message, "tag `target` is written twice by this dispatch");
+    assert_eq!(
+        e.message,
+        "tag `filler/target` is written twice by this dispatch"
+    );
     assert_eq!(e.line, line_of(&src, "    tag = \"target\""));
     let e = only_error(&config(
         "[[machine]]\nname = \"m\"\ndevice = \"filler\"\n  [machine.dispatch]\n  work_order_tag = \"next_order\"\n    [[machine.dispatch.parameter]]\n    name = \"speed\"\n    tag = \"speed_sp\"\n    [[machine.dispatch.parameter]]\n    name = \"speed\"\n    tag = \"target\"\n",
@@ -529,4 +537,315 @@ good_count_tag = "good"
             (line_of(&src, "\"press\""), "unknown device `press`"),
         ]
     );
+}
+
+/// An OPC UA view of the filler, appended after the Modbus `filler` by [`with_ua`].
+const UA_DEVICE: &str = r#"[[device]]
+name = "filler_ua"
+protocol = "opcua"
+endpoint = "opc.tcp://10.0.0.6:4840"
+  [[device.tag]]
+  name = "order"
+  address = "ns=2;s=Filler.WorkOrder"
+  [[device.tag]]
+  name = "product"
+  address = "ns=2;s=Filler.Product"
+  type = "string:32"
+  [[device.tag]]
+  name = "good"
+  address = "ns=2;s=Filler.GoodCount"
+  type = "u32"
+  [[device.tag]]
+  name = "scrap"
+  address = "ns=2;s=Filler.ScrapCount"
+  [[device.tag]]
+  name = "state"
+  address = "ns=2;s=Filler.State"
+  [[device.tag]]
+  name = "next_order"
+  address = "ns=2;s=Filler.NextOrder"
+  mode = "polling"
+  writable = true
+  [[device.tag]]
+  name = "recipe"
+  address = "ns=2;s=Filler.Recipe"
+  mode = "polling"
+"#;
+
+/// The Modbus `filler`, the OPC UA `filler_ua`, then `machines`.
+fn with_ua(machines: &str) -> String {
+    config(&format!("{UA_DEVICE}\n{machines}"))
+}
+
+fn filler_ua(tag: &str) -> TagRef {
+    TagRef::new("filler_ua", tag)
+}
+
+#[test]
+fn a_machine_on_an_opcua_device_reads_with_tag_refs_naming_that_device() {
+    let src = with_ua(
+        r#"[[machine]]
+name = "filler-ua"
+device = "filler_ua"
+work_order_tag = "order"
+product_tag = "product"
+good_count_tag = "good"
+state_tag = "state"
+  [[machine.state]]
+  value = 1
+  state = "running"
+  [machine.dispatch]
+  work_order_tag = "next_order"
+"#,
+    );
+    let cfg = parse_ok(&src);
+    assert_eq!(
+        cfg.machines,
+        vec![Machine {
+            name: "filler-ua".into(),
+            device: "filler_ua".into(),
+            work_order_tag: Some(filler_ua("order")),
+            product_tag: Some(filler_ua("product")),
+            good_count_tag: Some(filler_ua("good")),
+            scrap_count_tag: None,
+            state_tag: Some(filler_ua("state")),
+            max_count_step: Machine::DEFAULT_MAX_COUNT_STEP,
+            states: vec![StateEntry {
+                value: 1,
+                state: MachineState::Running,
+                reason_code: 10_000,
+                reason: None,
+            }],
+            dispatch: Some(Dispatch {
+                work_order_tag: filler_ua("next_order"),
+                product_tag: None,
+                quantity_tag: None,
+                handshake_tag: None,
+                parameters: vec![],
+            }),
+        }]
+    );
+    assert_eq!(
+        cfg.machines[0]
+            .work_order_tag
+            .as_ref()
+            .map(|t| t.to_string()),
+        Some("filler_ua/order".to_owned())
+    );
+}
+
+#[test]
+fn a_machine_mixes_devices_with_device_slash_tag_whatever_their_protocol() {
+    // The work order and the state from the OPC UA server, the counters from the Modbus PLC.
+    let src = with_ua(
+        r#"[[machine]]
+name = "filler"
+device = "filler_ua"
+work_order_tag = "order"
+good_count_tag = "filler/good"
+scrap_count_tag = "filler/scrap"
+state_tag = "state"
+  [[machine.state]]
+  value = 1
+  state = "running"
+  [machine.dispatch]
+  work_order_tag = "next_order"
+  quantity_tag = "filler/target"
+  handshake_tag = "filler/new_order"
+"#,
+    );
+    let m = &parse_ok(&src).machines[0];
+    assert_eq!(m.device, "filler_ua");
+    assert_eq!(
+        (
+            &m.work_order_tag,
+            &m.good_count_tag,
+            &m.scrap_count_tag,
+            &m.state_tag
+        ),
+        (
+            &Some(filler_ua("order")),
+            &Some(filler("good")),
+            &Some(filler("scrap")),
+            &Some(filler_ua("state"))
+        )
+    );
+    let d = m.dispatch.as_ref().expect("a dispatch");
+    assert_eq!(
+        (&d.work_order_tag, &d.quantity_tag, &d.handshake_tag),
+        (
+            &filler_ua("next_order"),
+            &Some(filler("target")),
+            &Some(filler("new_order"))
+        )
+    );
+    // The other way round: a Modbus machine taking its work order from the OPC UA server.
+    let src = config(&format!(
+        "{UA_DEVICE}\n{}{STATES}",
+        MACHINE.replace("\"order\"", "\"filler_ua/order\"")
+    ));
+    let m = &parse_ok(&src).machines[0];
+    assert_eq!(m.work_order_tag, Some(filler_ua("order")));
+    assert_eq!(m.good_count_tag, Some(filler("good")));
+}
+
+#[test]
+fn a_counter_from_another_device_still_bounds_max_count_step() {
+    let src = with_ua(
+        "[[machine]]\nname = \"m\"\ndevice = \"filler_ua\"\ngood_count_tag = \"good\"\nscrap_count_tag = \"filler/scrap\"\nmax_count_step = 40000\n",
+    );
+    let e = only_error(&src);
+    assert_eq!(
+        e.message,
+        "`max_count_step` (40000) must be at most 32768 for a 16-bit counter"
+    );
+    assert_eq!((e.line, e.column), (line_of(&src, "max_count_step"), 18));
+}
+
+#[test]
+fn an_unknown_opcua_tag_is_an_error_at_its_key_with_the_tags_that_exist() {
+    let src =
+        with_ua("[[machine]]\nname = \"m\"\ndevice = \"filler_ua\"\ngood_count_tag = \"xyzzy\"\n");
+    let e = only_error(&src);
+    assert_eq!(e.message, "unknown tag `xyzzy` on device `filler_ua`");
+    assert_eq!((e.line, e.column), (line_of(&src, "\"xyzzy\""), 18));
+    assert_eq!(
+        e.hint.as_deref(),
+        Some("the tags of device `filler_ua` are `order`, `product`, `good`, `scrap`, `state`, `next_order` or `recipe`"),
+        "the hint lists the OPC UA device's tags"
+    );
+    // Close to one: the suggestion, also through `device/tag` from a Modbus machine.
+    let src = config(&format!(
+        "{UA_DEVICE}\n[[machine]]\nname = \"m\"\ndevice = \"filler\"\nstate_tag = \"filler_ua/stat\"\n  [[machine.state]]\n  value = 1\n  state = \"running\"\n"
+    ));
+    let e = only_error(&src);
+    assert_eq!(e.message, "unknown tag `stat` on device `filler_ua`");
+    assert_eq!((e.line, e.column), (line_of(&src, "filler_ua/stat"), 13));
+    assert_eq!(e.hint.as_deref(), Some("did you mean `state`?"));
+}
+
+#[test]
+fn device_slash_tag_naming_an_unknown_device_lists_the_devices_or_suggests_one() {
+    let src = with_ua(
+        "[[machine]]\nname = \"m\"\ndevice = \"filler\"\ngood_count_tag = \"press/good\"\n",
+    );
+    let e = only_error(&src);
+    assert_eq!(e.message, "`good_count_tag` names unknown device `press`");
+    assert_eq!((e.line, e.column), (line_of(&src, "press/good"), 18));
+    assert_eq!(
+        e.hint.as_deref(),
+        Some("the devices are `filler` or `filler_ua`")
+    );
+    let src = with_ua(
+        "[[machine]]\nname = \"m\"\ndevice = \"filler\"\n  [machine.dispatch]\n  work_order_tag = \"filer_ua/next_order\"\n",
+    );
+    let e = only_error(&src);
+    assert_eq!(
+        e.message,
+        "`work_order_tag` names unknown device `filer_ua`"
+    );
+    assert_eq!(
+        (e.line, e.column),
+        (line_of(&src, "filer_ua/next_order"), 20)
+    );
+    assert_eq!(
+        e.hint.as_deref(),
+        Some("did you mean `filler_ua/next_order`?")
+    );
+}
+
+#[test]
+fn an_opcua_counter_needs_its_type_to_tell_a_wrap_around_from_a_reset() {
+    let src = with_ua(
+        "[[machine]]\nname = \"m\"\ndevice = \"filler_ua\"\ngood_count_tag = \"good\"\nscrap_count_tag = \"scrap\"\n",
+    );
+    let e = only_error(&src);
+    assert_eq!(
+        e.message,
+        "`scrap_count_tag` needs an unscaled integer tag (u16, u32, u64, i16, i32 or i64); tag `scrap` is an OPC UA tag without `type`"
+    );
+    assert_eq!((e.line, e.column), (line_of(&src, "scrap_count_tag"), 19));
+    assert_eq!(
+        e.hint.as_deref(),
+        Some("a counter's width tells a wrap-around from a reset: add type = \"u32\" (or the variable's integer type) to tag `scrap` of device `filler_ua`")
+    );
+    let typed = src.replace(
+        "address = \"ns=2;s=Filler.ScrapCount\"\n",
+        "address = \"ns=2;s=Filler.ScrapCount\"\n  type = \"u32\"\n",
+    );
+    let m = &parse_ok(&typed).machines[0];
+    assert_eq!(m.scrap_count_tag, Some(filler_ua("scrap")));
+    // The same untyped tag is fine as a state word or a work order: no width is needed.
+    let src =
+        with_ua("[[machine]]\nname = \"m\"\ndevice = \"filler_ua\"\nwork_order_tag = \"scrap\"\n");
+    assert_eq!(
+        parse_ok(&src).machines[0].work_order_tag,
+        Some(filler_ua("scrap"))
+    );
+}
+
+#[test]
+fn a_dispatch_may_target_a_writable_opcua_tag_but_not_a_read_only_one() {
+    let dispatch = |body: &str| {
+        with_ua(&format!(
+            "[[machine]]\nname = \"m\"\ndevice = \"filler_ua\"\n  [machine.dispatch]\n{body}"
+        ))
+    };
+    let cfg = parse_ok(&dispatch(
+        "  work_order_tag = \"next_order\"\n    [[machine.dispatch.parameter]]\n    name = \"speed\"\n    tag = \"filler/speed_sp\"\n",
+    ));
+    let d = cfg.machines[0].dispatch.as_ref().expect("a dispatch");
+    assert_eq!(d.work_order_tag, filler_ua("next_order"));
+    assert_eq!(
+        d.parameters,
+        vec![DispatchParameter {
+            name: "speed".into(),
+            tag: filler("speed_sp"),
+            required: false,
+        }]
+    );
+    let src = dispatch("  work_order_tag = \"recipe\"\n");
+    let e = only_error(&src);
+    assert_eq!(e.message, "`work_order_tag`: tag `recipe` is not writable");
+    assert_eq!(
+        (e.line, e.column),
+        (line_of(&src, "work_order_tag = \"recipe\""), 20)
+    );
+    assert_eq!(
+        e.hint.as_deref(),
+        Some("dispatches write to it: set `writable = true` on tag `recipe` of device `filler_ua`")
+    );
+    // Through `device/tag` from a Modbus machine, the same check and the same message.
+    let src = config(&format!(
+        "{UA_DEVICE}\n[[machine]]\nname = \"m\"\ndevice = \"filler\"\n  [machine.dispatch]\n  work_order_tag = \"next_order\"\n    [[machine.dispatch.parameter]]\n    name = \"recipe\"\n    tag = \"filler_ua/recipe\"\n"
+    ));
+    let e = only_error(&src);
+    assert_eq!(e.message, "`tag`: tag `recipe` is not writable");
+    assert_eq!((e.line, e.column), (line_of(&src, "filler_ua/recipe"), 11));
+}
+
+#[test]
+fn a_tag_named_plainly_and_as_device_slash_tag_is_the_same_tag() {
+    // `next_order` of the OPC UA device and of the Modbus one are two tags...
+    let src = with_ua(
+        "[[machine]]\nname = \"m\"\ndevice = \"filler_ua\"\n  [machine.dispatch]\n  work_order_tag = \"next_order\"\n  product_tag = \"filler/next_order\"\n",
+    );
+    let d = parse_ok(&src).machines[0]
+        .dispatch
+        .clone()
+        .expect("a dispatch");
+    assert_eq!(
+        (d.work_order_tag, d.product_tag),
+        (filler_ua("next_order"), Some(filler("next_order")))
+    );
+    // ...but `target` and `filler/target` of a `filler` machine are one.
+    let src = config(
+        "[[machine]]\nname = \"m\"\ndevice = \"filler\"\n  [machine.dispatch]\n  work_order_tag = \"next_order\"\n  quantity_tag = \"target\"\n    [[machine.dispatch.parameter]]\n    name = \"speed\"\n    tag = \"filler/target\"\n",
+    );
+    let e = only_error(&src);
+    assert_eq!(
+        e.message,
+        "tag `filler/target` is written twice by this dispatch"
+    );
+    assert_eq!(e.line, line_of(&src, "tag = \"filler/target\""));
 }

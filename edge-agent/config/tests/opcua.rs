@@ -7,7 +7,10 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use edge_config::{parse, Config, ConfigError, ConfigErrors, OpcUa, Protocol, SecretSource};
+use edge_config::{
+    parse, Config, ConfigError, ConfigErrors, OpcUa, OpcUaTag, Protocol, SecretSource, Tag,
+    TagAddress,
+};
 use edge_model::DataType;
 use edge_opcua::{Deadband, Identity, SecurityMode, SecurityPolicy, TagMode};
 
@@ -73,6 +76,14 @@ fn opcua(cfg: &Config) -> &OpcUa {
     }
 }
 
+/// The OPC UA part of tag `i` of the first device.
+fn ua_tag(cfg: &Config, i: usize) -> &OpcUaTag {
+    match &cfg.devices[0].tags[i].address {
+        TagAddress::OpcUa(o) => o,
+        other => panic!("not an OPC UA tag: {other:?}"),
+    }
+}
+
 fn positions(errors: &[ConfigError]) -> Vec<(usize, usize, &str)> {
     errors
         .iter()
@@ -97,7 +108,18 @@ fn an_opcua_device_reads_with_its_defaults_filled_in() {
     ));
     let dev = &cfg.devices[0];
     assert_eq!(dev.protocol.as_str(), "opcua");
-    assert!(dev.tags.is_empty(), "OPC UA tags live in the protocol");
+    assert_eq!(
+        dev.tags.len(),
+        2,
+        "OPC UA tags live in the device, as Modbus ones"
+    );
+    assert!(
+        dev.tags
+            .iter()
+            .all(|t| matches!(t.address, TagAddress::OpcUa(_))),
+        "{:?}",
+        dev.tags
+    );
     assert_eq!(
         dev.timeout,
         Duration::from_millis(OpcUa::DEFAULT_TIMEOUT_MS)
@@ -109,9 +131,9 @@ fn an_opcua_device_reads_with_its_defaults_filled_in() {
     assert_eq!(ua.identity, Identity::Anonymous);
     assert_eq!(ua.session_timeout, Duration::from_secs(60));
     assert!(!ua.trust_on_first_use);
-    assert_eq!(ua.split(), (1, 1));
+    assert_eq!(OpcUa::split(&dev.tags), (1, 1));
     assert_eq!(
-        ua.tags[0].mode,
+        ua_tag(&cfg, 0).mode,
         TagMode::Subscription {
             publishing_interval: Duration::from_millis(1000),
             sampling_interval: Duration::from_millis(1000),
@@ -120,15 +142,20 @@ fn an_opcua_device_reads_with_its_defaults_filled_in() {
         }
     );
     assert_eq!(
-        ua.tags[1].mode,
+        ua_tag(&cfg, 1).mode,
         TagMode::Polling {
             interval: Duration::from_millis(1000),
             deadband: None,
             heartbeat: None,
         }
     );
-    assert_eq!(ua.tags[0].node.to_string(), "ns=2;s=Filler.Temperature");
-    assert_eq!(ua.tags[0].data_type, None);
+    assert_eq!(
+        ua_tag(&cfg, 0).node.to_string(),
+        "ns=2;s=Filler.Temperature"
+    );
+    assert_eq!(ua_tag(&cfg, 0).data_type, None);
+    assert_eq!(dev.tags[0].data_type(), None);
+    assert_eq!(dev.tags[0].address_text(), "ns=2;s=Filler.Temperature");
 }
 
 #[test]
@@ -170,9 +197,9 @@ max_nodes_per_read = 100
     );
     assert!(ua.trust_on_first_use);
     assert_eq!(ua.max_nodes_per_read, 100);
-    assert_eq!(ua.tags[0].data_type, Some(DataType::U32));
+    assert_eq!(ua_tag(&cfg, 0).data_type, Some(DataType::U32));
     assert_eq!(
-        ua.tags[0].mode,
+        ua_tag(&cfg, 0).mode,
         TagMode::Polling {
             interval: Duration::from_millis(250),
             deadband: Some(0.0),
@@ -180,7 +207,7 @@ max_nodes_per_read = 100
         }
     );
     assert_eq!(
-        ua.tags[1].mode,
+        ua_tag(&cfg, 1).mode,
         TagMode::Subscription {
             publishing_interval: Duration::from_millis(200),
             sampling_interval: Duration::from_millis(50),
@@ -188,8 +215,11 @@ max_nodes_per_read = 100
             deadband: Deadband::Percent(2.5),
         }
     );
-    assert_eq!(ua.tags[1].scale, 0.1);
-    assert!(ua.tags[1].writable);
+    let speed = &cfg.devices[0].tags[1];
+    assert_eq!(speed.scale, 0.1);
+    assert_eq!(speed.unit.as_deref(), Some("m/min"));
+    assert!(speed.writable);
+    assert!(speed.accepts_writes());
 }
 
 #[test]
@@ -359,5 +389,156 @@ fn the_example_opcua_board_config_is_valid() {
     };
     let ua = opcua(&cfg);
     assert_eq!(ua.security_mode, SecurityMode::SignAndEncrypt);
-    assert_eq!(ua.split(), (4, 2));
+    assert_eq!(OpcUa::split(&cfg.devices[0].tags), (4, 2));
+}
+
+#[test]
+fn an_opcua_devices_tags_are_in_device_tags_with_their_node_optional_type_and_mode() {
+    let cfg = parse_ok(&with_device(
+        r#"endpoint = "opc.tcp://10.0.0.5:4840"
+publishing_interval_ms = 500
+
+  [[device.tag]]
+  name = "temperature"
+  address = "ns=2;s=Filler.Temperature"
+  type = "f32"
+  scale = 0.1
+  offset = -40
+  unit = "degC"
+
+  [[device.tag]]
+  name = "setpoint"
+  address = "ns=2;i=1001"
+  mode = "polling"
+  poll_interval_ms = 2000
+  writable = true
+"#,
+    ));
+    let dev = &cfg.devices[0];
+    assert_eq!(
+        dev.tags,
+        vec![
+            Tag {
+                name: "temperature".into(),
+                address: TagAddress::OpcUa(OpcUaTag {
+                    node: "ns=2;s=Filler.Temperature".parse().expect("a node id"),
+                    data_type: Some(DataType::F32),
+                    mode: TagMode::Subscription {
+                        publishing_interval: Duration::from_millis(500),
+                        sampling_interval: Duration::from_millis(500),
+                        queue_size: 10,
+                        deadband: Deadband::None,
+                    },
+                }),
+                scale: 0.1,
+                offset: -40.0,
+                unit: Some("degC".into()),
+                writable: false,
+            },
+            Tag {
+                name: "setpoint".into(),
+                address: TagAddress::OpcUa(OpcUaTag {
+                    node: "ns=2;i=1001".parse().expect("a node id"),
+                    data_type: None,
+                    mode: TagMode::Polling {
+                        interval: Duration::from_millis(2000),
+                        deadband: None,
+                        heartbeat: None,
+                    },
+                }),
+                scale: 1.0,
+                offset: 0.0,
+                unit: None,
+                writable: true,
+            },
+        ]
+    );
+    let (temperature, setpoint) = (&dev.tags[0], &dev.tags[1]);
+    assert_eq!(temperature.data_type(), Some(DataType::F32));
+    assert_eq!(
+        setpoint.data_type(),
+        None,
+        "without `type` the server's type"
+    );
+    assert!(temperature.modbus().is_none());
+    assert_eq!(setpoint.address_text(), "ns=2;i=1001");
+    assert!(!temperature.accepts_writes());
+    assert!(setpoint.accepts_writes());
+    assert_eq!(OpcUa::split(&dev.tags), (1, 1));
+}
+
+#[test]
+fn a_modbus_and_an_opcua_device_sit_side_by_side_in_one_config() {
+    let src = format!(
+        r#"{HEAD}
+[[device]]
+name = "filler"
+protocol = "modbus-tcp"
+host = "10.0.0.5"
+unit_id = 3
+  [[device.tag]]
+  name = "good_count"
+  address = "hr:0"
+  type = "u32"
+
+[[device]]
+name = "filler_ua"
+protocol = "opcua"
+endpoint = "opc.tcp://10.0.0.6:4840"
+  [[device.tag]]
+  name = "good_count"
+  address = "ns=2;s=Filler.GoodCount"
+  type = "u32"
+"#
+    );
+    let cfg = parse_ok(&src);
+    let [modbus, ua] = &cfg.devices[..] else {
+        panic!("two devices: {:#?}", cfg.devices);
+    };
+    assert_eq!(
+        (modbus.name.as_str(), modbus.protocol.as_str()),
+        ("filler", "modbus-tcp")
+    );
+    assert_eq!(
+        (ua.name.as_str(), ua.protocol.as_str()),
+        ("filler_ua", "opcua")
+    );
+    assert_eq!(modbus.protocol.endpoint(), "10.0.0.5:502");
+    assert_eq!(ua.protocol.endpoint(), "opc.tcp://10.0.0.6:4840");
+    assert_eq!((modbus.protocol.unit_id(), ua.protocol.unit_id()), (3, 0));
+    assert!(modbus.protocol.opcua().is_none() && ua.protocol.modbus().is_none());
+    assert_eq!(
+        modbus.timeout,
+        Duration::from_millis(edge_config::Device::DEFAULT_TIMEOUT_MS)
+    );
+    assert_eq!(ua.timeout, Duration::from_millis(OpcUa::DEFAULT_TIMEOUT_MS));
+    // The same tag name in each device: names are unique per device only.
+    assert_eq!(modbus.tags[0].name, ua.tags[0].name);
+    assert!(matches!(modbus.tags[0].address, TagAddress::Modbus(_)));
+    assert!(matches!(ua.tags[0].address, TagAddress::OpcUa(_)));
+    assert_eq!(modbus.tags[0].address_text(), "hr:0");
+    assert_eq!(ua.tags[0].address_text(), "ns=2;s=Filler.GoodCount");
+    assert_eq!(
+        (modbus.tags[0].data_type(), ua.tags[0].data_type()),
+        (Some(DataType::U32), Some(DataType::U32))
+    );
+}
+
+#[test]
+fn a_modbus_key_on_an_opcua_tag_is_an_unknown_key_at_its_line_and_column() {
+    let src = with_device(
+        r#"endpoint = "opc.tcp://10.0.0.5:4840"
+  [[device.tag]]
+  name = "t"
+  address = "ns=2;s=T"
+  byte_order = "CDAB"
+"#,
+    );
+    let errors = parse_err(&src);
+    assert_eq!(
+        positions(&errors),
+        vec![(20, 3, "unknown key `byte_order` in [[device.tag]]")],
+        "{}",
+        ConfigErrors(errors.clone())
+    );
 }

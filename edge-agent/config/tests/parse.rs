@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use edge_config::{
     load, parse, Batching, BrokerUrl, Config, ConfigError, ConfigErrors, Credentials, Device,
-    Format, Gateway, Northbound, Protocol, Secret, SecretSource, SparkplugSettings, StoreSettings,
-    Tag, TlsFiles, UnsPath,
+    Format, Gateway, Modbus, ModbusLink, ModbusTag, Northbound, Protocol, Secret, SecretSource,
+    SparkplugSettings, StoreSettings, Tag, TagAddress, TlsFiles, UnsPath,
 };
 use edge_modbus::{Address, Area, ByteOrder};
 use edge_model::DataType;
@@ -106,6 +106,11 @@ fn with_device(device_keys: &str, tags: &str) -> String {
 
 fn with_tag(tag: &str) -> String {
     with_device("", &format!("[[device.tag]]\n{tag}"))
+}
+
+/// The Modbus part of a tag of a Modbus device.
+fn modbus_tag(tag: &Tag) -> &ModbusTag {
+    tag.modbus().expect("a Modbus tag")
 }
 
 #[test]
@@ -258,105 +263,117 @@ heartbeat_s = 120
         ],
         devices: vec![Device {
             name: "filler".into(),
-            protocol: Protocol::ModbusTcp {
-                host: "10.0.0.5".into(),
-                port: 502,
+            protocol: Protocol::Modbus(Modbus {
+                link: ModbusLink::Tcp {
+                    host: "10.0.0.5".into(),
+                    port: 502,
+                },
                 unit_id: 1,
-            },
+                byte_order: ByteOrder::Cdab,
+                max_gap_registers: 10,
+                max_gap_bits: 0,
+                max_registers: 125,
+                max_bits: 2000,
+            }),
             poll_interval: ms(500),
             timeout: ms(1000),
-            byte_order: ByteOrder::Cdab,
-            max_gap_registers: 10,
-            max_gap_bits: 0,
-            max_registers: 125,
-            max_bits: 2000,
             backoff_min: ms(500),
             backoff_max: ms(30_000),
             tags: vec![
                 Tag {
                     name: "temperature".into(),
-                    address: Address {
-                        area: Area::HoldingRegister,
-                        offset: 100,
-                        bit: None,
-                    },
-                    data_type: DataType::F32,
-                    byte_order: ByteOrder::Cdab,
+                    address: TagAddress::Modbus(ModbusTag {
+                        address: Address {
+                            area: Area::HoldingRegister,
+                            offset: 100,
+                            bit: None,
+                        },
+                        data_type: DataType::F32,
+                        byte_order: ByteOrder::Cdab,
+                        deadband: Some(0.5),
+                        heartbeat: Some(Duration::from_secs(120)),
+                        poll_interval: ms(500),
+                    }),
                     scale: 2.0,
                     offset: -1.5,
                     unit: Some("degC".into()),
-                    deadband: Some(0.5),
-                    heartbeat: Some(Duration::from_secs(120)),
                     writable: false,
-                    poll_interval: ms(500),
                 },
                 Tag {
                     name: "energy".into(),
-                    address: Address {
-                        area: Area::InputRegister,
-                        offset: 7,
-                        bit: None,
-                    },
-                    data_type: DataType::U64,
-                    byte_order: ByteOrder::Dcba,
+                    address: TagAddress::Modbus(ModbusTag {
+                        address: Address {
+                            area: Area::InputRegister,
+                            offset: 7,
+                            bit: None,
+                        },
+                        data_type: DataType::U64,
+                        byte_order: ByteOrder::Dcba,
+                        deadband: Some(1.0),
+                        heartbeat: None,
+                        poll_interval: ms(5000),
+                    }),
                     scale: 1.0,
                     offset: 0.0,
                     unit: None,
-                    deadband: Some(1.0),
-                    heartbeat: None,
                     writable: false,
-                    poll_interval: ms(5000),
                 },
                 Tag {
                     name: "running".into(),
-                    address: Address {
-                        area: Area::Coil,
-                        offset: 3,
-                        bit: None,
-                    },
-                    data_type: DataType::Bool,
-                    byte_order: ByteOrder::Cdab,
+                    address: TagAddress::Modbus(ModbusTag {
+                        address: Address {
+                            area: Area::Coil,
+                            offset: 3,
+                            bit: None,
+                        },
+                        data_type: DataType::Bool,
+                        byte_order: ByteOrder::Cdab,
+                        deadband: None,
+                        heartbeat: None,
+                        poll_interval: ms(500),
+                    }),
                     scale: 1.0,
                     offset: 0.0,
                     unit: None,
-                    deadband: None,
-                    heartbeat: None,
                     writable: true,
-                    poll_interval: ms(500),
                 },
                 Tag {
                     name: "door_open".into(),
-                    address: Address {
-                        area: Area::HoldingRegister,
-                        offset: 20,
-                        bit: Some(3),
-                    },
-                    data_type: DataType::Bool,
-                    byte_order: ByteOrder::Cdab,
+                    address: TagAddress::Modbus(ModbusTag {
+                        address: Address {
+                            area: Area::HoldingRegister,
+                            offset: 20,
+                            bit: Some(3),
+                        },
+                        data_type: DataType::Bool,
+                        byte_order: ByteOrder::Cdab,
+                        deadband: None,
+                        heartbeat: None,
+                        poll_interval: ms(500),
+                    }),
                     scale: 1.0,
                     offset: 0.0,
                     unit: None,
-                    deadband: None,
-                    heartbeat: None,
                     writable: false,
-                    poll_interval: ms(500),
                 },
                 Tag {
                     name: "order".into(),
-                    address: Address {
-                        area: Area::HoldingRegister,
-                        offset: 30,
-                        bit: None,
-                    },
-                    data_type: DataType::String(16),
-                    byte_order: ByteOrder::Cdab,
+                    address: TagAddress::Modbus(ModbusTag {
+                        address: Address {
+                            area: Area::HoldingRegister,
+                            offset: 30,
+                            bit: None,
+                        },
+                        data_type: DataType::String(16),
+                        byte_order: ByteOrder::Cdab,
+                        deadband: Some(0.0),
+                        heartbeat: Some(Duration::from_secs(120)),
+                        poll_interval: ms(500),
+                    }),
                     scale: 1.0,
                     offset: 0.0,
                     unit: None,
-                    deadband: Some(0.0),
-                    heartbeat: Some(Duration::from_secs(120)),
                     writable: false,
-                    poll_interval: ms(500),
                 },
             ],
         }],
@@ -391,21 +408,29 @@ fn a_minimal_config_takes_every_default() {
     let device = &config.devices[0];
     assert_eq!(
         device.protocol,
-        Protocol::ModbusTcp {
-            host: "10.0.0.5".into(),
-            port: 502,
-            unit_id: 1
-        }
+        Protocol::Modbus(Modbus {
+            link: ModbusLink::Tcp {
+                host: "10.0.0.5".into(),
+                port: 502,
+            },
+            unit_id: 1,
+            byte_order: ByteOrder::Abcd,
+            max_gap_registers: 0,
+            max_gap_bits: 0,
+            max_registers: 125,
+            max_bits: 2000,
+        })
     );
     assert_eq!(device.poll_interval, Duration::from_millis(1000));
     assert_eq!(device.timeout, Duration::from_millis(1000));
-    assert_eq!(device.byte_order, ByteOrder::Abcd);
     let tag = &device.tags[0];
+    let modbus = modbus_tag(tag);
     assert_eq!(
-        (tag.scale, tag.offset, tag.deadband, tag.heartbeat),
+        (tag.scale, tag.offset, modbus.deadband, modbus.heartbeat),
         (1.0, 0.0, None, None)
     );
-    assert_eq!(tag.poll_interval, Duration::from_millis(1000));
+    assert_eq!(modbus.byte_order, ByteOrder::Abcd);
+    assert_eq!(modbus.poll_interval, Duration::from_millis(1000));
 }
 
 #[test]
@@ -549,7 +574,7 @@ fn integers_are_accepted_where_numbers_with_a_fraction_are_expected() {
     ));
     let tag = &config.devices[0].tags[0];
     assert_eq!(
-        (tag.scale, tag.offset, tag.deadband),
+        (tag.scale, tag.offset, modbus_tag(tag).deadband),
         (2.0, -3.0, Some(1.0))
     );
 }
@@ -623,7 +648,7 @@ fn bools_live_on_coils_and_discrete_inputs_or_in_register_bits() {
         let config = parse_ok(&with_tag(&format!(
             "name = \"b\"\naddress = \"{address}\"\ntype = \"bool\""
         )));
-        assert_eq!(config.devices[0].tags[0].data_type, DataType::Bool);
+        assert_eq!(config.devices[0].tags[0].data_type(), Some(DataType::Bool));
     }
 }
 
@@ -736,7 +761,7 @@ fn scale_and_offset_apply_only_to_numbers_and_a_bool_deadband_only_to_changes() 
     let config = parse_ok(&with_tag(
         "name = \"x\"\naddress = \"coil:0\"\ntype = \"bool\"\ndeadband = 0",
     ));
-    assert_eq!(config.devices[0].tags[0].deadband, Some(0.0));
+    assert_eq!(modbus_tag(&config.devices[0].tags[0]).deadband, Some(0.0));
 }
 
 #[test]
@@ -777,7 +802,11 @@ fn a_tag_without_a_deadband_gets_no_heartbeat_from_its_device() {
                 [[device.tag]]\nname = \"b\"\naddress = \"hr:1\"\ntype = \"u16\"\ndeadband = 2\n\
                 [[device.tag]]\nname = \"c\"\naddress = \"hr:2\"\ntype = \"u16\"\nheartbeat_s = 5\n";
     let config = parse_ok(&with_device("heartbeat_s = 60", tags));
-    let heartbeats: Vec<_> = config.devices[0].tags.iter().map(|t| t.heartbeat).collect();
+    let heartbeats: Vec<_> = config.devices[0]
+        .tags
+        .iter()
+        .map(|t| modbus_tag(t).heartbeat)
+        .collect();
     assert_eq!(
         heartbeats,
         vec![
@@ -1023,7 +1052,7 @@ fn a_device_host_is_an_address_without_scheme_or_port() {
     );
     let config = parse_ok(&with_device("", tag).replace("\"10.0.0.5\"", "\"fd00::5\""));
     assert!(
-        matches!(&config.devices[0].protocol, Protocol::ModbusTcp { host, .. } if host == "fd00::5")
+        matches!(&config.devices[0].protocol, Protocol::Modbus(Modbus { link: ModbusLink::Tcp { host, .. }, .. }) if host == "fd00::5")
     );
 }
 
