@@ -151,3 +151,65 @@ fn the_demo_config_and_the_example_config_pass_check() {
         );
     }
 }
+
+/// A machine on an OPC UA server that names a tag the device does not have.
+const OPCUA_MACHINE: &str = r#"[gateway]
+id = "gw-1"
+data_dir = "data"
+enterprise = "acme"
+site = "plant1"
+area = "packaging"
+line = "line1"
+
+[[northbound]]
+name = "mes"
+url = "mqtt://127.0.0.1:1"
+
+[[device]]
+name = "filler_ua"
+protocol = "opcua"
+endpoint = "opc.tcp://127.0.0.1:4840"
+
+  [[device.tag]]
+  name = "work_order"
+  address = "ns=2;s=Filler.WorkOrder"
+
+  [[device.tag]]
+  name = "good_count"
+  address = "ns=2;s=Filler.GoodCount"
+  type = "u32"
+
+[[machine]]
+name = "filler"
+device = "filler_ua"
+work_order_tag = "work_order"
+good_count_tag = "good_parts"
+"#;
+
+#[test]
+fn check_on_a_machine_naming_a_missing_opcua_tag_exits_64_with_its_position_and_the_tags_that_exist(
+) {
+    let dir = TestDir::new();
+    let path = dir.write_config(OPCUA_MACHINE);
+    let out = run_cli(&bin(), &["check", "-c", path.to_str().expect("utf-8 path")]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "stderr:\n{err}");
+    let at = format!("{}:31:18", path.display());
+    let line = err
+        .lines()
+        .find(|l| l.contains(&at))
+        .unwrap_or_else(|| panic!("no error at {at}:\n{err}"));
+    assert!(
+        line.contains("unknown tag `good_parts` on device `filler_ua`"),
+        "{line}"
+    );
+    let hint = err
+        .lines()
+        .skip_while(|l| !l.contains(&at))
+        .find_map(|l| l.trim().strip_prefix("hint: "))
+        .unwrap_or_else(|| panic!("no hint after the error:\n{err}"));
+    assert!(
+        hint.contains("`work_order`") && hint.contains("`good_count`"),
+        "the hint lists the device's tags: {hint}"
+    );
+}

@@ -11,6 +11,7 @@ mod delivery;
 mod devices;
 mod lifecycle;
 mod mes;
+mod mixed;
 mod opcua;
 mod ops;
 mod rtu;
