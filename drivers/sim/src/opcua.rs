@@ -6,7 +6,8 @@
 //! same port with the same certificate, as a real server restarts.
 //!
 //! Node ids are `ns=<plant namespace>;s=Filler.Temperature` and so on; [`OpcUaSim::node_id`]
-//! gives the exact text for a path.
+//! gives the exact text for a path. A test can add variables whose every Read is answered by
+//! its own hook ([`OpcUaSimOptions::hooked`]), to know exactly what each Read served.
 
 use std::io;
 use std::net::SocketAddr;
@@ -53,6 +54,34 @@ const FILLER: [(&str, DataTypeId, bool); 8] = [
     ("Speed", DataTypeId::Float, true),
 ];
 
+/// Makes the value a Read of a hooked variable serves. Each call serves one value: it is called
+/// each time a Read names the variable's Value (and at each sample of a monitored item on it,
+/// should a client subscribe). Missing timestamps are set to now. It runs on the server's task
+/// with the address space locked for reading: it must be quick and must not call back into the
+/// simulator.
+pub type ReadHook = Arc<dyn Fn() -> DataValue + Send + Sync>;
+
+/// A variable in the `Plant` folder, node id `ns=<plant namespace>;s=<name>`, whose value is
+/// made by its hook at each Read instead of being stored. The hook lives as long as the
+/// simulator and answers again after a restart.
+#[derive(Clone)]
+pub struct HookedVariable {
+    /// Browse name and the string of its node id.
+    pub name: String,
+    /// The variable's DataType attribute; the hook should serve values of this type.
+    pub data_type: DataTypeId,
+    pub hook: ReadHook,
+}
+
+impl std::fmt::Debug for HookedVariable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HookedVariable")
+            .field("name", &self.name)
+            .field("data_type", &self.data_type)
+            .finish_non_exhaustive()
+    }
+}
+
 /// How the simulator starts.
 #[derive(Debug, Clone)]
 pub struct OpcUaSimOptions {
@@ -67,6 +96,8 @@ pub struct OpcUaSimOptions {
     pub password: Option<String>,
     /// The server's MaxNodesPerRead (0: its default).
     pub max_nodes_per_read: usize,
+    /// Variables answered by hooks, under the `Plant` folder.
+    pub hooked: Vec<HookedVariable>,
 }
 
 impl OpcUaSimOptions {
@@ -77,6 +108,7 @@ impl OpcUaSimOptions {
             tick: Duration::from_millis(100),
             password: None,
             max_nodes_per_read: 0,
+            hooked: Vec::new(),
         }
     }
 }
@@ -351,6 +383,22 @@ fn serve(inner: &Arc<Inner>, listener: tokio::net::TcpListener) -> io::Result<Ru
     {
         let mut space = manager.address_space().write();
         build_plant(&mut space, namespace, o.extra_variables);
+        for v in &o.hooked {
+            add_hooked(&mut space, namespace, v);
+        }
+    }
+    for v in &o.hooked {
+        let hook = Arc::clone(&v.hook);
+        manager.inner().add_read_callback(
+            NodeId::new(namespace, v.name.as_str()),
+            move |_, _, _| {
+                let mut dv = hook();
+                let now = DateTime::now();
+                dv.source_timestamp.get_or_insert(now);
+                dv.server_timestamp.get_or_insert(now);
+                Ok(dv)
+            },
+        );
     }
     let retained = inner
         .retained
@@ -436,6 +484,15 @@ fn build_plant(space: &mut AddressSpace, ns: u16, extra: usize) {
                 .insert(space);
         }
     }
+}
+
+fn add_hooked(space: &mut AddressSpace, ns: u16, v: &HookedVariable) {
+    let id = NodeId::new(ns, v.name.as_str());
+    VariableBuilder::new(&id, v.name.as_str(), v.name.as_str())
+        .data_type(v.data_type)
+        .value(Variant::Empty)
+        .organized_by(NodeId::new(ns, "Plant"))
+        .insert(space);
 }
 
 /// The filler's values at a tick (100 ms ticks by default): counters that count, a

@@ -5,9 +5,10 @@
 //! a value was not acquired although no fault was under way.
 //!
 //! Faults: a TCP fault proxy in front of each PLC and of each northbound's broker connection
-//! (cut, blackhole, delay, throttle), silent PLCs, broker restarts (short and long enough to
-//! fill the store's disk quota), agent SIGKILL and SIGTERM restarts, and a few bytes of a store
-//! file corrupted (or a file truncated) between runs. Everything is chosen from `--seed`.
+//! (cut, blackhole, delay, throttle), silent PLCs, OPC UA server restarts, broker restarts
+//! (short and long enough to fill the store's disk quota), agent SIGKILL and SIGTERM restarts,
+//! and a few bytes of a store file corrupted (or a file truncated) between runs. Everything is
+//! chosen from `--seed`.
 
 mod ledger;
 mod plc;
@@ -46,6 +47,9 @@ pub struct Args {
     /// Simulated RTU devices behind a serial device server (RTU frames over TCP).
     #[arg(long, default_value_t = 1)]
     pub rtu: usize,
+    /// Simulated OPC UA servers (their counter polled, one Read per poll).
+    #[arg(long, default_value_t = 1)]
+    pub opcua: usize,
     /// Poll interval of every PLC.
     #[arg(long, default_value_t = 25)]
     pub poll_ms: u64,

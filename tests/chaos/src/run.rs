@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+use edge_sim::opcua::OpcUaSim;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
@@ -29,6 +30,10 @@ const MES: &str = "mes";
 const SCADA: &str = "scada";
 /// Every PLC's request timeout.
 const PLC_TIMEOUT_MS: u64 = 500;
+/// How long an OPC UA server stays down at a restart, in ms: as long as a short broker restart.
+const OPCUA_DOWN_MS: std::ops::Range<u64> = 300..6000;
+/// Attempts to bring a stopped OPC UA server back on its port, 500 ms apart.
+const OPCUA_RESTART_ATTEMPTS: u32 = 10;
 /// Added around a fault: a read in flight when it started, and a reconnect after it ended.
 const WINDOW_BEFORE: Duration = Duration::from_secs(1);
 const WINDOW_AFTER: Duration = Duration::from_secs(3);
@@ -60,6 +65,8 @@ enum Fault {
     BrokerOutage,
     AgentKill,
     AgentStop,
+    /// An OPC UA server stops (sessions end, the port closes) and starts again on its port.
+    OpcUaRestart,
     Quiet,
 }
 
@@ -82,6 +89,7 @@ impl Fault {
             AgentKill,
             AgentKill,
             AgentStop,
+            OpcUaRestart,
             Quiet,
         ]
     }
@@ -144,14 +152,22 @@ pub async fn run(args: Args) -> anyhow::Result<bool> {
     .await?;
 
     let mut plcs = Vec::new();
-    for i in 0..args.modbus_tcp {
-        plcs.push(CounterPlc::start(&format!("plc{}", i + 1), Kind::ModbusTcp, epoch).await?);
-    }
-    for i in 0..args.rtu {
-        plcs.push(CounterPlc::start(&format!("rtu{}", i + 1), Kind::RtuOverTcp, epoch).await?);
+    let kinds = [
+        ("plc", Kind::ModbusTcp, args.modbus_tcp),
+        ("rtu", Kind::RtuOverTcp, args.rtu),
+        ("ua", Kind::OpcUa, args.opcua),
+    ];
+    for (prefix, kind, count) in kinds {
+        for i in 0..count {
+            let name = format!("{prefix}{}", i + 1);
+            let plc = CounterPlc::start(&name, kind, epoch, &out)
+                .await
+                .with_context(|| format!("starting the simulated PLC {name}"))?;
+            plcs.push(plc);
+        }
     }
     if plcs.is_empty() {
-        bail!("no PLCs: give --modbus-tcp or --rtu a number above 0");
+        bail!("no PLCs: give --modbus-tcp, --rtu or --opcua a number above 0");
     }
     let mut plc_proxies = Vec::new();
     for plc in &plcs {
@@ -291,6 +307,10 @@ keep_alive_s = 5
         let protocol = match plc.kind {
             Kind::ModbusTcp => "modbus-tcp",
             Kind::RtuOverTcp => "modbus-rtu-tcp",
+            Kind::OpcUa => {
+                let _ = write!(s, "{}", opcua_device(plc, proxy, args));
+                continue;
+            }
         };
         let _ = write!(
             s,
@@ -319,6 +339,70 @@ backoff_max_ms = 1000
         );
     }
     s
+}
+
+/// An OPC UA PLC's `[[device]]`: reached through its fault proxy, its counter polled one node
+/// per Read (see `plc.rs` for why polling), with the Modbus devices' timeout and backoff. The
+/// keep-alive and session timeout are the shortest the config takes, so that a dead session
+/// is noticed and forgotten quickly. The tag's type is the variable's, u32, so that UNS JSON
+/// carries an integer and Sparkplug a UInt32, as for the Modbus counters.
+fn opcua_device(plc: &CounterPlc, proxy: &FaultProxy, args: &Args) -> String {
+    format!(
+        r#"
+[[device]]
+name = "{}"
+protocol = "opcua"
+endpoint = "opc.tcp://127.0.0.1:{}/"
+timeout_ms = {PLC_TIMEOUT_MS}
+keep_alive_ms = 500
+session_timeout_ms = 10000
+backoff_min_ms = 100
+backoff_max_ms = 1000
+mode = "polling"
+poll_interval_ms = {}
+  [[device.tag]]
+  name = "{}"
+  address = "{}"
+  type = "u32"
+"#,
+        plc.name,
+        proxy.port(),
+        args.poll_ms,
+        topics::TAG,
+        plc.node().unwrap_or_default(),
+    )
+}
+
+/// Writes a line to the run's event list (and to stdout with `CHAOS_VERBOSE`).
+fn event(events: &Mutex<String>, epoch: Instant, text: &str) {
+    let line = format!("{:>8.1} s  {text}\n", epoch.elapsed().as_secs_f64());
+    lock(events).push_str(&line);
+    if std::env::var_os("CHAOS_VERBOSE").is_some() {
+        print!("{line}");
+    }
+}
+
+/// Records a fault window, widened by [`WINDOW_BEFORE`] and [`WINDOW_AFTER`].
+fn window(windows: &Mutex<Vec<Window>>, device: Option<&str>, from_ms: u64, to_ms: u64) {
+    lock(windows).push(Window {
+        device: device.map(str::to_owned),
+        from_ms: from_ms.saturating_sub(WINDOW_BEFORE.as_millis() as u64),
+        to_ms: to_ms + WINDOW_AFTER.as_millis() as u64,
+    });
+}
+
+/// Starts a stopped OPC UA server again on its port, retrying a few times (the port may take
+/// a moment to be free again). Returns the last error when it never comes back.
+async fn restart_opcua(sim: &OpcUaSim) -> std::io::Result<()> {
+    let mut last = Ok(());
+    for _ in 0..OPCUA_RESTART_ATTEMPTS {
+        last = sim.restart().await;
+        if last.is_ok() {
+            return last;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    last
 }
 
 /// Samples the running agent's resident memory every second.
@@ -352,11 +436,7 @@ impl Plant {
     }
 
     fn event(&self, text: &str) {
-        let line = format!("{:>8.1} s  {text}\n", self.epoch.elapsed().as_secs_f64());
-        lock(&self.events).push_str(&line);
-        if std::env::var_os("CHAOS_VERBOSE").is_some() {
-            print!("{line}");
-        }
+        event(&self.events, self.epoch, text);
     }
 
     fn count(&self, fault: &'static str) {
@@ -364,11 +444,7 @@ impl Plant {
     }
 
     fn window(&self, device: Option<&str>, from_ms: u64, to_ms: u64) {
-        lock(&self.windows).push(Window {
-            device: device.map(str::to_owned),
-            from_ms: from_ms.saturating_sub(WINDOW_BEFORE.as_millis() as u64),
-            to_ms: to_ms + WINDOW_AFTER.as_millis() as u64,
-        });
+        window(&self.windows, device, from_ms, to_ms);
     }
 
     fn start_agent(&mut self) -> anyhow::Result<()> {
@@ -441,6 +517,10 @@ impl Plant {
                     self.stop_agent(true)?;
                     self.start_agent()?;
                 }
+                Fault::OpcUaRestart => match self.opcua_restart(&mut rng) {
+                    Some(task) => background.push(task),
+                    None => self.count("quiet"),
+                },
                 Fault::Quiet => self.count("quiet"),
             }
             let pause = Duration::from_millis(rng.random_range(500..4000));
@@ -497,6 +577,51 @@ impl Plant {
                 proxy.set(Mode::Pass);
             }
         })
+    }
+
+    /// Stops one OPC UA server and starts it again on the same port, in the background (like
+    /// a PLC fault, so that the deck's pace stays that of the other faults). `None` without an
+    /// OPC UA PLC.
+    fn opcua_restart(&self, rng: &mut StdRng) -> Option<tokio::task::JoinHandle<()>> {
+        let servers: Vec<(&str, OpcUaSim)> = self
+            .plcs
+            .iter()
+            .filter_map(|p| p.opcua().map(|sim| (p.name.as_str(), sim)))
+            .collect();
+        if servers.is_empty() {
+            return None;
+        }
+        let (name, sim) = servers[rng.random_range(0..servers.len())].clone();
+        let name = name.to_owned();
+        let down = Duration::from_millis(rng.random_range(OPCUA_DOWN_MS));
+        self.count("OPC UA server restart");
+        self.event(&format!(
+            "OPC UA server of {name} stopped for {} ms",
+            down.as_millis()
+        ));
+        let (events, windows, epoch) = (
+            Arc::clone(&self.events),
+            Arc::clone(&self.windows),
+            self.epoch,
+        );
+        let start = self.now_ms();
+        Some(tokio::spawn(async move {
+            sim.stop().await;
+            tokio::time::sleep(down).await;
+            let outcome = restart_opcua(&sim).await;
+            // From the stop (a Read answered as the server went down may never have reached
+            // the agent) until the agent has had time to build a new session.
+            let back = epoch.elapsed().as_millis() as u64;
+            window(&windows, Some(&name), start, back);
+            match outcome {
+                Ok(()) => event(&events, epoch, &format!("OPC UA server of {name} back")),
+                Err(e) => event(
+                    &events,
+                    epoch,
+                    &format!("OPC UA server of {name} could not start again: {e}"),
+                ),
+            }
+        }))
     }
 
     fn northbound_fault(&self, rng: &mut StdRng) {
@@ -572,6 +697,13 @@ impl Plant {
         }
         for plc in &self.plcs {
             plc.set_silent(false);
+            if let Some(sim) = plc.opcua() {
+                if !sim.is_running().await {
+                    restart_opcua(&sim).await.with_context(|| {
+                        format!("starting the OPC UA server of {} again", plc.name)
+                    })?;
+                }
+            }
         }
         for (_, p) in &self.nb_proxies {
             p.set(Mode::Pass);

@@ -1,6 +1,12 @@
 //! Turns what the subscriber received into per-device deliveries of the counter tag: UNS JSON
 //! telemetry (`{root}/{device}/counter` with `value` and `seq`) and Sparkplug B DDATA (the
 //! counter metric, found by name or by the alias its device's last DBIRTH gave it).
+//!
+//! A sample's key is its counter value as a u32, whatever number type carried it: the Modbus
+//! and OPC UA counters are u32 tags (a JSON integer, a Sparkplug UInt32 in `long_value`), but
+//! a counter published as a double (an OPC UA Double variable, a scaled tag) is the same
+//! sample when the double is that whole number. A double that is not such a number cannot be
+//! a counter value and is malformed.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -85,10 +91,16 @@ pub fn parse(messages: &[(String, Vec<u8>)], uns_root: &str, sp_prefix: &str) ->
                         let value = if m.is_null == Some(true) {
                             None
                         } else {
-                            match &m.value {
-                                Some(metric::Value::IntValue(v)) => Some(*v),
-                                Some(metric::Value::LongValue(v)) => u32::try_from(*v).ok(),
-                                other => {
+                            let double = match &m.value {
+                                Some(metric::Value::DoubleValue(v)) => Some(*v),
+                                Some(metric::Value::FloatValue(v)) => Some(f64::from(*v)),
+                                _ => None,
+                            };
+                            match (&m.value, double.and_then(counter_of_f64)) {
+                                (Some(metric::Value::IntValue(v)), _) => Some(*v),
+                                (Some(metric::Value::LongValue(v)), _) => u32::try_from(*v).ok(),
+                                (_, Some(v)) => Some(v),
+                                (other, None) => {
                                     parsed
                                         .malformed
                                         .push(format!("{topic}: counter value {other:?}"));
@@ -126,6 +138,7 @@ fn uns_delivery(payload: &[u8]) -> Result<Delivery, String> {
         Some(v) if good => Some(
             v.as_u64()
                 .and_then(|v| u32::try_from(v).ok())
+                .or_else(|| v.as_f64().and_then(counter_of_f64))
                 .ok_or_else(|| format!("counter value {v}"))?,
         ),
         _ => None,
@@ -135,6 +148,11 @@ fn uns_delivery(payload: &[u8]) -> Result<Delivery, String> {
         seq: Some(seq),
         ordered: true,
     })
+}
+
+/// A counter value carried as a floating-point number: only a whole number within u32.
+fn counter_of_f64(v: f64) -> Option<u32> {
+    (v.fract() == 0.0 && (0.0..=f64::from(u32::MAX)).contains(&v)).then_some(v as u32)
 }
 
 #[cfg(test)]
@@ -229,5 +247,74 @@ mod tests {
             ]
         );
         assert_eq!(parsed.births, 1);
+    }
+
+    fn good_uns(value: &str, seq: u64) -> Vec<u8> {
+        format!(r#"{{"value":{value},"quality":"good","seq":{seq}}}"#).into_bytes()
+    }
+
+    fn sp_value(value: metric::Value) -> Vec<u8> {
+        sp(vec![Metric {
+            name: Some(TAG.to_owned()),
+            value: Some(value),
+            ..Metric::default()
+        }])
+    }
+
+    #[test]
+    fn a_counter_value_has_one_key_whatever_number_type_carries_it() {
+        // An OPC UA UInt32 is a JSON integer and a Sparkplug UInt32 (long_value); a Double is
+        // a JSON number with a fraction part of zero and a Sparkplug double_value.
+        let messages = vec![
+            ("r/ua1/counter".to_owned(), good_uns("7", 1)),
+            ("r/ua1/counter".to_owned(), good_uns("8.0", 2)),
+            ("r/ua1/counter".to_owned(), good_uns("4294967295", 3)),
+            (
+                "spBv1.0/g/DDATA/gw/ua1".to_owned(),
+                sp_value(metric::Value::LongValue(7)),
+            ),
+            (
+                "spBv1.0/g/DDATA/gw/ua1".to_owned(),
+                sp_value(metric::Value::DoubleValue(8.0)),
+            ),
+            (
+                "spBv1.0/g/DDATA/gw/ua1".to_owned(),
+                sp_value(metric::Value::FloatValue(9.0)),
+            ),
+            (
+                "spBv1.0/g/DDATA/gw/ua1".to_owned(),
+                sp_value(metric::Value::IntValue(10)),
+            ),
+        ];
+        let parsed = parse(&messages, "r", "spBv1.0/g");
+        assert!(parsed.malformed.is_empty(), "{:?}", parsed.malformed);
+        let uns: Vec<Option<u32>> = parsed.uns["ua1"].iter().map(|d| d.value).collect();
+        assert_eq!(uns, vec![Some(7), Some(8), Some(u32::MAX)]);
+        let sparkplug: Vec<Option<u32>> = parsed.sparkplug["ua1"].iter().map(|d| d.value).collect();
+        assert_eq!(sparkplug, vec![Some(7), Some(8), Some(9), Some(10)]);
+    }
+
+    #[test]
+    fn a_double_that_is_no_counter_value_is_malformed() {
+        let messages = vec![
+            ("r/ua1/counter".to_owned(), good_uns("7.5", 1)),
+            ("r/ua1/counter".to_owned(), good_uns("-1.0", 2)),
+            ("r/ua1/counter".to_owned(), good_uns("4294967296.0", 3)),
+            (
+                "spBv1.0/g/DDATA/gw/ua1".to_owned(),
+                sp_value(metric::Value::DoubleValue(7.5)),
+            ),
+            (
+                "spBv1.0/g/DDATA/gw/ua1".to_owned(),
+                sp_value(metric::Value::DoubleValue(f64::NAN)),
+            ),
+            (
+                "spBv1.0/g/DDATA/gw/ua1".to_owned(),
+                sp_value(metric::Value::StringValue("7".to_owned())),
+            ),
+        ];
+        let parsed = parse(&messages, "r", "spBv1.0/g");
+        assert_eq!(parsed.malformed.len(), 6, "{:?}", parsed.malformed);
+        assert!(parsed.uns.is_empty() && parsed.sparkplug.is_empty());
     }
 }
