@@ -26,8 +26,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
-use edge_agent::runtime;
-use edge_agent::sparkplug::SparkplugPublisher;
+use edge_agent::daemon::runtime;
+use edge_agent::northbound::sparkplug::SparkplugPublisher;
 use edge_config::{Format, SystemSecrets};
 use edge_model::{Batch, DataType, DeviceId, Quality, Sample, TagName, Value};
 use edge_store::Store;

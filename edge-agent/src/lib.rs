@@ -1,20 +1,18 @@
 //! edge-agent: polls PLCs, commits every reading to a durable store, and publishes it over MQTT.
-//! The binary (`main.rs`) is a thin command line over these modules.
+//! The binary (`main.rs`) is a thin command line over these modules, one room per job:
+//!
+//! - [`cli`]: what a technician runs at the line (check, buffer stats, the Modbus probe, OPC UA
+//!   browse and trust, the demo);
+//! - [`daemon`]: the running gateway (devices, the store writer, status, reload, the systemd
+//!   service, board I/O);
+//! - [`northbound`]: the MQTT publishers (UNS JSON with MES events, Sparkplug B) and the
+//!   commands they take;
+//! - [`admin`]: the health and metrics endpoint.
 
 pub mod admin;
-pub mod board;
-pub mod check;
-pub mod demo;
-pub mod mes;
+pub mod cli;
+pub mod daemon;
 pub mod northbound;
-pub mod notify;
-pub mod opcua_cli;
-pub mod probe;
-pub mod publisher;
-pub mod reload;
-pub mod runtime;
-pub mod service;
-pub mod sparkplug;
 
 /// Exit code for a configuration the agent cannot use (sysexits EX_USAGE).
 pub const EXIT_CONFIG: i32 = 64;

@@ -5,7 +5,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use edge_agent::{check, demo, opcua_cli, probe, service, EXIT_CONFIG};
+use edge_agent::cli::{check, demo, opcua as opcua_cli, probe};
+use edge_agent::daemon::service;
+use edge_agent::EXIT_CONFIG;
 use tracing::error;
 use tracing_subscriber::EnvFilter;
 

@@ -10,7 +10,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
-use edge_agent::runtime;
+use edge_agent::daemon::devices::device_plan;
 use edge_config::SystemSecrets;
 use edge_modbus::plan::MAX_READ_REGISTERS;
 use edge_modbus::Area;
@@ -346,7 +346,7 @@ fn plan_requests(toml: &str, path: &Path) -> anyhow::Result<Requests> {
         observed_scans: 0,
     };
     for dev in &cfg.devices {
-        r.planned += runtime::device_plan(dev)?.map_or(0, |p| p.request_count());
+        r.planned += device_plan(dev)?.map_or(0, |p| p.request_count());
         r.tags += dev.tags.len();
         r.one_per_tag += dev.tags.len();
         let mut spans: Vec<(Area, u32, u32)> = dev

@@ -6,8 +6,8 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
-use edge_agent::publisher::{GatewayInfo, Publisher};
-use edge_agent::runtime;
+use edge_agent::daemon::runtime;
+use edge_agent::northbound::uns::{GatewayInfo, Publisher};
 use edge_config::{Batching, SystemSecrets};
 use edge_model::{Batch, DeviceId, Sample, TagName, Value};
 use edge_store::Store;

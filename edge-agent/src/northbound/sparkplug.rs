@@ -31,9 +31,9 @@ use rumqttc::{
 use tokio::sync::{watch, Semaphore};
 use tracing::{debug, error, info, warn};
 
+use crate::daemon::devices::DeviceWriter;
+use crate::northbound::uns::PublisherStats;
 use crate::northbound::{stopped, transport, Backoff, StoreReader, READ_CHUNK};
-use crate::publisher::PublisherStats;
-use crate::runtime::DeviceWriter;
 
 /// How long a DCMD write may wait for the device's answer.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(5);

@@ -17,8 +17,9 @@ use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
-use crate::publisher::PublisherStats;
-use crate::runtime::{DeviceList, Health};
+use crate::daemon::devices::DeviceList;
+use crate::daemon::runtime::Health;
+use crate::northbound::uns::PublisherStats;
 
 /// The largest request head read; anything longer is refused.
 const MAX_REQUEST: usize = 8 * 1024;

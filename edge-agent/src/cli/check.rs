@@ -9,7 +9,9 @@ use edge_modbus::learn::{read_limits, BlockKind};
 use edge_opcua::{Deadband, Identity, TagMode};
 use edge_store::{Store, StoreError};
 
-use crate::runtime::{self, StatusSnapshot};
+use crate::daemon::devices::{device_plan, limits_path};
+use crate::daemon::runtime;
+use crate::daemon::status::{snapshot, StatusSnapshot};
 use crate::EXIT_CONFIG;
 
 fn load(path: &Path) -> Result<Config, i32> {
@@ -254,7 +256,7 @@ pub fn describe(cfg: &Config) -> anyhow::Result<String> {
         }
     }
     describe_board(&mut out, cfg)?;
-    let learned: Vec<(String, BlockKind, u16)> = read_limits(&runtime::limits_path(cfg))
+    let learned: Vec<(String, BlockKind, u16)> = read_limits(&limits_path(cfg))
         .into_iter()
         .map(|((d, k), v)| (d, k, v))
         .collect();
@@ -316,7 +318,7 @@ pub fn describe(cfg: &Config) -> anyhow::Result<String> {
                 extra
             )?;
         }
-        let Some(plan) = runtime::device_plan(dev)? else {
+        let Some(plan) = device_plan(dev)? else {
             continue;
         };
         writeln!(
@@ -350,7 +352,7 @@ pub fn describe(cfg: &Config) -> anyhow::Result<String> {
                         BlockKind::Registers => "registers",
                         BlockKind::Bits => "bits",
                     },
-                    runtime::limits_path(cfg).display()
+                    limits_path(cfg).display()
                 )?;
             }
         }
@@ -533,7 +535,7 @@ pub fn buffer_stats(path: &Path, json: bool) -> i32 {
         &runtime::northbound_names(&cfg),
     ) {
         Ok((store, _)) => (
-            runtime::snapshot(&store, &[], &[]),
+            snapshot(&store, &[], &[]),
             format!("store {}", dir.display()),
         ),
         Err(StoreError::Locked { .. }) => match read_snapshot(&runtime::status_path(&cfg)) {
@@ -668,7 +670,7 @@ mod tests {
             ));
             store.commit(vec![b]).await.expect("commit");
         }
-        let snap = runtime::snapshot(&store, &[], &[]);
+        let snap = snapshot(&store, &[], &[]);
         assert!(snap.store.lost_evicted_samples > 0, "{:?}", snap.store);
         assert_eq!(snap.losses.len(), 1, "{:?}", snap.losses);
         let loss = &snap.losses[0];

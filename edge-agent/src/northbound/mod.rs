@@ -1,6 +1,12 @@
-//! What every MQTT publisher shares, whatever its payload format: the transport (plain TCP, or
-//! TLS with the configured CA and client certificate), the reconnect backoff, the stop signal,
-//! and reading committed records in order from a northbound's cursor with a small read-ahead.
+//! The northbounds: the UNS JSON publisher with the MES events ([`uns`]), the Sparkplug B edge
+//! node ([`sparkplug`]), and the commands both take back ([`commands`]). This module holds what
+//! every publisher shares, whatever its payload format: the transport (plain TCP, or TLS with
+//! the configured CA and client certificate), the reconnect backoff, the stop signal, and
+//! reading committed records in order from a northbound's cursor with a small read-ahead.
+
+pub mod commands;
+pub mod sparkplug;
+pub mod uns;
 
 use std::collections::VecDeque;
 use std::time::Duration;

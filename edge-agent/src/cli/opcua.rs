@@ -16,7 +16,8 @@ use edge_opcua::{
     SecurityPolicy,
 };
 
-use crate::{runtime, EXIT_CONFIG};
+use crate::daemon::devices::{application_uri, pki_dir, pki_settings};
+use crate::EXIT_CONFIG;
 
 #[derive(Args, Debug, Clone)]
 pub struct BrowseArgs {
@@ -102,7 +103,7 @@ pub fn trust(args: &TrustArgs) -> i32 {
         Ok(c) => c,
         Err(code) => return code,
     };
-    let pki = Pki::new(runtime::pki_dir(&cfg));
+    let pki = Pki::new(pki_dir(&cfg));
     match &args.action {
         TrustAction::List => {
             let own = pki.own_cert_path();
@@ -112,7 +113,7 @@ pub fn trust(args: &TrustArgs) -> i32 {
                         "gateway certificate  {}  thumbprint {}  application URI {}",
                         own.display(),
                         cert.thumbprint().as_hex_string(),
-                        runtime::application_uri(&cfg)
+                        application_uri(&cfg)
                     ),
                     Err(e) => println!("gateway certificate  {}  unreadable: {e}", own.display()),
                 }
@@ -335,7 +336,7 @@ fn browse_spec(args: &BrowseArgs) -> Result<DeviceSpec, String> {
         (Some(_), Some(_)) => return Err("give either --config or --pki-dir, not both".to_owned()),
         (Some(path), None) => {
             let cfg = edge_config::load(path).map_err(|e| format!("{e}"))?;
-            let mut s = runtime::pki_settings(&cfg, args.trust_on_first_use);
+            let mut s = pki_settings(&cfg, args.trust_on_first_use);
             s.application_name = format!("{} browse", s.application_name);
             s
         }

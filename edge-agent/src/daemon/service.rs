@@ -12,8 +12,8 @@ use tokio::signal::unix::{signal, SignalKind};
 use tracing::{error, info, warn};
 
 use crate::admin::{AdminServer, AdminState};
-use crate::notify::Notifier;
-use crate::runtime::{self, ReloadError};
+use crate::daemon::notify::Notifier;
+use crate::daemon::runtime::{self, ReloadError};
 
 /// How often health is checked when systemd sets no watchdog (for `/live`).
 const HEALTH_EVERY: Duration = Duration::from_secs(2);

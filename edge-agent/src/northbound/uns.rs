@@ -22,7 +22,7 @@ use edge_store::{RecordId, Store};
 use mes_bridge::command::{
     command_filters, request_id_of, Answer, MAX_COMMAND_BYTES, RESPONSE_LEVEL,
 };
-use mes_bridge::{MesBridge, Message, UnsEncoder};
+use mes_bridge::{Catalog, MesBridge, Message, UnsEncoder};
 use rumqttc::{
     AsyncClient, ConnectReturnCode, ConnectionError, Event, EventLoop, Incoming, LastWill,
     MqttOptions, Outgoing, QoS, StateError, SubscribeFilter, Transport,
@@ -31,7 +31,7 @@ use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, error, info, warn};
 
-use crate::mes::CommandRequest;
+use crate::northbound::commands::CommandRequest;
 pub use crate::northbound::TransportError as PublisherError;
 use crate::northbound::{stopped, transport, Backoff, StoreReader};
 
@@ -743,4 +743,17 @@ impl Window {
     fn is_full(&self, max: u16) -> bool {
         self.inflight_msgs >= max as usize
     }
+}
+
+/// The units of every tag of a config, published with its values.
+pub fn catalog(cfg: &edge_config::Config) -> Catalog {
+    let mut c = Catalog::new();
+    for d in &cfg.devices {
+        for t in &d.tags {
+            if let Some(u) = &t.unit {
+                c.set_unit(&d.name, &t.name, u);
+            }
+        }
+    }
+    c
 }

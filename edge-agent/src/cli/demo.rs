@@ -21,10 +21,10 @@ use edge_sim::{Bank, ModbusSim};
 use rumqttc::{AsyncClient, Event, Incoming, MqttOptions, QoS};
 use tracing::{info, warn};
 
-use crate::runtime;
+use crate::daemon::runtime;
 
 /// The demo's board config, built into the binary so `demo` works from any directory.
-pub const DEMO_CONFIG: &str = include_str!("../../board-configs/demo.toml");
+pub const DEMO_CONFIG: &str = include_str!("../../../board-configs/demo.toml");
 
 #[derive(Args, Debug, Clone)]
 pub struct DemoArgs {

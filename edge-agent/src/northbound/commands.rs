@@ -11,7 +11,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use crate::runtime::{DeviceWriter, WriteFailure};
+use crate::daemon::devices::{DeviceWriter, WriteFailure};
 use edge_config::Config;
 use edge_model::DeviceId;
 use mes_bridge::command::{
