@@ -18,6 +18,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use edge_config::{Config, Northbound, SparkplugSettings};
+use edge_driver::Backoff;
 use edge_modbus::write::{prepare_write, DeviceHandle};
 use edge_model::now_ms;
 use edge_store::{RecordId, Store};
@@ -32,7 +33,7 @@ use rumqttc::{
 use tokio::sync::{watch, Semaphore};
 use tracing::{debug, error, info, warn};
 
-use crate::northbound::{stopped, transport, Backoff, StoreReader, READ_CHUNK};
+use crate::northbound::{reconnect_wait, stopped, transport, StoreReader, READ_CHUNK};
 use crate::publisher::PublisherStats;
 
 /// How long a DCMD write may wait for the device's answer.
@@ -296,7 +297,7 @@ impl SparkplugPublisher {
             match outcome {
                 SessionEnd::Shutdown => return,
                 SessionEnd::Lost(reason) => {
-                    let wait = backoff.after(started.elapsed());
+                    let wait = reconnect_wait(&mut backoff, started.elapsed());
                     warn!(northbound = %self.nb.name, url = %self.nb.url, reason = %reason, retry_in = ?wait,
                         "Sparkplug session ended; samples stay in the store until they are proven delivered");
                     self.set_error(reason);
