@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use edge_config::Config;
-use edge_modbus::write::{prepare_write, DeviceHandle, WriteError};
+use edge_driver::{check_write, WriteError, WriteHandle};
 use edge_model::{DeviceId, TagName};
 use mes_bridge::command::{
     Answer, AnswerCache, CommandCatalog, DispatchParameter, DispatchSpec, Parsed, PlannedWrite,
@@ -130,7 +130,7 @@ pub fn command_catalog(cfg: &Config) -> CommandCatalog {
 /// Starts the command task. It ends when every sender is gone (the publishers stopped).
 pub fn spawn_commands(
     catalog: CommandCatalog,
-    handles: Vec<DeviceHandle>,
+    handles: Vec<WriteHandle>,
 ) -> (mpsc::Sender<CommandRequest>, JoinHandle<()>) {
     let (tx, task, _targets) = spawn_reloadable_commands(catalog, handles);
     (tx, task)
@@ -140,7 +140,7 @@ pub fn spawn_commands(
 #[derive(Debug)]
 pub struct CommandTargets {
     pub catalog: CommandCatalog,
-    pub handles: Vec<DeviceHandle>,
+    pub handles: Vec<WriteHandle>,
 }
 
 /// [`spawn_commands`], plus a sender that replaces the catalog and the device handles between
@@ -148,7 +148,7 @@ pub struct CommandTargets {
 /// duplicate request ids survive the replacement.
 pub fn spawn_reloadable_commands(
     catalog: CommandCatalog,
-    handles: Vec<DeviceHandle>,
+    handles: Vec<WriteHandle>,
 ) -> (
     mpsc::Sender<CommandRequest>,
     JoinHandle<()>,
@@ -170,7 +170,7 @@ pub fn spawn_reloadable_commands(
 #[derive(Debug)]
 pub struct Executor {
     catalog: CommandCatalog,
-    handles: HashMap<String, DeviceHandle>,
+    handles: HashMap<String, WriteHandle>,
     answers: AnswerCache,
     limit: Duration,
     /// Replacement targets from a reload, taken before the next command.
@@ -261,7 +261,7 @@ impl Executor {
                     format!("unknown tag `{}` on device `{}`", w.tag, w.device),
                 );
             };
-            if let Err(e) = prepare_write(spec, &w.value) {
+            if let Err(e) = check_write(spec, &w.value) {
                 return Answer::rejected(Some(request_id), e.to_string());
             }
             checked.push((handle, w));

@@ -11,17 +11,15 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use edge_config::{Batching, Config, Device, Format, Protocol, SerialParity};
+use edge_driver::{DeviceCounters, ReportRule, Scaling, WriteHandle};
 use edge_modbus::bus::{spawn_serial_bus, BusClient, Parity, SerialSettings};
-use edge_modbus::codec::Scaling;
 use edge_modbus::learn::{LimitStore, LIMITS_FILE};
 use edge_modbus::link::Transport;
 use edge_modbus::plan::{PlanLimits, ReadPlan};
-use edge_modbus::poller::{DeviceCounters, DevicePoller, DeviceSpec, TagSpec};
-use edge_modbus::report::ReportRule;
-use edge_modbus::write::DeviceHandle;
+use edge_modbus::poller::{DevicePoller, DeviceSpec, TagSpec};
 use edge_model::{Batch, DeviceId, TagName, Value};
 use edge_opcua::pki::Pki;
-use edge_opcua::{OpcUaDevice, OpcUaHandle, PkiSettings};
+use edge_opcua::{OpcUaDevice, PkiSettings};
 use edge_store::{Store, StoreOptions};
 use mes_bridge::{Catalog, MesBridge, UnsEncoder};
 use serde::Serialize;
@@ -249,9 +247,9 @@ pub struct Running {
     pub devices: DeviceList,
     pub publishers: Vec<(String, Arc<PublisherStats>)>,
     /// Where commands send writes, one handle per Modbus device.
-    pub handles: Vec<DeviceHandle>,
+    pub handles: Vec<WriteHandle>,
     /// Where writes to OPC UA variables go, one handle per OPC UA device.
-    pub opcua_handles: Vec<OpcUaHandle>,
+    pub opcua_handles: Vec<WriteHandle>,
     /// The config being run (the last one applied).
     cfg: Config,
     /// The writer's queue; pollers started by a reload get a clone.
@@ -804,8 +802,8 @@ pub enum ReloadError {
 /// The write handle of a device of either protocol, for commands.
 #[derive(Debug, Clone)]
 pub enum DeviceWriter {
-    Modbus(DeviceHandle),
-    OpcUa(OpcUaHandle),
+    Modbus(WriteHandle),
+    OpcUa(WriteHandle),
 }
 
 /// Why a write through a [`DeviceWriter`] was not carried out.

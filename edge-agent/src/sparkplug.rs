@@ -18,8 +18,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use edge_config::{Config, Northbound, SparkplugSettings};
-use edge_driver::Backoff;
-use edge_modbus::write::{prepare_write, DeviceHandle};
+use edge_driver::{check_write, Backoff, WriteError, WriteHandle};
 use edge_model::now_ms;
 use edge_store::{RecordId, Store};
 use mes_bridge::sparkplug::{
@@ -202,7 +201,7 @@ pub struct SparkplugPublisher {
     settings: SparkplugSettings,
     store: Store,
     node: EdgeNode,
-    handles: HashMap<String, DeviceHandle>,
+    handles: HashMap<String, WriteHandle>,
     stats: Arc<PublisherStats>,
     /// Delivery markers published (QoS 1 proofs), for benchmarks and metrics.
     markers: Arc<AtomicU64>,
@@ -227,7 +226,7 @@ impl SparkplugPublisher {
         settings: SparkplugSettings,
         store: Store,
         devices: Vec<DeviceDef>,
-        handles: Vec<DeviceHandle>,
+        handles: Vec<WriteHandle>,
         data_dir: &Path,
     ) -> SparkplugPublisher {
         let device_count = devices.len();
@@ -764,8 +763,8 @@ impl SparkplugPublisher {
         };
         for w in &writes {
             let checked = match handle.tag(&w.tag) {
-                Some(tag) => prepare_write(tag, &w.value).map(|_| ()),
-                None => Err(edge_modbus::write::WriteError::UnknownTag(w.tag.clone())),
+                Some(tag) => check_write(tag, &w.value).map(|_| ()),
+                None => Err(WriteError::UnknownTag(w.tag.clone())),
             };
             if let Err(e) = checked {
                 warn!(northbound = %self.nb.name, device, tag = %w.tag, value = %w.value, error = %e,

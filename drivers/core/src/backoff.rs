@@ -57,6 +57,8 @@ fn jitter(d: Duration) -> Duration {
 pub struct Reconnect {
     backoff: Backoff,
     outage: bool,
+    /// A connection opened during this outage (and the device did not answer on it).
+    opened_in_outage: bool,
 }
 
 /// What to do after a failure.
@@ -73,7 +75,17 @@ impl Reconnect {
         Reconnect {
             backoff: Backoff::new(min, max),
             outage: false,
+            opened_in_outage: false,
         }
+    }
+
+    /// A connection (or session) opened, which is not an answer: the outage and its backoff
+    /// go on. True when it is worth an info line: outside an outage, or the first one of it;
+    /// the connections a hung device accepts after that are debug.
+    pub fn opened(&mut self) -> bool {
+        let first = !self.opened_in_outage;
+        self.opened_in_outage = self.outage;
+        first
     }
 
     /// A failed attempt or a lost connection.
@@ -90,6 +102,7 @@ impl Reconnect {
     /// backoff starts over. True when this ends an outage.
     pub fn answered(&mut self) -> bool {
         self.backoff.reset();
+        self.opened_in_outage = false;
         std::mem::take(&mut self.outage)
     }
 
@@ -175,6 +188,26 @@ mod tests {
         assert!(r.answered(), "the first answer ends the outage");
         assert!(!r.answered(), "later answers end nothing");
         assert!(!r.in_outage());
+    }
+
+    #[test]
+    fn only_the_first_connection_of_an_outage_is_worth_an_info_line() {
+        let mut r = Reconnect::new(50 * MS, 400 * MS);
+        assert!(r.opened(), "the first connection");
+        r.answered();
+        r.failed();
+        let opened: Vec<bool> = (0..4)
+            .map(|_| {
+                let worth = r.opened();
+                r.failed();
+                worth
+            })
+            .collect();
+        assert_eq!(opened, [true, false, false, false]);
+        r.opened();
+        r.answered();
+        r.failed();
+        assert!(r.opened(), "a new outage");
     }
 
     #[test]
