@@ -70,7 +70,13 @@ pub enum ReadError {
     Exception(ExceptionCode),
     #[error("no answer within {0:?}")]
     Timeout(Duration),
-    #[error("transport error: {0}")]
+    /// A timeout before the device answered anything on this connection: a PLC whose TCP
+    /// stack still accepts while its program hangs, or a device server with a silent slave.
+    #[error("the device accepted the connection but did not answer within {0:?}")]
+    Unanswered(Duration),
+    #[error("the device closed the connection without answering")]
+    Closed,
+    #[error("the connection failed: {0}")]
     Transport(String),
     #[error("the device answered {got} values for a request of {want}")]
     ShortResponse { want: u16, got: usize },
@@ -303,7 +309,7 @@ impl DevicePoller {
                             }
                         }
                         if e.drops_connection() {
-                            lost = Some(e);
+                            lost = Some(link.in_words(e));
                             break;
                         }
                         for item in &req.items {
@@ -408,7 +414,7 @@ async fn execute_write(link: &mut Link, op: &WriteOp, limit: Duration) -> Result
     fn to_write_error(e: ReadError) -> WriteError {
         match e {
             ReadError::Exception(code) => WriteError::Refused(exception_text(code)),
-            ReadError::Timeout(d) => WriteError::Timeout(d),
+            ReadError::Timeout(d) | ReadError::Unanswered(d) => WriteError::Timeout(d),
             other => WriteError::Transport(other.to_string()),
         }
     }
@@ -500,6 +506,15 @@ impl LinkState {
         }
     }
 
+    /// A failed read in words: a timeout before anything was answered on this connection is
+    /// a device that accepted the connection and does not answer.
+    fn in_words(&self, e: ReadError) -> ReadError {
+        match e {
+            ReadError::Timeout(d) if !self.answered => ReadError::Unanswered(d),
+            e => e,
+        }
+    }
+
     /// The connection could not be opened: how long to wait before the next attempt.
     fn unreachable(&mut self, spec: &DeviceSpec, e: &ReadError) -> Duration {
         let retry = self.reconnect.failed();
@@ -566,6 +581,10 @@ async fn connect(
                 Ok(data) => probed = Some((data, read_ts)),
                 // A refused read is answered: the device is there.
                 Err(ReadError::Exception(_)) => {}
+                // Something accepted the connection (a device server): the slave is silent.
+                Err(ReadError::Timeout(d)) if !matches!(spec.transport, Transport::Serial(_)) => {
+                    return Err(ReadError::Unanswered(d))
+                }
                 Err(e) => return Err(e),
             }
         }
@@ -838,6 +857,24 @@ mod tests {
             tags: Vec::new(),
             learned_limits: None,
         }
+    }
+
+    #[test]
+    fn a_timeout_before_the_first_answer_on_a_connection_reads_as_a_device_that_does_not_answer() {
+        let (spec, counters) = (spec(), DeviceCounters::default());
+        let mut link = LinkState::new(&spec);
+        link.opened(&spec, &counters, false);
+        let e = link.in_words(ReadError::Timeout(Duration::from_secs(1)));
+        assert_eq!(
+            e.to_string(),
+            "the device accepted the connection but did not answer within 1s"
+        );
+        assert!(!counters.connected.load(Ordering::Relaxed));
+        // Once it answered, a timeout is a timeout.
+        link.answered(&spec, &counters);
+        assert!(counters.connected.load(Ordering::Relaxed));
+        let e = link.in_words(ReadError::Timeout(Duration::from_secs(1)));
+        assert_eq!(e.to_string(), "no answer within 1s");
     }
 
     #[test]

@@ -1,19 +1,22 @@
 //! A PLC whose program hangs while its TCP stack still accepts connections is one outage, not
 //! a reconnect storm: each tag turns bad once, the reconnects back off to the configured
 //! maximum (a connect is not an answer), good values come back when the PLC answers again, and
-//! the backoff starts over after that answer.
+//! the backoff starts over after that answer. Also: a device that closes the connection
+//! without answering is told in words.
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use edge_driver::{ReportRule, Scaling};
-use edge_modbus::link::Transport;
+use edge_modbus::link::{Link, Transport};
 use edge_modbus::plan::PlanLimits;
 use edge_modbus::poller::{DevicePoller, DeviceSpec, TagSpec};
+use edge_modbus::rtu::Op;
 use edge_modbus::{Area, ByteOrder};
 use edge_model::{Batch, DataType, DeviceId, Quality, Sample, TagName, Value};
 use edge_sim::{HangingFront, ModbusSim};
+use tokio::io::AsyncReadExt;
 use tokio::sync::{mpsc, watch};
 
 const TIMEOUT: Duration = Duration::from_millis(100);
@@ -222,4 +225,41 @@ async fn a_plc_that_accepts_but_never_answers_is_one_outage_with_a_growing_backo
         .await
         .expect("poller stops")
         .expect("poller task");
+}
+
+#[tokio::test]
+async fn a_device_that_closes_the_connection_without_answering_is_told_in_words() {
+    let listener = tokio::net::TcpListener::bind(localhost())
+        .await
+        .expect("listener");
+    let port = listener.local_addr().expect("address").port();
+    let device = tokio::spawn(async move {
+        let (mut socket, _) = listener.accept().await.expect("accept");
+        // Takes the request, then hangs up without a word.
+        let mut request = [0u8; 12];
+        socket.read_exact(&mut request).await.expect("request");
+    });
+    let mut link = Link::open(
+        &Transport::Tcp,
+        "127.0.0.1",
+        port,
+        1,
+        Duration::from_secs(2),
+    )
+    .await
+    .expect("connect");
+    let read = Op::Read {
+        area: Area::HoldingRegister,
+        start: 0,
+        count: 1,
+    };
+    let e = link
+        .call(&read, Duration::from_secs(2))
+        .await
+        .expect_err("no answer");
+    device.await.expect("device side");
+    assert_eq!(
+        e.to_string(),
+        "the device closed the connection without answering"
+    );
 }
