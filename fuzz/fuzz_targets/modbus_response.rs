@@ -5,10 +5,10 @@
 
 use std::time::{Duration, Instant};
 
-use edge_modbus::codec::{decode_registers, encode_registers, register_count, Scaling};
+use edge_driver::{ReportRule, ReportState, Scaling};
+use edge_modbus::codec::{decode_registers, encode_registers, register_count};
 use edge_modbus::learn::BlockLearner;
 use edge_modbus::plan::{plan, PlanLimits, PlanTag};
-use edge_modbus::report::{ReportRule, ReportState};
 use edge_modbus::rtu::{decode_reply, scan_response, Op, Reply, Scan};
 use edge_modbus::{Address, Area, ByteOrder};
 use edge_model::{DataType, Quality, Value};
@@ -205,7 +205,7 @@ fn decode_one(
     if let Some(x) = value.as_f64() {
         // The write path: an engineering value back to a raw one (may be refused, not panic).
         let _ = scale.unapply(x, dt);
-        let _ = edge_modbus::codec::value_from_f64(x, dt);
+        let _ = edge_driver::value_from_f64(x, dt);
     }
     let _ = value.to_string();
     let mut state = ReportState::default();

@@ -10,9 +10,9 @@ use std::path::Path;
 use std::sync::OnceLock;
 
 use edge_config::{Config, Format, SecretSource};
-use edge_modbus::codec::{register_count, Scaling};
+use edge_driver::{ReportRule, Scaling};
+use edge_modbus::codec::register_count;
 use edge_modbus::poller::TagSpec;
-use edge_modbus::report::ReportRule;
 use edge_modbus::write::{prepare_write, WriteOp};
 use edge_model::{DataType, TagName};
 use libfuzzer_sys::arbitrary::{Result, Unstructured};

@@ -240,7 +240,7 @@ impl Link {
                 )
                 .await
                 .map_err(|_| ReadError::Timeout(limit))?
-                .map_err(|e| ReadError::Transport(e.to_string()))?;
+                .map_err(|e| ReadError::Transport(format!("cannot connect to {addr}: {e}")))?;
                 Ok(Link::Tcp(ctx))
             }
             Transport::RtuOverTcp => {
@@ -248,7 +248,7 @@ impl Link {
                 let stream = timeout(limit, tokio::net::TcpStream::connect(addr))
                     .await
                     .map_err(|_| ReadError::Timeout(limit))?
-                    .map_err(|e| ReadError::Transport(e.to_string()))?;
+                    .map_err(|e| ReadError::Transport(format!("cannot connect to {addr}: {e}")))?;
                 let _ = stream.set_nodelay(true);
                 // A device server forwards whole frames; the serial gap is its business.
                 let line = RtuLine::new(
@@ -304,7 +304,7 @@ async fn call_tcp(ctx: &mut Context, op: &Op, limit: Duration) -> Result<Reply, 
     fn flatten<T>(r: Nested<T>, limit: Duration) -> Result<T, ReadError> {
         match r {
             Err(_) => Err(ReadError::Timeout(limit)),
-            Ok(Err(e)) => Err(ReadError::Transport(e.to_string())),
+            Ok(Err(e)) => Err(modbus_error(e)),
             Ok(Ok(Err(code))) => Err(ReadError::Exception(code)),
             Ok(Ok(Ok(v))) => Ok(v),
         }
@@ -347,5 +347,66 @@ async fn call_tcp(ctx: &mut Context, op: &Op, limit: Duration) -> Result<Reply, 
             limit,
         )
         .map(|()| Reply::Written),
+    }
+}
+
+/// A tokio-modbus failure in words.
+fn modbus_error(e: tokio_modbus::Error) -> ReadError {
+    match e {
+        tokio_modbus::Error::Protocol(p) => ReadError::BadAnswer(p.to_string()),
+        tokio_modbus::Error::Transport(io) => io_error(&io),
+    }
+}
+
+/// tokio-modbus 0.17 turns the end of the stream (the device closed the connection) into
+/// `io::Error::last_os_error()`, which carries whatever errno the thread last set: "Success
+/// (os error 0)", or a stale EAGAIN from an earlier non-blocking read. So an OS error that is
+/// none of a socket's own failures is that end of stream. The codec's own errors (bytes that
+/// are not Modbus TCP) are not OS errors.
+fn io_error(e: &std::io::Error) -> ReadError {
+    use std::io::ErrorKind as Kind;
+    match e.kind() {
+        Kind::ConnectionReset => ReadError::Transport("the device reset the connection".into()),
+        Kind::ConnectionAborted | Kind::BrokenPipe | Kind::NotConnected => {
+            ReadError::Transport(format!("the connection broke: {e}"))
+        }
+        Kind::TimedOut | Kind::HostUnreachable | Kind::NetworkUnreachable | Kind::NetworkDown => {
+            ReadError::Transport(format!("the network failed: {e}"))
+        }
+        _ if e.raw_os_error().is_none() => ReadError::BadAnswer(e.to_string()),
+        _ => ReadError::Closed,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io;
+
+    #[test]
+    fn the_end_of_the_stream_tokio_modbus_reports_as_an_os_error_reads_as_a_closed_connection() {
+        // What `io::Error::last_os_error()` gives on a thread whose errno is 0 or EAGAIN.
+        for errno in [0, 11] {
+            let e = io::Error::from_raw_os_error(errno);
+            let r = modbus_error(tokio_modbus::Error::Transport(e));
+            assert!(matches!(r, ReadError::Closed), "errno {errno}: {r}");
+            assert_eq!(
+                r.to_string(),
+                "the device closed the connection without answering"
+            );
+        }
+    }
+
+    #[test]
+    fn socket_failures_and_bad_frames_keep_their_own_words() {
+        let reset = io::Error::from_raw_os_error(104);
+        assert_eq!(
+            io_error(&reset).to_string(),
+            "the connection failed: the device reset the connection"
+        );
+        let pipe = io::Error::from_raw_os_error(32);
+        assert!(io_error(&pipe).to_string().contains("the connection broke"));
+        let frame = io::Error::new(io::ErrorKind::InvalidData, "invalid protocol id");
+        assert!(matches!(io_error(&frame), ReadError::BadAnswer(m) if m.contains("protocol id")));
     }
 }

@@ -1,28 +1,33 @@
 //! One task per Modbus device: connects (TCP, RTU over TCP, or a slave on a serial bus), runs
 //! the read plan on a schedule that does not drift, decodes the answers into samples and hands
-//! them to the core as batches. A device that stops answering turns its tags `bad` and is
-//! retried with exponential backoff and jitter; since every device has its own task, a dead PLC
-//! never slows the others. A device that refuses merged reads gets its block size learned.
+//! them to the core as batches. A device that stops answering turns its tags `bad` (once per
+//! outage) and is retried with exponential backoff and jitter, which starts over only when the
+//! device answers again, not when a connect succeeds: a PLC whose TCP stack accepts while its
+//! program hangs is one outage, not a reconnect storm. Since every device has its own task, a
+//! dead PLC never slows the others. A device that refuses merged reads gets its block size
+//! learned.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use edge_driver::{
+    next_tick, DeviceCounters, Reconnect, ReportRule, ReportState, Scaling, WriteError,
+    WriteHandle, WriteRequest,
+};
 use edge_model::{now_ms, Batch, DataType, DeviceId, Quality, Sample, TagName, Value};
-use rand::Rng;
 use tokio::sync::{mpsc, watch};
 use tokio::time::sleep_until;
 use tokio_modbus::ExceptionCode;
 use tracing::{debug, info, warn};
 
 use crate::address::{Address, Area, ByteOrder};
-use crate::codec::{decode_registers, Scaling};
+use crate::codec::decode_registers;
 use crate::learn::{BlockKind, BlockLearner, LimitStore};
 use crate::link::{Link, Transport};
 use crate::plan::{plan, PlanError, PlanLimits, PlanTag, ReadPlan, ReadRequest};
-use crate::report::{ReportRule, ReportState};
 use crate::rtu::{Op, Reply};
-use crate::write::{DeviceHandle, WriteError, WriteOp, WriteRequest, WRITE_QUEUE};
+use crate::write::{prepare_write, WriteOp};
 
 /// Everything the poller needs to know about one tag.
 #[derive(Debug, Clone)]
@@ -57,87 +62,6 @@ pub struct DeviceSpec {
     pub learned_limits: Option<Arc<LimitStore>>,
 }
 
-/// Counters a device task keeps for status lines, health and metrics.
-#[derive(Debug, Default)]
-pub struct DeviceCounters {
-    /// Read requests answered with data.
-    pub reads_ok: AtomicU64,
-    /// Read requests answered with a Modbus exception.
-    pub exceptions: AtomicU64,
-    /// Timeouts and transport errors (each one drops the connection).
-    pub transport_errors: AtomicU64,
-    /// Connections established.
-    pub connects: AtomicU64,
-    /// Samples handed to the store.
-    pub samples: AtomicU64,
-    /// Scans (poll-group executions) completed while connected.
-    pub scans: AtomicU64,
-    /// Latency of the last read request, microseconds.
-    pub last_latency_us: AtomicU64,
-    /// Latency of every read request, answered or not, for `/metrics`.
-    pub read_latency: LatencyHistogram,
-    pub connected: AtomicBool,
-}
-
-/// Upper bounds of the read-latency buckets, microseconds: from a fast LAN PLC (about 1 ms) to
-/// a read that runs into a typical timeout (1 s and above).
-pub const LATENCY_BUCKETS_US: [u64; 10] = [
-    1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000, 1_000_000,
-];
-
-/// A lock-free latency histogram with fixed buckets ([`LATENCY_BUCKETS_US`]), read by the
-/// metrics endpoint while the poller writes it.
-#[derive(Debug, Default)]
-pub struct LatencyHistogram {
-    /// Observations per bucket (not cumulative); the last slot holds those above every bound.
-    buckets: [AtomicU64; LATENCY_BUCKETS_US.len() + 1],
-    count: AtomicU64,
-    sum_us: AtomicU64,
-}
-
-/// A copy of a [`LatencyHistogram`] in Prometheus' shape: cumulative counts per bound.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HistogramSnapshot {
-    /// `(upper bound in microseconds, observations at or below it)`, ascending.
-    pub cumulative: Vec<(u64, u64)>,
-    pub count: u64,
-    pub sum_us: u64,
-}
-
-impl LatencyHistogram {
-    pub fn observe(&self, latency_us: u64) {
-        let slot = LATENCY_BUCKETS_US
-            .iter()
-            .position(|&bound| latency_us <= bound)
-            .unwrap_or(LATENCY_BUCKETS_US.len());
-        if let Some(b) = self.buckets.get(slot) {
-            b.fetch_add(1, Ordering::Relaxed);
-        }
-        self.count.fetch_add(1, Ordering::Relaxed);
-        self.sum_us.fetch_add(latency_us, Ordering::Relaxed);
-    }
-
-    pub fn snapshot(&self) -> HistogramSnapshot {
-        let mut running = 0;
-        let cumulative = LATENCY_BUCKETS_US
-            .iter()
-            .zip(&self.buckets)
-            .map(|(&bound, n)| {
-                running += n.load(Ordering::Relaxed);
-                (bound, running)
-            })
-            .collect();
-        let above = self.buckets.last().map_or(0, |n| n.load(Ordering::Relaxed));
-        HistogramSnapshot {
-            cumulative,
-            // The total from the buckets, not `count`, keeps `+Inf` consistent with the
-            // bounds even when a snapshot races an observation.
-            count: running + above,
-            sum_us: self.sum_us.load(Ordering::Relaxed),
-        }
-    }
-}
-
 /// A Modbus failure, split by cause: an exception is the device refusing a request (a
 /// configuration matter, the connection is fine); everything else means reconnect.
 #[derive(Debug, thiserror::Error)]
@@ -146,7 +70,13 @@ pub enum ReadError {
     Exception(ExceptionCode),
     #[error("no answer within {0:?}")]
     Timeout(Duration),
-    #[error("transport error: {0}")]
+    /// A timeout before the device answered anything on this connection: a PLC whose TCP
+    /// stack still accepts while its program hangs, or a device server with a silent slave.
+    #[error("the device accepted the connection but did not answer within {0:?}")]
+    Unanswered(Duration),
+    #[error("the device closed the connection without answering")]
+    Closed,
+    #[error("the connection failed: {0}")]
     Transport(String),
     #[error("the device answered {got} values for a request of {want}")]
     ShortResponse { want: u16, got: usize },
@@ -172,7 +102,7 @@ pub struct DevicePoller {
     plan: ReadPlan,
     counters: Arc<DeviceCounters>,
     writes: mpsc::Receiver<WriteRequest>,
-    handle: DeviceHandle,
+    handle: WriteHandle,
 }
 
 impl DevicePoller {
@@ -193,12 +123,10 @@ impl DevicePoller {
             spec.limits.max_gap_bits = spec.limits.max_gap_bits.min(spec.limits.max_bits - 1);
         }
         let plan = plan_for(&spec)?;
-        let (tx, writes) = mpsc::channel(WRITE_QUEUE);
-        let handle = DeviceHandle {
-            name: spec.name.0.clone(),
-            tags: spec.tags.clone().into(),
-            tx,
-        };
+        let (handle, writes) = WriteHandle::channel(
+            spec.name.0.clone(),
+            spec.tags.iter().map(TagSpec::write_tag).collect(),
+        );
         Ok(DevicePoller {
             spec,
             plan,
@@ -209,7 +137,7 @@ impl DevicePoller {
     }
 
     /// Where commands send writes for this device.
-    pub fn handle(&self) -> DeviceHandle {
+    pub fn handle(&self) -> WriteHandle {
         self.handle.clone()
     }
 
@@ -233,6 +161,8 @@ impl DevicePoller {
         let mut learners = Learners::new(&spec);
         // Only the handles given out keep the write channel open.
         drop(handle);
+        // Kept across reconnects: a tag is reported bad once per outage, and its first good
+        // reading after it is a quality change, always reported.
         let mut states: Vec<ReportState> = vec![ReportState::default(); spec.tags.len()];
         let mut failing: Vec<Vec<bool>> = plan
             .groups
@@ -240,10 +170,9 @@ impl DevicePoller {
             .map(|g| vec![false; g.requests.len()])
             .collect();
         let mut conn: Option<Link> = None;
-        let mut backoff = spec.backoff_min;
+        let mut link = LinkState::new(&spec);
         let mut retry_at = Instant::now();
         let mut next_due: Vec<Instant> = vec![Instant::now(); plan.groups.len()];
-        let mut down_reported = false;
 
         loop {
             if *shutdown.borrow() {
@@ -261,17 +190,14 @@ impl DevicePoller {
                 }
                 match connect(&spec, &plan).await {
                     Ok((ctx, probed)) => {
-                        info!(device = %spec.name, transport = spec.transport.as_str(), host = %spec.host, port = spec.port, "connected");
                         counters.connects.fetch_add(1, Ordering::Relaxed);
-                        counters.connected.store(true, Ordering::Relaxed);
+                        link.opened(&spec, &counters, plan.groups.is_empty());
                         conn = Some(ctx);
-                        backoff = spec.backoff_min;
-                        down_reported = false;
-                        states.iter_mut().for_each(ReportState::reset);
                         let now = Instant::now();
                         next_due.iter_mut().for_each(|d| *d = now);
                         if let (Some((data, read_ts)), Some(req)) = (probed, probe_request(&plan)) {
                             counters.reads_ok.fetch_add(1, Ordering::Relaxed);
+                            link.answered(&spec, &counters);
                             let mut batch = Batch::new(spec.name.clone());
                             decode_request(&spec, req, &data, read_ts, &mut states, &mut batch);
                             if !send(&tx, batch, &counters).await {
@@ -280,19 +206,11 @@ impl DevicePoller {
                         }
                     }
                     Err(e) => {
-                        if !down_reported {
-                            warn!(device = %spec.name, host = %spec.host, port = spec.port, error = %e,
-                                "cannot reach the device; its tags are bad until it answers again");
-                            down_reported = true;
-                        } else {
-                            debug!(device = %spec.name, error = %e, retry_in = ?backoff, "reconnect failed");
-                        }
+                        retry_at = Instant::now() + link.unreachable(&spec, &e);
                         let batch = all_bad(&spec, &mut states);
                         if !send(&tx, batch, &counters).await {
                             break;
                         }
-                        retry_at = Instant::now() + jitter(backoff);
-                        backoff = (backoff * 2).min(spec.backoff_max);
                         continue;
                     }
                 }
@@ -309,23 +227,37 @@ impl DevicePoller {
                 Wake::Due => {}
                 Wake::Shutdown => break,
                 Wake::Write(req) => {
-                    let result = execute_write(ctx, &req.op, spec.timeout).await;
+                    let Some(tag) = spec.tags.get(req.tag) else {
+                        let _ = req
+                            .reply
+                            .send(Err(WriteError::UnknownTag(format!("#{}", req.tag))));
+                        continue;
+                    };
+                    let result = match prepare_write(tag, &req.value) {
+                        Ok(op) => execute_write(ctx, &op, spec.timeout).await,
+                        Err(e) => Err(e),
+                    };
                     match &result {
-                        Ok(()) => info!(device = %spec.name, op = ?req.op, "write done"),
+                        Ok(()) => {
+                            info!(device = %spec.name, tag = %tag.name, value = %req.value, "write done")
+                        }
                         Err(e) => {
-                            warn!(device = %spec.name, op = ?req.op, error = %e, "write failed")
+                            warn!(device = %spec.name, tag = %tag.name, value = %req.value, error = %e, "write failed")
                         }
                     }
-                    let lost = matches!(
-                        result,
-                        Err(WriteError::Timeout(_) | WriteError::Transport(_))
-                    );
+                    let lost = match &result {
+                        Ok(()) | Err(WriteError::Refused(_)) => {
+                            link.answered(&spec, &counters);
+                            None
+                        }
+                        Err(e) if e.loses_connection() => Some(e.to_string()),
+                        Err(_) => None,
+                    };
                     let _ = req.reply.send(result);
-                    if lost {
+                    if let Some(why) = lost {
                         counters.transport_errors.fetch_add(1, Ordering::Relaxed);
-                        counters.connected.store(false, Ordering::Relaxed);
                         conn = None;
-                        retry_at = Instant::now() + jitter(spec.backoff_min);
+                        retry_at = Instant::now() + link.lost(&spec, &counters, &why);
                         let bad = all_bad(&spec, &mut states);
                         if !send(&tx, bad, &counters).await {
                             break;
@@ -352,6 +284,7 @@ impl DevicePoller {
                 match result {
                     Ok(data) => {
                         counters.reads_ok.fetch_add(1, Ordering::Relaxed);
+                        link.answered(&spec, &counters);
                         learners.accepted(&spec, req);
                         if failing[gi][ri] {
                             info!(device = %spec.name, request = %req.describe(), "request answered again");
@@ -362,6 +295,8 @@ impl DevicePoller {
                     Err(e) => {
                         if let ReadError::Exception(code) = &e {
                             counters.exceptions.fetch_add(1, Ordering::Relaxed);
+                            // A refusal is an answer: the device is there.
+                            link.answered(&spec, &counters);
                             if learners.refused(&spec, req, *code) {
                                 replan = true;
                                 break;
@@ -374,7 +309,7 @@ impl DevicePoller {
                             }
                         }
                         if e.drops_connection() {
-                            lost = Some(e);
+                            lost = Some(link.in_words(e));
                             break;
                         }
                         for item in &req.items {
@@ -393,13 +328,8 @@ impl DevicePoller {
             }
             if let Some(e) = lost {
                 counters.transport_errors.fetch_add(1, Ordering::Relaxed);
-                counters.connected.store(false, Ordering::Relaxed);
-                warn!(device = %spec.name, error = %e, "connection lost; reconnecting");
                 conn = None;
-                down_reported = true;
-                // The first reconnect comes quickly: most losses are a PLC restart or a blip.
-                retry_at = Instant::now() + jitter(spec.backoff_min);
-                backoff = (spec.backoff_min * 2).min(spec.backoff_max);
+                retry_at = Instant::now() + link.lost(&spec, &counters, &e.to_string());
                 let bad = all_bad(&spec, &mut states);
                 batch.samples.extend(bad.samples);
             } else {
@@ -454,23 +384,6 @@ pub fn plan_for(spec: &DeviceSpec) -> Result<ReadPlan, PlanError> {
     plan(&tags, &spec.limits)
 }
 
-/// The next tick of a fixed-rate schedule: `due + interval`, skipping ticks already missed,
-/// so an overrun never makes the schedule drift or burst.
-pub fn next_tick(due: Instant, interval: Duration, now: Instant) -> Instant {
-    let next = due + interval;
-    if next > now {
-        return next;
-    }
-    let behind = now.duration_since(next);
-    let missed = behind.as_nanos() / interval.as_nanos().max(1) + 1;
-    next + interval * (missed.min(u32::MAX as u128) as u32)
-}
-
-/// Between 50 % and 100 % of `d`, so devices that failed together do not retry together.
-fn jitter(d: Duration) -> Duration {
-    d.mul_f64(rand::rng().random_range(0.5..=1.0))
-}
-
 /// What ended a wait of the device task.
 enum Wake {
     Due,
@@ -500,8 +413,8 @@ async fn wait(
 async fn execute_write(link: &mut Link, op: &WriteOp, limit: Duration) -> Result<(), WriteError> {
     fn to_write_error(e: ReadError) -> WriteError {
         match e {
-            ReadError::Exception(code) => WriteError::Exception(code),
-            ReadError::Timeout(d) => WriteError::Timeout(d),
+            ReadError::Exception(code) => WriteError::Refused(exception_text(code)),
+            ReadError::Timeout(d) | ReadError::Unanswered(d) => WriteError::Timeout(d),
             other => WriteError::Transport(other.to_string()),
         }
     }
@@ -544,6 +457,92 @@ async fn execute_write(link: &mut Link, op: &WriteOp, limit: Duration) -> Result
         .map_err(to_write_error)
 }
 
+/// A Modbus exception as the text a refused write carries: `Modbus exception
+/// IllegalDataAddress (0x02)`.
+fn exception_text(code: ExceptionCode) -> String {
+    format!("Modbus exception {code:?} (0x{:02X})", u8::from(code))
+}
+
+/// What the device task knows about its link: whether the device answered on the current
+/// connection (a connect alone proves nothing), and the reconnect backoff and outage, which
+/// only an answer ends.
+struct LinkState {
+    reconnect: Reconnect,
+    answered: bool,
+}
+
+impl LinkState {
+    fn new(spec: &DeviceSpec) -> LinkState {
+        LinkState {
+            reconnect: Reconnect::new(spec.backoff_min, spec.backoff_max),
+            answered: false,
+        }
+    }
+
+    /// A connection opened: not an answer yet, so the outage and its backoff go on (a hung
+    /// PLC's many accepted connections log one info line).
+    fn opened(&mut self, spec: &DeviceSpec, counters: &DeviceCounters, nothing_to_read: bool) {
+        self.answered = false;
+        if self.reconnect.opened() {
+            info!(device = %spec.name, transport = spec.transport.as_str(), host = %spec.host, port = spec.port, "connected");
+        } else {
+            debug!(device = %spec.name, "connected again; the device has not answered since the outage began");
+        }
+        // A device without reads has nothing more to prove.
+        if nothing_to_read {
+            counters.connected.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// The device answered a request (with data or a refusal).
+    fn answered(&mut self, spec: &DeviceSpec, counters: &DeviceCounters) {
+        if !self.answered {
+            self.answered = true;
+            counters.connected.store(true, Ordering::Relaxed);
+        }
+        if self.reconnect.answered() {
+            info!(device = %spec.name, transport = spec.transport.as_str(), host = %spec.host, port = spec.port,
+                "the device answers again");
+        }
+    }
+
+    /// A failed read in words: a timeout before anything was answered on this connection is
+    /// a device that accepted the connection and does not answer.
+    fn in_words(&self, e: ReadError) -> ReadError {
+        match e {
+            ReadError::Timeout(d) if !self.answered => ReadError::Unanswered(d),
+            e => e,
+        }
+    }
+
+    /// The connection could not be opened: how long to wait before the next attempt.
+    fn unreachable(&mut self, spec: &DeviceSpec, e: &ReadError) -> Duration {
+        let retry = self.reconnect.failed();
+        if retry.starts_outage {
+            warn!(device = %spec.name, host = %spec.host, port = spec.port, error = %e,
+                "cannot reach the device; its tags are bad until it answers again");
+        } else {
+            debug!(device = %spec.name, error = %e, retry_in = ?retry.wait, "reconnect failed");
+        }
+        retry.wait
+    }
+
+    /// The connection was dropped because of `why`: how long to wait before the next attempt.
+    fn lost(&mut self, spec: &DeviceSpec, counters: &DeviceCounters, why: &str) -> Duration {
+        counters.connected.store(false, Ordering::Relaxed);
+        self.answered = false;
+        let retry = self.reconnect.failed();
+        if retry.starts_outage {
+            warn!(device = %spec.name, host = %spec.host, port = spec.port, error = %why,
+                "connection lost; its tags are bad until the device answers again");
+        } else {
+            debug!(device = %spec.name, error = %why, retry_in = ?retry.wait,
+                "the device still does not answer; reconnecting later");
+        }
+        retry.wait
+    }
+}
+
 async fn send(tx: &mpsc::Sender<Batch>, batch: Batch, counters: &DeviceCounters) -> bool {
     if batch.is_empty() {
         return true;
@@ -582,6 +581,10 @@ async fn connect(
                 Ok(data) => probed = Some((data, read_ts)),
                 // A refused read is answered: the device is there.
                 Err(ReadError::Exception(_)) => {}
+                // Something accepted the connection (a device server): the slave is silent.
+                Err(ReadError::Timeout(d)) if !matches!(spec.transport, Transport::Serial(_)) => {
+                    return Err(ReadError::Unanswered(d))
+                }
                 Err(e) => return Err(e),
             }
         }
@@ -840,65 +843,53 @@ fn tag_names(spec: &DeviceSpec, req: &ReadRequest) -> String {
 mod tests {
     use super::*;
 
-    #[test]
-    fn a_latency_on_a_bound_counts_in_that_bucket_and_every_larger_one() {
-        let h = LatencyHistogram::default();
-        h.observe(1_000);
-        h.observe(1_001);
-        h.observe(2_000_000);
-        let s = h.snapshot();
-        assert_eq!(s.cumulative.first(), Some(&(1_000, 1)));
-        assert_eq!(s.cumulative.get(1), Some(&(2_500, 2)));
-        assert_eq!(s.cumulative.last(), Some(&(1_000_000, 2)));
-        assert_eq!(s.count, 3);
-        assert_eq!(s.sum_us, 2_002_001);
-    }
-
-    proptest::proptest! {
-        #[test]
-        fn histogram_buckets_are_cumulative_and_the_count_matches(
-            samples in proptest::collection::vec(0u64..3_000_000, 0..200)
-        ) {
-            let h = LatencyHistogram::default();
-            for &s in &samples {
-                h.observe(s);
-            }
-            let snap = h.snapshot();
-            proptest::prop_assert_eq!(snap.count, samples.len() as u64);
-            proptest::prop_assert_eq!(snap.sum_us, samples.iter().sum::<u64>());
-            for w in snap.cumulative.windows(2) {
-                proptest::prop_assert!(w[0].1 <= w[1].1);
-            }
-            for &(bound, n) in &snap.cumulative {
-                let expected = samples.iter().filter(|&&s| s <= bound).count() as u64;
-                proptest::prop_assert_eq!(n, expected);
-            }
+    fn spec() -> DeviceSpec {
+        DeviceSpec {
+            name: DeviceId("press".into()),
+            transport: Transport::Tcp,
+            host: "127.0.0.1".into(),
+            port: 502,
+            unit_id: 1,
+            timeout: Duration::from_secs(1),
+            backoff_min: Duration::from_millis(50),
+            backoff_max: Duration::from_millis(400),
+            limits: PlanLimits::default(),
+            tags: Vec::new(),
+            learned_limits: None,
         }
     }
 
     #[test]
-    fn the_schedule_advances_by_exactly_one_interval_when_on_time() {
-        let t0 = Instant::now();
-        let i = Duration::from_millis(100);
-        assert_eq!(next_tick(t0, i, t0 + Duration::from_millis(30)), t0 + i);
+    fn a_timeout_before_the_first_answer_on_a_connection_reads_as_a_device_that_does_not_answer() {
+        let (spec, counters) = (spec(), DeviceCounters::default());
+        let mut link = LinkState::new(&spec);
+        link.opened(&spec, &counters, false);
+        let e = link.in_words(ReadError::Timeout(Duration::from_secs(1)));
+        assert_eq!(
+            e.to_string(),
+            "the device accepted the connection but did not answer within 1s"
+        );
+        assert!(!counters.connected.load(Ordering::Relaxed));
+        // Once it answered, a timeout is a timeout.
+        link.answered(&spec, &counters);
+        assert!(counters.connected.load(Ordering::Relaxed));
+        let e = link.in_words(ReadError::Timeout(Duration::from_secs(1)));
+        assert_eq!(e.to_string(), "no answer within 1s");
     }
 
     #[test]
-    fn an_overrun_skips_missed_ticks_and_stays_on_the_grid() {
-        let t0 = Instant::now();
-        let i = Duration::from_millis(100);
-        let next = next_tick(t0, i, t0 + Duration::from_millis(350));
-        assert_eq!(next, t0 + Duration::from_millis(400));
-        let exactly = next_tick(t0, i, t0 + Duration::from_millis(200));
-        assert_eq!(exactly, t0 + Duration::from_millis(300));
-    }
-
-    #[test]
-    fn jitter_stays_between_half_and_all_of_the_backoff() {
-        let d = Duration::from_millis(1000);
-        for _ in 0..1000 {
-            let j = jitter(d);
-            assert!(j >= d / 2 && j <= d, "{j:?}");
+    fn a_connection_that_opens_but_never_answers_does_not_start_the_backoff_over() {
+        let (spec, counters) = (spec(), DeviceCounters::default());
+        let mut link = LinkState::new(&spec);
+        let mut steps = Vec::new();
+        for _ in 0..5 {
+            link.opened(&spec, &counters, false);
+            steps.push(link.reconnect.step());
+            link.lost(&spec, &counters, "no answer");
         }
+        assert_eq!(steps, [50, 100, 200, 400, 400].map(Duration::from_millis));
+        link.opened(&spec, &counters, false);
+        link.answered(&spec, &counters);
+        assert_eq!(link.reconnect.step(), Duration::from_millis(50));
     }
 }

@@ -1,50 +1,14 @@
-//! Writes to a PLC tag: the pure part (is the tag writable, does the value fit its type and
-//! range, which Modbus write carries it) and the handle through which commands reach the device
-//! task that owns the connection. A value that fails validation never reaches the wire.
+//! Writes to a PLC tag, the Modbus part: which Modbus write carries a checked value. The
+//! checks themselves (is the tag writable, does the value fit its type and range) and the
+//! handle commands write through are edge-driver's; the device task calls [`prepare_write`]
+//! for each write it receives. A value that fails a check never reaches the wire.
 
-use std::time::Duration;
-
-use edge_model::{DataType, Value};
-use tokio::sync::{mpsc, oneshot};
-use tokio_modbus::ExceptionCode;
+use edge_driver::{check_write, WriteError, WriteTag};
+use edge_model::Value;
 
 use crate::address::Area;
-use crate::codec::{encode_registers, value_from_f64, CodecError};
+use crate::codec::encode_registers;
 use crate::poller::TagSpec;
-
-/// Why a write was not carried out. `is_rejection` separates bad requests (nothing was tried)
-/// from failures (the request was fine, the device or the link was not).
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
-pub enum WriteError {
-    #[error("unknown tag `{0}`")]
-    UnknownTag(String),
-    #[error("tag `{0}` is not writable (set `writable = true` on a coil or holding register tag)")]
-    NotWritable(String),
-    #[error("{0}")]
-    BadValue(String),
-    #[error("the device is not connected; the write was not queued")]
-    Offline,
-    #[error("the device's write queue is full; try again")]
-    Busy,
-    #[error("the device refused the write with Modbus exception {0:?}")]
-    Exception(ExceptionCode),
-    #[error("no answer from the device within {0:?}")]
-    Timeout(Duration),
-    #[error("transport error: {0}")]
-    Transport(String),
-    #[error("the device task has stopped")]
-    Stopped,
-}
-
-impl WriteError {
-    /// True when the request itself was wrong: nothing was sent to the device.
-    pub fn is_rejection(&self) -> bool {
-        matches!(
-            self,
-            WriteError::UnknownTag(_) | WriteError::NotWritable(_) | WriteError::BadValue(_)
-        )
-    }
-}
 
 /// What goes on the wire for one write.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -57,66 +21,22 @@ pub enum WriteOp {
     RegisterBit { address: u16, bit: u8, on: bool },
 }
 
-/// Converts an engineering value into the raw value of the tag's type: the scaling undone,
-/// integers range-checked and required to be whole, strings length-checked.
-pub fn raw_value(tag: &TagSpec, value: &Value) -> Result<Value, WriteError> {
-    let bad = |e: CodecError| WriteError::BadValue(format!("tag `{}`: {e}", tag.name));
-    match (tag.data_type, value) {
-        (DataType::Bool, Value::Bool(b)) => Ok(Value::Bool(*b)),
-        (DataType::Bool, other) => Err(WriteError::BadValue(format!(
-            "tag `{}` is a bool; got {other}",
-            tag.name
-        ))),
-        (DataType::String(max), Value::String(s)) => {
-            if s.len() > max as usize {
-                Err(WriteError::BadValue(format!(
-                    "tag `{}` holds at most {max} bytes; got {}",
-                    tag.name,
-                    s.len()
-                )))
-            } else {
-                Ok(Value::String(s.clone()))
-            }
-        }
-        (DataType::String(_), other) => Err(WriteError::BadValue(format!(
-            "tag `{}` is a string; got {other}",
-            tag.name
-        ))),
-        (dt, v) => {
-            let Some(x) = v.as_f64() else {
-                return Err(WriteError::BadValue(format!(
-                    "tag `{}` is {dt}; got {v}",
-                    tag.name
-                )));
-            };
-            // Not a number a PLC should ever be handed as a setpoint (a Sparkplug DCMD can
-            // carry one; JSON cannot).
-            if !x.is_finite() {
-                return Err(WriteError::BadValue(format!(
-                    "tag `{}`: {v} is not a finite number",
-                    tag.name
-                )));
-            }
-            // 64-bit integers beyond 2^53 do not survive a trip through f64: keep them exact
-            // when no scaling applies and the variant already matches.
-            if tag.scaling.is_identity() && v.data_type() == dt {
-                return Ok(v.clone());
-            }
-            if tag.scaling.is_identity() {
-                value_from_f64(x, dt).map_err(bad)
-            } else {
-                tag.scaling.unapply(x, dt).map_err(bad)
-            }
+impl TagSpec {
+    /// What commands' values for this tag are checked against: writable only when configured
+    /// so and a coil or holding register.
+    pub fn write_tag(&self) -> WriteTag {
+        WriteTag {
+            name: self.name.clone(),
+            writable: self.writable && self.address.area.is_writable(),
+            data_type: Some(self.data_type),
+            scaling: self.scaling,
         }
     }
 }
 
 /// The wire operation for writing `value` to `tag`, or why it must not be written.
 pub fn prepare_write(tag: &TagSpec, value: &Value) -> Result<WriteOp, WriteError> {
-    if !tag.writable || !tag.address.area.is_writable() {
-        return Err(WriteError::NotWritable(tag.name.0.clone()));
-    }
-    let raw = raw_value(tag, value)?;
+    let raw = check_write(&tag.write_tag(), value)?;
     let address = tag.address.offset;
     match (tag.address.area, &raw) {
         (Area::Coil, Value::Bool(on)) => Ok(WriteOp::Coil { address, on: *on }),
@@ -138,58 +58,13 @@ pub fn prepare_write(tag: &TagSpec, value: &Value) -> Result<WriteOp, WriteError
     }
 }
 
-/// A write on its way to the device task.
-#[derive(Debug)]
-pub struct WriteRequest {
-    pub op: WriteOp,
-    pub reply: oneshot::Sender<Result<(), WriteError>>,
-}
-
-/// Writes queued per device at most; beyond it a write is answered `Busy`, never queued
-/// without bound.
-pub const WRITE_QUEUE: usize = 32;
-
-/// Where commands send writes for one device.
-#[derive(Debug, Clone)]
-pub struct DeviceHandle {
-    pub name: String,
-    pub tags: std::sync::Arc<[TagSpec]>,
-    pub(crate) tx: mpsc::Sender<WriteRequest>,
-}
-
-impl DeviceHandle {
-    pub fn tag(&self, name: &str) -> Option<&TagSpec> {
-        self.tags.iter().find(|t| t.name.0 == name)
-    }
-
-    /// Validates and writes; answers within `limit` whatever happens.
-    pub async fn write(&self, tag: &str, value: &Value, limit: Duration) -> Result<(), WriteError> {
-        let spec = self
-            .tag(tag)
-            .ok_or_else(|| WriteError::UnknownTag(tag.to_owned()))?;
-        let op = prepare_write(spec, value)?;
-        let (reply, answer) = oneshot::channel();
-        self.tx
-            .try_send(WriteRequest { op, reply })
-            .map_err(|e| match e {
-                mpsc::error::TrySendError::Full(_) => WriteError::Busy,
-                mpsc::error::TrySendError::Closed(_) => WriteError::Stopped,
-            })?;
-        match tokio::time::timeout(limit, answer).await {
-            Ok(Ok(result)) => result,
-            Ok(Err(_)) => Err(WriteError::Stopped),
-            Err(_) => Err(WriteError::Timeout(limit)),
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::address::ByteOrder;
-    use crate::codec::Scaling;
-    use crate::report::ReportRule;
-    use edge_model::TagName;
+    use edge_driver::{ReportRule, Scaling};
+    use edge_model::{DataType, TagName};
+    use std::time::Duration;
 
     fn tag(address: &str, dt: DataType, writable: bool) -> TagSpec {
         TagSpec {

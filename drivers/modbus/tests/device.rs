@@ -4,11 +4,9 @@
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
-use edge_modbus::codec::Scaling;
+use edge_driver::{ReportRule, Scaling, WriteError};
 use edge_modbus::plan::PlanLimits;
 use edge_modbus::poller::{DevicePoller, DeviceSpec, TagSpec};
-use edge_modbus::report::ReportRule;
-use edge_modbus::write::WriteError;
 use edge_modbus::{Area, ByteOrder};
 use edge_model::{Batch, DataType, DeviceId, Quality, TagName, Value};
 use edge_sim::ModbusSim;
@@ -134,7 +132,11 @@ async fn writes_reach_the_plc_in_the_tags_type_and_byte_order_and_bad_ones_reach
         .write("setpoint", &Value::F64(1.0), limit)
         .await
         .expect_err("exception");
-    assert!(matches!(e, WriteError::Exception(_)), "{e}");
+    assert!(
+        matches!(&e, WriteError::Refused(why) if why.contains("IllegalDataAddress")),
+        "{e}"
+    );
+    assert!(!e.is_rejection());
     sim.clear_exceptions();
 
     // An offline device answers at once instead of queueing the write.

@@ -7,13 +7,12 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use edge_driver::{DeviceCounters, ReportRule, Scaling};
 use edge_modbus::bus::{spawn_serial_bus, BusClient, Parity, SerialSettings};
-use edge_modbus::codec::Scaling;
 use edge_modbus::learn::{BlockKind, LimitStore, LIMITS_FILE};
 use edge_modbus::link::Transport;
 use edge_modbus::plan::PlanLimits;
-use edge_modbus::poller::{DeviceCounters, DevicePoller, DeviceSpec, TagSpec};
-use edge_modbus::report::ReportRule;
+use edge_modbus::poller::{DevicePoller, DeviceSpec, TagSpec};
 use edge_modbus::{Area, ByteOrder};
 use edge_model::{Batch, DataType, DeviceId, Quality, TagName, Value};
 use edge_sim::{ModbusSim, RtuBusSim};

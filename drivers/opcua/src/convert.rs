@@ -2,7 +2,7 @@
 //! epoch milliseconds, variants to typed values (with the tag's configured type and scaling),
 //! and, for writes, values back to a variant of exactly the variable's data type.
 
-use edge_modbus::codec::{value_from_f64, Scaling};
+use edge_driver::{value_from_f64, Scaling};
 use edge_model::{DataType, Quality, Value};
 use opcua::types::{DataTypeId, DateTime, NodeId, StatusCode, UAString, Variant};
 

@@ -1,23 +1,25 @@
 //! One task per OPC UA server: connects a session, creates its subscriptions (one per
 //! publishing interval) and runs the polled tags' Read schedule, turns data values into samples
 //! (status code → quality, source timestamp kept) and hands them to the core as batches. When
-//! the session is lost (server restart, network cut, failed keep-alives) every tag turns `bad`,
-//! and a fresh session with fresh subscriptions is built after a backoff with jitter.
+//! the session is lost (server restart, network cut, failed keep-alives) every tag turns `bad`
+//! (once per outage), and a fresh session with fresh subscriptions is built after a backoff
+//! with jitter. The backoff starts over only once the server delivers data again: a server
+//! that opens sessions but never delivers is one outage, not a reconnect storm.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use edge_modbus::codec::Scaling;
-use edge_modbus::poller::{next_tick, DeviceCounters};
-use edge_modbus::report::{ReportRule, ReportState};
+use edge_driver::{
+    next_tick, DeviceCounters, Reconnect, ReportRule, ReportState, Retry, Scaling, WriteError,
+    WriteHandle, WriteRequest, WriteTag,
+};
 use edge_model::{now_ms, Batch, Quality, Sample, Value};
 use opcua::types::{
     AttributeId, DataChangeFilter, DataChangeTrigger, DataValue, DeadbandType, ExtensionObject,
     MonitoredItemCreateRequest, MonitoringMode, MonitoringParameters, NodeId, StatusCode,
     TimestampsToReturn, Variant, WriteValue,
 };
-use rand::Rng;
 use tokio::sync::{mpsc, watch};
 use tokio::time::{sleep_until, timeout};
 use tracing::{debug, error, info, warn};
@@ -27,8 +29,7 @@ use crate::session::{
     connect, resolve, status_text, value_of, ConnectError, Connection, LinkEvent, Notification,
     NotificationSink, MAX_NOTIFICATIONS_PER_PUBLISH, NOTIFICATION_QUEUE,
 };
-use crate::spec::{Deadband, DeviceSpec, TagMode};
-use crate::write::{OpcUaHandle, WriteError, WriteRequest, WRITE_QUEUE};
+use crate::spec::{Deadband, DeviceSpec, TagMode, TagSpec};
 
 /// Tags read together on one schedule.
 #[derive(Debug, Clone, PartialEq)]
@@ -112,9 +113,23 @@ pub fn data_change_filter(deadband: Deadband) -> DataChangeFilter {
     }
 }
 
-/// Between 50 % and 100 % of `d`, so gateways that lost a server together do not retry together.
-fn jitter(d: Duration) -> Duration {
-    d.mul_f64(rand::rng().random_range(0.5..=1.0))
+/// Numeric values of a tag are stored as `raw * scale + offset`.
+fn scaling(tag: &TagSpec) -> Scaling {
+    Scaling {
+        scale: tag.scale,
+        offset: tag.offset,
+    }
+}
+
+/// What commands' values for a tag are checked against before they reach the task. The
+/// variable's data type is known only on the session, so the task converts and checks then.
+fn write_tag(tag: &TagSpec) -> WriteTag {
+    WriteTag {
+        name: tag.name.clone(),
+        writable: tag.writable,
+        data_type: None,
+        scaling: scaling(tag),
+    }
 }
 
 /// What the task keeps per tag across sessions.
@@ -152,17 +167,15 @@ pub struct OpcUaDevice {
     counters: Arc<DeviceCounters>,
     dropped: Arc<AtomicU64>,
     writes: mpsc::Receiver<WriteRequest>,
-    handle: OpcUaHandle,
+    handle: WriteHandle,
 }
 
 impl OpcUaDevice {
     pub fn new(spec: DeviceSpec) -> OpcUaDevice {
-        let (tx, writes) = mpsc::channel(WRITE_QUEUE);
-        let handle = OpcUaHandle {
-            name: spec.name.0.clone(),
-            tags: spec.tags.clone().into(),
-            tx,
-        };
+        let (handle, writes) = WriteHandle::channel(
+            spec.name.0.clone(),
+            spec.tags.iter().map(write_tag).collect(),
+        );
         OpcUaDevice {
             spec: Arc::new(spec),
             counters: Arc::new(DeviceCounters::default()),
@@ -173,7 +186,7 @@ impl OpcUaDevice {
     }
 
     /// Where commands send writes for this device.
-    pub fn handle(&self) -> OpcUaHandle {
+    pub fn handle(&self) -> WriteHandle {
         self.handle.clone()
     }
 
@@ -210,14 +223,13 @@ impl OpcUaDevice {
             polls: poll_groups(&spec),
             subscriptions: subscription_groups(&spec),
             read_limit: 1,
+            reconnect: Reconnect::new(spec.backoff_min, spec.backoff_max),
         };
         if spec.pki.trust_on_first_use {
             warn!(device = %spec.name, endpoint = %spec.endpoint,
                 "trust_on_first_use is on: an unknown server certificate is trusted without checking; turn it off once the server's certificate is in the trusted list");
         }
-        let mut backoff = spec.backoff_min;
         let mut retry_at = Instant::now();
-        let mut down_reported = false;
         loop {
             if *shutdown.borrow() {
                 break;
@@ -239,13 +251,12 @@ impl OpcUaDevice {
                 Ok(conn) => conn,
                 Err(e) => {
                     counters.transport_errors.fetch_add(1, Ordering::Relaxed);
-                    task.report_connect_failure(&e, down_reported, backoff);
-                    down_reported = true;
+                    let retry = task.reconnect.failed();
+                    task.report_connect_failure(&e, retry);
                     if !task.all_bad().await {
                         break;
                     }
-                    retry_at = Instant::now() + jitter(backoff);
-                    backoff = (backoff * 2).min(spec.backoff_max);
+                    retry_at = Instant::now() + retry.wait;
                     continue;
                 }
             };
@@ -256,15 +267,20 @@ impl OpcUaDevice {
                 End::Shutdown => break,
                 End::Lost(why) => {
                     counters.transport_errors.fetch_add(1, Ordering::Relaxed);
-                    warn!(device = %spec.name, endpoint = %spec.endpoint, reason = %why,
-                        "OPC UA session lost; its tags are bad until the server answers again");
-                    down_reported = true;
+                    // After data the first reconnect comes quickly (most losses are a server
+                    // restart); a session that delivered nothing continues the outage.
+                    let retry = task.reconnect.failed();
+                    if retry.starts_outage {
+                        warn!(device = %spec.name, endpoint = %spec.endpoint, reason = %why,
+                            "OPC UA session lost; its tags are bad until the server answers again");
+                    } else {
+                        debug!(device = %spec.name, reason = %why, retry_in = ?retry.wait,
+                            "the session ended before the server delivered data; reconnecting later");
+                    }
                     if !task.all_bad().await {
                         break;
                     }
-                    // The first reconnect comes quickly: most losses are a server restart.
-                    retry_at = Instant::now() + jitter(spec.backoff_min);
-                    backoff = (spec.backoff_min * 2).min(spec.backoff_max);
+                    retry_at = Instant::now() + retry.wait;
                 }
             }
         }
@@ -307,11 +323,14 @@ struct Task<'a> {
     subscriptions: Vec<SubscriptionGroup>,
     /// Nodes per Read in the current session (see `read_all`).
     read_limit: usize,
+    /// The backoff and the outage, which only data from the server ends.
+    reconnect: Reconnect,
 }
 
 impl Task<'_> {
-    fn report_connect_failure(&self, e: &ConnectError, reported: bool, retry_in: Duration) {
+    fn report_connect_failure(&self, e: &ConnectError, retry: Retry) {
         let spec = self.spec;
+        let (reported, retry_in) = (!retry.starts_outage, retry.wait);
         match e {
             ConnectError::Untrusted { path, thumbprint } if !reported => {
                 let config = spec
@@ -329,6 +348,16 @@ impl Task<'_> {
                     "cannot establish an OPC UA session; its tags are bad until it can");
             }
             _ => debug!(device = %spec.name, error = %e, retry_in = ?retry_in, "reconnect failed"),
+        }
+    }
+
+    /// The server delivered data (a Read of tags answered, a data notification): the backoff
+    /// starts over and an outage ends.
+    fn answered(&mut self) {
+        self.counters.connected.store(true, Ordering::Relaxed);
+        if self.reconnect.answered() {
+            info!(device = %self.spec.name, endpoint = %self.spec.endpoint,
+                "the server delivers data again");
         }
     }
 
@@ -423,12 +452,8 @@ impl Task<'_> {
             self.tag_error(i, why, batch);
             return;
         }
-        let scaling = Scaling {
-            scale: tag.scale,
-            offset: tag.offset,
-        };
         let converted = match &dv.value {
-            Some(v) => tag_value(v, tag.data_type, scaling),
+            Some(v) => tag_value(v, tag.data_type, scaling(tag)),
             None => Err("the server sent no value".to_owned()),
         };
         match converted {
@@ -477,11 +502,19 @@ impl Task<'_> {
         drop(note_tx);
         // No report state is reset here: a session starts only after every tag was reported
         // bad, so each tag's first good value is a quality change and is always stored.
-        self.counters.connected.store(true, Ordering::Relaxed);
+        // `connected` waits for data, unless there is none to wait for.
+        if spec.tags.is_empty() {
+            self.counters.connected.store(true, Ordering::Relaxed);
+        }
         let subscribed: usize = self.subscriptions.iter().map(|g| g.tags.len()).sum();
-        info!(device = %spec.name, endpoint = %spec.endpoint, security = %format!("{}/{}", spec.security_policy, spec.security_mode),
-            subscriptions = self.subscriptions.len(), subscribed, polled = spec.tags.len() - subscribed,
-            max_nodes_per_read = conn.limits.nodes_per_read, "OPC UA session established");
+        // A server that opens sessions but never delivers logs its first one only.
+        if !self.reconnect.opened() {
+            debug!(device = %spec.name, endpoint = %spec.endpoint, "another OPC UA session opened; the server has delivered no data since the outage began");
+        } else {
+            info!(device = %spec.name, endpoint = %spec.endpoint, security = %format!("{}/{}", spec.security_policy, spec.security_mode),
+                subscriptions = self.subscriptions.len(), subscribed, polled = spec.tags.len() - subscribed,
+                max_nodes_per_read = conn.limits.nodes_per_read, "OPC UA session established");
+        }
         if !self
             .send(std::mem::replace(&mut batch, Batch::new(spec.name.clone())))
             .await
@@ -518,7 +551,7 @@ impl Task<'_> {
                 }
                 Some(req) = writes.recv() => {
                     let result = self.write(&conn, &tags, &req).await;
-                    let lost = matches!(result, Err(WriteError::Timeout(_) | WriteError::Transport(_)));
+                    let lost = result.as_ref().is_err_and(WriteError::loses_connection);
                     match &result {
                         Ok(()) => info!(device = %spec.name, tag = %spec.tags[req.tag].name, value = %req.value, "write done"),
                         Err(e) => warn!(device = %spec.name, tag = %spec.tags[req.tag].name, error = %e, "write failed"),
@@ -532,6 +565,7 @@ impl Task<'_> {
                     match note {
                         Some(Notification::Data(values)) => {
                             self.counters.reads_ok.fetch_add(1, Ordering::Relaxed);
+                            self.answered();
                             let read_ts = now_ms();
                             for (handle, dv) in &values {
                                 if let Some(i) = (*handle as usize).checked_sub(1) {
@@ -689,8 +723,12 @@ impl Task<'_> {
             .filter_map(|&i| tags[i].node.clone())
             .map(value_of)
             .collect();
+        if nodes.is_empty() {
+            return Ok(());
+        }
         let read_ts = now_ms();
         let values = self.read_all(conn, nodes).await?;
+        self.answered();
         for (&i, dv) in live.iter().zip(values.iter()) {
             if dv.status().is_bad() {
                 self.counters.exceptions.fetch_add(1, Ordering::Relaxed);
@@ -919,11 +957,7 @@ impl Task<'_> {
                 .unwrap_or_else(|| "the variable's data type is unknown".to_owned());
             return Err(WriteError::BadValue(format!("tag `{name}`: {why}")));
         };
-        let scaling = Scaling {
-            scale: spec.scale,
-            offset: spec.offset,
-        };
-        let variant = write_variant(var_type, &req.value, scaling)
+        let variant = write_variant(var_type, &req.value, scaling(spec))
             .map_err(|e| WriteError::BadValue(format!("tag `{name}`: {e}")))?;
         let value = WriteValue {
             node_id: node,
@@ -1075,14 +1109,5 @@ mod tests {
         assert_eq!(f.trigger, DataChangeTrigger::StatusValue);
         let f = data_change_filter(Deadband::Absolute(0.1));
         assert_eq!(f.deadband_type, DeadbandType::Absolute as u32);
-    }
-
-    #[test]
-    fn jitter_stays_between_half_and_all_of_the_backoff() {
-        let d = Duration::from_millis(1000);
-        for _ in 0..1000 {
-            let j = jitter(d);
-            assert!(j >= d / 2 && j <= d, "{j:?}");
-        }
     }
 }

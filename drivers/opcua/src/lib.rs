@@ -1,6 +1,6 @@
 //! OPC UA southbound: node ids and device settings (pure, used by the board config), and with
-//! the `client` feature the device task (sessions, subscriptions, polling, recovery), writes,
-//! browse and the gateway's certificate store.
+//! the `client` feature the device task (sessions, subscriptions, polling, recovery, writes
+//! through edge-driver's `WriteHandle`), browse and the gateway's certificate store.
 
 pub mod node;
 pub mod spec;
@@ -15,8 +15,6 @@ pub mod device;
 pub mod pki;
 #[cfg(feature = "client")]
 pub mod session;
-#[cfg(feature = "client")]
-pub mod write;
 
 pub use node::{Identifier, Namespace, NodeAddress, NodeAddressError};
 pub use spec::{
@@ -26,8 +24,6 @@ pub use spec::{
 
 #[cfg(feature = "client")]
 pub use device::OpcUaDevice;
-#[cfg(feature = "client")]
-pub use write::{OpcUaHandle, WriteError};
 
 /// The OPC UA stack, for callers that build their own requests (the simulator's tests).
 #[cfg(feature = "client")]

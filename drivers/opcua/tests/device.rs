@@ -1,19 +1,22 @@
 //! The OPC UA device task against the simulated server over real sockets: subscribed and polled
 //! values with source timestamps, a missing node that goes bad alone, writes with the
-//! variable's type enforced, recovery after a server restart, and the certificate trust
+//! variable's type enforced, recovery after a server restart, a server that accepts
+//! connections but never answers (one outage, a growing backoff), and the certificate trust
 //! workflow with SignAndEncrypt.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use edge_driver::{WriteError, WriteHandle};
 use edge_model::{Batch, DeviceId, Quality, Sample, TagName, Value};
 use edge_opcua::pki::Pki;
 use edge_opcua::{
     Deadband, DeviceSpec, Identity, OpcUaDevice, PkiSettings, SecurityMode, SecurityPolicy,
-    TagMode, TagSpec, WriteError,
+    TagMode, TagSpec,
 };
 use edge_sim::opcua::{OpcUaSim, OpcUaSimOptions};
+use edge_sim::HangingFront;
 use tokio::sync::{mpsc, watch};
 
 const APP_URI: &str = "urn:edge-agent:test-gw";
@@ -101,6 +104,13 @@ impl Received {
         }
     }
 
+    /// Takes what was sent meanwhile, without waiting.
+    fn drain(&mut self) {
+        while let Ok(b) = self.rx.try_recv() {
+            self.samples.extend(b.samples);
+        }
+    }
+
     fn last(&self, tag: &str) -> Option<&Sample> {
         self.samples.iter().rev().find(|s| s.tag.0 == tag)
     }
@@ -113,7 +123,7 @@ impl Received {
     }
 }
 
-fn run(spec: DeviceSpec) -> (Received, edge_opcua::OpcUaHandle, watch::Sender<bool>) {
+fn run(spec: DeviceSpec) -> (Received, WriteHandle, watch::Sender<bool>) {
     // The device task's log, shown when a test fails (RUST_LOG filters).
     let _ = tracing_subscriber::fmt()
         .with_env_filter(
@@ -271,6 +281,88 @@ async fn a_server_restart_turns_tags_bad_then_subscriptions_come_back_by_themsel
                     .is_some_and(|x| x.quality == Quality::Good)
         },
     )
+    .await;
+    let _ = stop.send(true);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_accepts_connections_but_never_answers_is_one_outage_with_a_growing_backoff()
+{
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sim = start_sim(dir.path(), |_| {}).await;
+    let front = HangingFront::start(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)), sim.local_addr())
+        .await
+        .expect("front");
+    let request_timeout = Duration::from_millis(500);
+    let mut s = spec(
+        format!("opc.tcp://{}/", front.local_addr()),
+        &dir.path().join("pki"),
+        vec![
+            tag("good_count", "ns=2;s=Filler.GoodCount", sub(100), false),
+            tag("temperature", "ns=2;s=Filler.Temperature", poll(100), false),
+        ],
+    );
+    s.request_timeout = request_timeout;
+    s.backoff_min = Duration::from_millis(50);
+    s.backoff_max = Duration::from_millis(400);
+    let (mut got, _handle, stop) = run(s);
+    let both_good = |s: &[Sample]| {
+        ["good_count", "temperature"].iter().all(|t| {
+            s.iter()
+                .any(|x| x.tag.0 == *t && x.quality == Quality::Good)
+        })
+    };
+    got.until(Duration::from_secs(20), "first values", both_good)
+        .await;
+
+    // The server hangs: its connection goes silent, and every new one is accepted and never
+    // sent the Hello's acknowledgement.
+    let start = got.samples.len();
+    let before = front.accepted().len();
+    front.set_frozen(true);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let times = loop {
+        got.drain();
+        let accepted = front.accepted();
+        if accepted.len() >= before + 6 {
+            break accepted[before..before + 6].to_vec();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "only {} reconnects",
+            accepted.len() - before
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let gaps: Vec<Duration> = times.windows(2).map(|w| w[1] - w[0]).collect();
+    let steps = [100, 200, 400, 400, 400].map(Duration::from_millis);
+    for (i, (gap, step)) in gaps.iter().zip(steps).enumerate() {
+        // Each attempt waits out the request timeout, then at least half of its step.
+        let floor = request_timeout + step / 2 - Duration::from_millis(20);
+        assert!(
+            *gap >= floor,
+            "reconnect {i} came {gap:?} after the one before: {gaps:?}"
+        );
+    }
+    let during = &got.samples[start..];
+    for t in ["good_count", "temperature"] {
+        let bad = during
+            .iter()
+            .filter(|x| x.tag.0 == t && x.quality == Quality::Bad)
+            .count();
+        assert_eq!(bad, 1, "{t} is bad once for the whole outage: {during:?}");
+    }
+    assert!(
+        during.iter().all(|x| x.quality == Quality::Bad),
+        "{during:?}"
+    );
+
+    // The server answers again: a new session, and values.
+    let back = got.samples.len();
+    front.set_frozen(false);
+    got.until(Duration::from_secs(20), "values after the outage", |s| {
+        both_good(&s[back..])
+    })
     .await;
     let _ = stop.send(true);
 }

@@ -6,8 +6,13 @@
 //! of the four Modbus areas; a test sets values and faults through the handle, and a program
 //! started with [`ModbusSim::spawn_program`] moves values over time.
 //!
-//! With the `opcua` feature, [`opcua::OpcUaSim`] is a simulated OPC UA server: a filler on a
-//! packaging line with moving values, writable variables and extra variables for load.
+//! The Modbus side is the default `modbus` feature. With the `opcua` feature,
+//! [`opcua::OpcUaSim`] is a simulated OPC UA server: a filler on a packaging line with moving
+//! values, writable variables and extra variables for load; the OPC UA driver's tests take it
+//! without the Modbus side, so they do not depend on the Modbus driver.
+//!
+//! [`HangingFront`] stands in front of any of them and makes it hang like a PLC whose program
+//! froze while its TCP stack still accepts connections.
 //!
 //! ```no_run
 //! # async fn demo() -> std::io::Result<()> {
@@ -22,18 +27,30 @@
 //! # }
 //! ```
 
+#[cfg(feature = "modbus")]
 mod bank;
+mod hang;
 #[cfg(feature = "opcua")]
 pub mod opcua;
+#[cfg(feature = "modbus")]
 mod protocol;
+#[cfg(feature = "modbus")]
 mod rtu;
+#[cfg(feature = "modbus")]
 mod server;
 
+#[cfg(feature = "modbus")]
 pub use bank::{Bank, AREA_SIZE};
+pub use hang::HangingFront;
+#[cfg(feature = "modbus")]
 pub use protocol::{MAX_READ_BITS, MAX_READ_REGISTERS, MAX_WRITE_BITS, MAX_WRITE_REGISTERS};
+#[cfg(feature = "modbus")]
 pub use rtu::{serve_rtu_over_tcp, RtuBusSim};
+#[cfg(feature = "modbus")]
 pub use server::{ModbusSim, ReadHook, READ_LOG_CAPACITY};
 
 /// Re-exported so callers name areas and exception codes without extra imports.
+#[cfg(feature = "modbus")]
 pub use edge_modbus::Area;
+#[cfg(feature = "modbus")]
 pub use tokio_modbus::ExceptionCode;

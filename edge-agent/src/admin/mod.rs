@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use edge_modbus::poller::{DeviceCounters, HistogramSnapshot};
+use edge_driver::{DeviceCounters, HistogramSnapshot};
 use edge_store::{LossReason, Store, StoreStats};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};

@@ -8,11 +8,11 @@ use std::time::Duration;
 
 use anyhow::{bail, Context as _};
 use clap::Args;
+use edge_driver::{ReportRule, Scaling};
 use edge_modbus::bus::{spawn_serial_bus, Parity, SerialSettings};
-use edge_modbus::codec::{decode_registers, register_count, Scaling};
+use edge_modbus::codec::{decode_registers, register_count};
 use edge_modbus::link::{Link, Transport};
 use edge_modbus::poller::TagSpec;
-use edge_modbus::report::ReportRule;
 use edge_modbus::rtu::{Op, Reply};
 use edge_modbus::write::{prepare_write, WriteOp};
 use edge_modbus::{Address, ByteOrder};

@@ -9,17 +9,15 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use edge_config::{Config, Device, ModbusLink, OpcUa, Protocol, SerialParity};
+use edge_driver::{DeviceCounters, ReportRule, Scaling, WriteHandle};
 use edge_modbus::bus::{spawn_serial_bus, BusClient, Parity, SerialSettings};
-use edge_modbus::codec::Scaling;
 use edge_modbus::learn::{LimitStore, LIMITS_FILE};
 use edge_modbus::link::Transport;
 use edge_modbus::plan::{PlanLimits, ReadPlan};
-use edge_modbus::poller::{DeviceCounters, DevicePoller, DeviceSpec, TagSpec};
-use edge_modbus::report::ReportRule;
-use edge_modbus::write::{prepare_write, DeviceHandle};
-use edge_model::{Batch, DeviceId, TagName, Value};
+use edge_modbus::poller::{DevicePoller, DeviceSpec, TagSpec};
+use edge_model::{Batch, DeviceId, TagName};
 use edge_opcua::pki::Pki;
-use edge_opcua::{OpcUaDevice, OpcUaHandle, PkiSettings};
+use edge_opcua::{OpcUaDevice, PkiSettings};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
@@ -246,38 +244,43 @@ impl Links {
     }
 }
 
+/// Starts a device's driver task, whatever its protocol: each driver is built from its spec
+/// and hands back the same three things, its task, its counters and its write handle.
 pub(crate) fn spawn_poller(
     cfg: &Config,
     dev: &Device,
     tx: &mpsc::Sender<Batch>,
     links: &mut Links,
-) -> anyhow::Result<(PollerTask, Arc<DeviceCounters>, DeviceWriter)> {
+) -> anyhow::Result<(PollerTask, Arc<DeviceCounters>, WriteHandle)> {
     let (stop, stop_rx) = watch::channel(false);
-    let (task, counters, writer) = if let Some(spec) = opcua_device_spec(cfg, dev) {
-        let device = OpcUaDevice::new(spec);
-        let (subscribed, polled) = OpcUa::split(&dev.tags);
-        info!(device = %dev.name, endpoint = %device.spec().endpoint, subscribed, polled, "OPC UA device configured");
-        let counters = device.counters();
-        let writer = DeviceWriter::OpcUa(device.handle());
-        (
-            tokio::spawn(device.run(tx.clone(), stop_rx)),
-            counters,
-            writer,
-        )
-    } else {
-        let mut spec = device_spec(dev, links.transport(cfg, dev)?)
-            .with_context(|| format!("device `{}` is neither Modbus nor OPC UA", dev.name))?;
-        spec.learned_limits = Some(links.learned.clone());
-        let poller = DevicePoller::new(spec)
-            .with_context(|| format!("device `{}`: cannot plan its reads", dev.name))?;
-        info!(device = %dev.name, tags = dev.tags.len(), requests_per_scan = poller.plan().request_count(), "device configured");
-        let counters = poller.counters();
-        let writer = DeviceWriter::Modbus(poller.handle());
-        (
-            tokio::spawn(poller.run(tx.clone(), stop_rx)),
-            counters,
-            writer,
-        )
+    let (task, counters, writer) = match &dev.protocol {
+        Protocol::OpcUa(ua) => {
+            let spec = opcua_device_spec(cfg, dev)
+                .with_context(|| format!("device `{}` is not an OPC UA device", dev.name))?;
+            let device = OpcUaDevice::new(spec);
+            let (subscribed, polled) = OpcUa::split(&dev.tags);
+            info!(device = %dev.name, endpoint = %ua.endpoint, subscribed, polled, "OPC UA device configured");
+            let (counters, writer) = (device.counters(), device.handle());
+            (
+                tokio::spawn(device.run(tx.clone(), stop_rx)),
+                counters,
+                writer,
+            )
+        }
+        Protocol::Modbus(_) => {
+            let mut spec = device_spec(dev, links.transport(cfg, dev)?)
+                .with_context(|| format!("device `{}` is not a Modbus device", dev.name))?;
+            spec.learned_limits = Some(links.learned.clone());
+            let poller = DevicePoller::new(spec)
+                .with_context(|| format!("device `{}`: cannot plan its reads", dev.name))?;
+            info!(device = %dev.name, tags = dev.tags.len(), requests_per_scan = poller.plan().request_count(), "device configured");
+            let (counters, writer) = (poller.counters(), poller.handle());
+            (
+                tokio::spawn(poller.run(tx.clone(), stop_rx)),
+                counters,
+                writer,
+            )
+        }
     };
     Ok((
         PollerTask {
@@ -320,87 +323,5 @@ pub fn serial_settings(port: &edge_config::SerialPort) -> SerialSettings {
         },
         data_bits: port.data_bits,
         stop_bits: port.stop_bits,
-    }
-}
-
-/// The write handle of a device of either protocol, for commands.
-#[derive(Debug, Clone)]
-pub enum DeviceWriter {
-    Modbus(DeviceHandle),
-    OpcUa(OpcUaHandle),
-}
-
-/// Why a write through a [`DeviceWriter`] was not carried out.
-#[derive(Debug, Clone, PartialEq)]
-pub struct WriteFailure {
-    /// True when the request was wrong and nothing was sent to the device (answer
-    /// `rejected`); false when the device or the link failed (answer `failed`).
-    pub rejected: bool,
-    pub message: String,
-}
-
-impl std::fmt::Display for WriteFailure {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.message)
-    }
-}
-
-impl DeviceWriter {
-    pub fn name(&self) -> &str {
-        match self {
-            DeviceWriter::Modbus(h) => &h.name,
-            DeviceWriter::OpcUa(h) => &h.name,
-        }
-    }
-
-    /// The checks a write must pass before anything is sent: the tag exists and may be
-    /// written, and (where the type is known here) the value fits it. An OPC UA variable's own
-    /// type is checked by its device task, still before anything is sent.
-    pub fn check(&self, tag: &str, value: &Value) -> Result<(), WriteFailure> {
-        let rejected = |message: String| WriteFailure {
-            rejected: true,
-            message,
-        };
-        match self {
-            DeviceWriter::Modbus(h) => {
-                let spec = h.tag(tag).ok_or_else(|| {
-                    rejected(format!("unknown tag `{tag}` on device `{}`", h.name))
-                })?;
-                prepare_write(spec, value)
-                    .map(drop)
-                    .map_err(|e| rejected(e.to_string()))
-            }
-            DeviceWriter::OpcUa(h) => {
-                let spec = h.tag(tag).ok_or_else(|| {
-                    rejected(format!("unknown tag `{tag}` on device `{}`", h.name))
-                })?;
-                if spec.writable {
-                    Ok(())
-                } else {
-                    Err(rejected(
-                        edge_opcua::WriteError::NotWritable(tag.to_owned()).to_string(),
-                    ))
-                }
-            }
-        }
-    }
-
-    /// Validates and writes `value` to `tag`, answering within `limit`.
-    pub async fn write(
-        &self,
-        tag: &str,
-        value: &Value,
-        limit: Duration,
-    ) -> Result<(), WriteFailure> {
-        match self {
-            DeviceWriter::Modbus(h) => h.write(tag, value, limit).await.map_err(|e| WriteFailure {
-                rejected: e.is_rejection(),
-                message: e.to_string(),
-            }),
-            DeviceWriter::OpcUa(h) => h.write(tag, value, limit).await.map_err(|e| WriteFailure {
-                rejected: e.is_rejection(),
-                message: e.to_string(),
-            }),
-        }
     }
 }

@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use edge_config::{Batching, Config, Format};
+use edge_driver::{DeviceCounters, WriteHandle};
 use edge_modbus::learn::LimitStore;
-use edge_modbus::poller::DeviceCounters;
 use edge_model::Batch;
 use edge_store::{Store, StoreOptions};
 use mes_bridge::{MesBridge, UnsEncoder};
@@ -22,7 +22,7 @@ use tracing::{error, info, warn};
 use crate::daemon::board;
 use crate::daemon::devices::{
     device_plan, ensure_opcua_certificate, limits_path, spawn_poller, stop_poller, DeviceList,
-    DeviceWriter, Links, PollerTask,
+    Links, PollerTask,
 };
 use crate::daemon::reload::{self, NeedsRestart, ReloadPlan};
 use crate::daemon::status::{health_loop, snapshot, write_status_loop, StatusSnapshot};
@@ -69,7 +69,7 @@ pub struct Running {
     pub devices: DeviceList,
     pub publishers: Vec<(String, Arc<PublisherStats>)>,
     /// Where commands send writes, one per device, whatever its protocol.
-    pub writers: Vec<DeviceWriter>,
+    pub writers: Vec<WriteHandle>,
     /// The config being run (the last one applied).
     cfg: Config,
     /// The writer's queue; pollers started by a reload get a clone.
@@ -319,7 +319,7 @@ impl Running {
             .filter(|(n, _)| !going.contains(&n.as_str()))
             .cloned()
             .collect();
-        self.writers.retain(|w| !going.contains(&w.name()));
+        self.writers.retain(|w| !going.contains(&w.name.as_str()));
         for d in plan.added.iter().chain(&plan.changed) {
             let (task, counters, writer) = spawn_poller(&new, d, &self.batches, &mut self.links)
                 .map_err(ReloadError::Start)?;
@@ -403,8 +403,8 @@ impl Running {
     }
 
     /// Where commands send writes for `device`, whatever its protocol.
-    pub fn writer(&self, device: &str) -> Option<DeviceWriter> {
-        self.writers.iter().find(|w| w.name() == device).cloned()
+    pub fn writer(&self, device: &str) -> Option<WriteHandle> {
+        self.writers.iter().find(|w| w.name == device).cloned()
     }
 
     /// A point-in-time view of the whole agent.

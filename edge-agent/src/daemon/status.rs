@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use edge_modbus::poller::DeviceCounters;
+use edge_driver::DeviceCounters;
 use edge_store::Store;
 use serde::Serialize;
 use tokio::sync::watch;

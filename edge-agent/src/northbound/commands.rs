@@ -11,8 +11,8 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use crate::daemon::devices::{DeviceWriter, WriteFailure};
 use edge_config::Config;
+use edge_driver::{WriteError, WriteHandle};
 use edge_model::DeviceId;
 use mes_bridge::command::{
     Answer, AnswerCache, CommandCatalog, DispatchParameter, DispatchSpec, Parsed, PlannedWrite,
@@ -140,7 +140,7 @@ pub fn command_catalog(cfg: &Config) -> CommandCatalog {
 /// Starts the command task. It ends when every sender is gone (the publishers stopped).
 pub fn spawn_commands(
     catalog: CommandCatalog,
-    handles: Vec<DeviceWriter>,
+    handles: Vec<WriteHandle>,
 ) -> (mpsc::Sender<CommandRequest>, JoinHandle<()>) {
     let (tx, task, _targets) = spawn_reloadable_commands(catalog, handles);
     (tx, task)
@@ -150,7 +150,7 @@ pub fn spawn_commands(
 #[derive(Debug)]
 pub struct CommandTargets {
     pub catalog: CommandCatalog,
-    pub handles: Vec<DeviceWriter>,
+    pub handles: Vec<WriteHandle>,
 }
 
 /// [`spawn_commands`], plus a sender that replaces the catalog and the device handles between
@@ -158,7 +158,7 @@ pub struct CommandTargets {
 /// duplicate request ids survive the replacement.
 pub fn spawn_reloadable_commands(
     catalog: CommandCatalog,
-    handles: Vec<DeviceWriter>,
+    handles: Vec<WriteHandle>,
 ) -> (
     mpsc::Sender<CommandRequest>,
     JoinHandle<()>,
@@ -168,10 +168,7 @@ pub fn spawn_reloadable_commands(
     let (targets_tx, targets_rx) = watch::channel(None);
     let executor = Executor {
         catalog,
-        handles: handles
-            .into_iter()
-            .map(|h| (h.name().to_owned(), h))
-            .collect(),
+        handles: handles.into_iter().map(|h| (h.name.clone(), h)).collect(),
         answers: AnswerCache::new(ANSWERS_KEPT),
         limit: WRITE_LIMIT,
         targets: targets_rx,
@@ -183,7 +180,7 @@ pub fn spawn_reloadable_commands(
 #[derive(Debug)]
 pub struct Executor {
     catalog: CommandCatalog,
-    handles: HashMap<String, DeviceWriter>,
+    handles: HashMap<String, WriteHandle>,
     answers: AnswerCache,
     limit: Duration,
     /// Replacement targets from a reload, taken before the next command.
@@ -199,7 +196,7 @@ impl Executor {
                     self.handles = t
                         .handles
                         .iter()
-                        .map(|h| (h.name().to_owned(), h.clone()))
+                        .map(|h| (h.name.clone(), h.clone()))
                         .collect();
                 }
             }
@@ -269,7 +266,7 @@ impl Executor {
                 );
             };
             if let Err(e) = handle.check(&w.tag, &w.value) {
-                return Answer::rejected(Some(request_id), e.message);
+                return Answer::rejected(Some(request_id), e.to_string());
             }
             checked.push((handle, w));
         }
@@ -290,11 +287,11 @@ fn failure(
     tag: &str,
     done: &[&str],
     total: usize,
-    e: &WriteFailure,
+    e: &WriteError,
 ) -> Answer {
     if done.is_empty() {
         let text = format!("device `{device}`, tag `{tag}`: {e}");
-        return if e.rejected {
+        return if e.is_rejection() {
             Answer::rejected(Some(request_id), text)
         } else {
             Answer::failed(request_id, text)
@@ -316,11 +313,7 @@ mod tests {
 
     #[test]
     fn a_failure_before_any_write_says_so_and_a_partial_one_lists_what_was_written() {
-        let offline = WriteFailure {
-            rejected: false,
-            message: "the device is not connected; the write was not queued".into(),
-        };
-        let a = failure("r", "filler", "next_order", &[], 3, &offline);
+        let a = failure("r", "filler", "next_order", &[], 3, &WriteError::Offline);
         assert_eq!(a.status, Status::Failed);
         assert_eq!(
             a.error.as_deref(),
@@ -332,10 +325,7 @@ mod tests {
             "new_order",
             &["next_order", "target"],
             3,
-            &WriteFailure {
-                rejected: false,
-                message: "no answer from the device within 5s".into(),
-            },
+            &WriteError::Timeout(Duration::from_secs(5)),
         );
         assert_eq!(a.status, Status::Failed);
         assert!(a.error.as_deref().is_some_and(
@@ -347,10 +337,7 @@ mod tests {
             "t",
             &[],
             1,
-            &WriteFailure {
-                rejected: true,
-                message: "tag `t` is not writable".into(),
-            },
+            &WriteError::NotWritable("t".into()),
         );
         assert_eq!(a.status, Status::Rejected);
     }

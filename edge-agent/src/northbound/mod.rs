@@ -1,8 +1,9 @@
 //! The northbounds: the UNS JSON publisher with the MES events ([`uns`]), the Sparkplug B edge
 //! node ([`sparkplug`]), and the commands both take back ([`commands`]). This module holds what
 //! every publisher shares, whatever its payload format: the transport (plain TCP, or TLS with
-//! the configured CA and client certificate), the reconnect backoff, the stop signal, and
-//! reading committed records in order from a northbound's cursor with a small read-ahead.
+//! the configured CA and client certificate), when the reconnect backoff starts over, the stop
+//! signal, and reading committed records in order from a northbound's cursor with a small
+//! read-ahead.
 
 pub mod commands;
 pub mod sparkplug;
@@ -12,9 +13,9 @@ use std::collections::VecDeque;
 use std::time::Duration;
 
 use edge_config::{BrokerUrl, TlsFiles};
+use edge_driver::Backoff;
 use edge_model::Batch;
 use edge_store::{RecordId, Store, StoreError};
-use rand::Rng;
 use rumqttc::{TlsConfiguration, Transport};
 use tokio::sync::watch;
 
@@ -72,34 +73,13 @@ pub async fn stopped(shutdown: &mut watch::Receiver<bool>) {
     let _ = shutdown.wait_for(|s| *s).await;
 }
 
-/// Exponential reconnect backoff with jitter; a connection that lasted
-/// [`STABLE_CONNECTION`] starts it over.
-#[derive(Debug, Clone)]
-pub struct Backoff {
-    min: Duration,
-    max: Duration,
-    next: Duration,
-}
-
-impl Backoff {
-    pub fn new(min: Duration, max: Duration) -> Backoff {
-        Backoff {
-            min,
-            max: max.max(min),
-            next: min,
-        }
+/// How long to wait before reconnecting to the broker after a connection that lasted
+/// `lasted`: one that stayed up [`STABLE_CONNECTION`] starts the backoff over.
+pub fn reconnect_wait(backoff: &mut Backoff, lasted: Duration) -> Duration {
+    if lasted >= STABLE_CONNECTION {
+        backoff.reset();
     }
-
-    /// How long to wait after a connection that lasted `lasted`: between half and all of the
-    /// current step, so gateways that lost the broker together do not return together.
-    pub fn after(&mut self, lasted: Duration) -> Duration {
-        if lasted >= STABLE_CONNECTION {
-            self.next = self.min;
-        }
-        let wait = self.next.mul_f64(rand::rng().random_range(0.5..=1.0));
-        self.next = (self.next * 2).min(self.max);
-        wait
-    }
+    backoff.next_wait()
 }
 
 /// Reads one northbound's records in order from a position, a chunk at a time.
@@ -150,23 +130,21 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_backoff_doubles_with_jitter_up_to_its_maximum() {
-        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_millis(350));
-        let waits: Vec<Duration> = (0..5).map(|_| b.after(Duration::ZERO)).collect();
-        let steps = [100, 200, 350, 350, 350];
-        for (w, step) in waits.iter().zip(steps) {
-            let step = Duration::from_millis(step);
-            assert!(*w >= step / 2 && *w <= step, "{w:?} for a step of {step:?}");
+    fn short_connections_keep_doubling_the_backoff() {
+        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
+        for _ in 0..3 {
+            reconnect_wait(&mut b, STABLE_CONNECTION / 2);
         }
+        assert_eq!(b.step(), Duration::from_millis(800));
     }
 
     #[test]
     fn a_stable_connection_starts_the_backoff_over() {
         let mut b = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
         for _ in 0..5 {
-            b.after(Duration::ZERO);
+            reconnect_wait(&mut b, Duration::ZERO);
         }
-        let w = b.after(STABLE_CONNECTION);
+        let w = reconnect_wait(&mut b, STABLE_CONNECTION);
         assert!(w <= Duration::from_millis(100), "{w:?}");
     }
 }

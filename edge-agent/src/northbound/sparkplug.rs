@@ -18,6 +18,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use edge_config::{Config, Northbound, SparkplugSettings};
+use edge_driver::{Backoff, WriteHandle};
 use edge_model::now_ms;
 use edge_store::{RecordId, Store};
 use mes_bridge::sparkplug::{
@@ -31,9 +32,8 @@ use rumqttc::{
 use tokio::sync::{watch, Semaphore};
 use tracing::{debug, error, info, warn};
 
-use crate::daemon::devices::DeviceWriter;
 use crate::northbound::uns::PublisherStats;
-use crate::northbound::{stopped, transport, Backoff, StoreReader, READ_CHUNK};
+use crate::northbound::{reconnect_wait, stopped, transport, StoreReader, READ_CHUNK};
 
 /// How long a DCMD write may wait for the device's answer.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -201,7 +201,7 @@ pub struct SparkplugPublisher {
     settings: SparkplugSettings,
     store: Store,
     node: EdgeNode,
-    handles: HashMap<String, DeviceWriter>,
+    handles: HashMap<String, WriteHandle>,
     stats: Arc<PublisherStats>,
     /// Delivery markers published (QoS 1 proofs), for benchmarks and metrics.
     markers: Arc<AtomicU64>,
@@ -226,7 +226,7 @@ impl SparkplugPublisher {
         settings: SparkplugSettings,
         store: Store,
         devices: Vec<DeviceDef>,
-        handles: Vec<DeviceWriter>,
+        handles: Vec<WriteHandle>,
         data_dir: &Path,
     ) -> SparkplugPublisher {
         let device_count = devices.len();
@@ -237,10 +237,7 @@ impl SparkplugPublisher {
         let cursor = store.cursor(&nb.name);
         let max = usize::from(nb.max_inflight);
         SparkplugPublisher {
-            handles: handles
-                .into_iter()
-                .map(|h| (h.name().to_owned(), h))
-                .collect(),
+            handles: handles.into_iter().map(|h| (h.name.clone(), h)).collect(),
             stats: Arc::new(PublisherStats::default()),
             markers: Arc::new(AtomicU64::new(0)),
             folded_below: cursor,
@@ -299,7 +296,7 @@ impl SparkplugPublisher {
             match outcome {
                 SessionEnd::Shutdown => return,
                 SessionEnd::Lost(reason) => {
-                    let wait = backoff.after(started.elapsed());
+                    let wait = reconnect_wait(&mut backoff, started.elapsed());
                     warn!(northbound = %self.nb.name, url = %self.nb.url, reason = %reason, retry_in = ?wait,
                         "Sparkplug session ended; samples stay in the store until they are proven delivered");
                     self.set_error(reason);

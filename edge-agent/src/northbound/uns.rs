@@ -18,6 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use edge_config::Northbound;
+use edge_driver::Backoff;
 use edge_store::{RecordId, Store};
 use mes_bridge::command::{
     command_filters, request_id_of, Answer, MAX_COMMAND_BYTES, RESPONSE_LEVEL,
@@ -33,7 +34,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::northbound::commands::CommandRequest;
 pub use crate::northbound::TransportError as PublisherError;
-use crate::northbound::{stopped, transport, Backoff, StoreReader};
+use crate::northbound::{reconnect_wait, stopped, transport, StoreReader};
 
 /// Answers to commands waiting for room in the MQTT client; beyond it the oldest is dropped
 /// (it is remembered by the command task: a retry with the same request id gets it again).
@@ -207,7 +208,7 @@ impl Publisher {
                 SessionEnd::Shutdown => return,
                 SessionEnd::Lost(reason) => {
                     self.never_failed = false;
-                    let wait = backoff.after(started.elapsed());
+                    let wait = reconnect_wait(&mut backoff, started.elapsed());
                     if self.stats.connects.load(Ordering::Relaxed) > connects {
                         outage_reported = false;
                     }

@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use edge_driver::Backoff;
 use edge_model::Batch;
 use tokio::sync::mpsc::{self, error::TryRecvError};
 use tokio::task::JoinHandle;
@@ -16,7 +17,9 @@ use crate::{Store, StoreError};
 pub const MAX_GROUP_SAMPLES: usize = 10_000;
 /// Attempts per group before the writer gives up and returns the error.
 const MAX_ATTEMPTS: u32 = 5;
-const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+/// The backoff between attempts: waits of 100-200 ms, 200-400, 400-800, 800-1600 ms.
+const FIRST_BACKOFF: Duration = Duration::from_millis(200);
+const MAX_BACKOFF: Duration = Duration::from_millis(1600);
 
 /// Spawns the writer. It waits for a batch, gathers what else is queued (and, when `max_delay`
 /// is not zero, what arrives within `max_delay`), commits the group, and ends once the channel
@@ -79,6 +82,7 @@ async fn commit_with_retry(store: &Store, group: Vec<Batch>) -> Result<(), Store
     // retry never stores them twice.
     let mut unwritten = Some(group);
     let mut attempt = 1;
+    let mut backoff = Backoff::new(FIRST_BACKOFF, MAX_BACKOFF);
     loop {
         let result = match unwritten.take() {
             Some(batches) => store
@@ -100,39 +104,11 @@ async fn commit_with_retry(store: &Store, group: Vec<Batch>) -> Result<(), Store
                 "cannot commit samples to the store; giving up");
             return Err(error);
         }
-        let backoff = backoff(attempt);
-        warn!(store = %store.dir().display(), attempt, retry_in_ms = backoff.as_millis() as u64,
+        let wait = backoff.next_wait();
+        warn!(store = %store.dir().display(), attempt, retry_in_ms = wait.as_millis() as u64,
             error = %error, "cannot commit samples to the store; retrying");
         store.note_commit_retry();
-        tokio::time::sleep(backoff).await;
+        tokio::time::sleep(wait).await;
         attempt += 1;
-    }
-}
-
-/// Doubles per attempt, with up to half of it again as jitter (from the clock: no need for a
-/// random generator to keep retries of several gateways apart).
-fn backoff(attempt: u32) -> Duration {
-    let base = FIRST_BACKOFF * 2u32.saturating_pow(attempt.saturating_sub(1));
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    base + base.mul_f64(f64::from(nanos % 1000) / 2000.0)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_doubles_and_stays_within_half_again() {
-        for attempt in 1..5 {
-            let base = FIRST_BACKOFF * 2u32.pow(attempt - 1);
-            let b = backoff(attempt);
-            assert!(
-                b >= base && b <= base + base / 2,
-                "attempt {attempt}: {b:?}"
-            );
-        }
     }
 }

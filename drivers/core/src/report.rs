@@ -1,6 +1,8 @@
 //! Report by exception: decides whether a fresh reading becomes a stored sample. Without a
 //! deadband every reading is reported; with one, only changes beyond it, quality changes, and a
-//! heartbeat that resends an unchanged value at least every N seconds.
+//! heartbeat that resends an unchanged value at least every N seconds. A device task keeps one
+//! state per tag for its whole life, across reconnects: a tag that failed is reported `bad`
+//! once per outage, and its first good reading after it is a quality change, always reported.
 
 use std::time::{Duration, Instant};
 
@@ -55,12 +57,6 @@ impl ReportState {
     /// The quality last reported, if any.
     pub fn last_quality(&self) -> Option<Quality> {
         self.last.as_ref().map(|(_, q, _)| *q)
-    }
-
-    /// Forget the reference, so the next reading is reported whatever it is (after a
-    /// reconnect, the first good reading must always be seen).
-    pub fn reset(&mut self) {
-        self.last = None;
     }
 }
 
@@ -186,12 +182,21 @@ mod tests {
     }
 
     #[test]
-    fn after_a_reset_the_next_reading_is_reported() {
-        let r = rule(Some(10.0), None);
-        let mut s = ReportState::default();
-        let t = Instant::now();
-        assert!(s.offer(&r, &Some(Value::F64(1.0)), Quality::Good, t));
-        s.reset();
-        assert!(s.offer(&r, &Some(Value::F64(1.0)), Quality::Good, t));
+    fn an_outage_of_many_failed_reconnects_reports_bad_once_and_the_recovery_once() {
+        for r in [rule(None, None), rule(Some(10.0), None)] {
+            let mut s = ReportState::default();
+            let t = Instant::now();
+            assert!(s.offer(&r, &Some(Value::F64(1.0)), Quality::Good, t));
+            // Every failed attempt of the outage offers `bad` again.
+            let bad: usize = (0..12)
+                .map(|_| usize::from(s.offer(&r, &None, Quality::Bad, t)))
+                .sum();
+            assert_eq!(bad, 1, "{r:?}");
+            // The same value as before the outage is news: its quality changed.
+            assert!(
+                s.offer(&r, &Some(Value::F64(1.0)), Quality::Good, t),
+                "{r:?}"
+            );
+        }
     }
 }
