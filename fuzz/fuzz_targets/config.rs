@@ -29,34 +29,10 @@ fuzz_target!(|data: &[u8]| {
     let src = String::from_utf8_lossy(data);
     match edge_config::parse(&src, Path::new("/etc/edge-agent/fuzz.toml"), &NoSecrets) {
         Ok(cfg) => {
-            // What `check` does with a valid config: print it and each device's read plan.
+            // What `check` does with a valid config, through the same code: describe every
+            // device with its read plan (the agent's own config translations).
             let _ = format!("{cfg:?}");
-            for d in &cfg.devices {
-                let limits = edge_modbus::plan::PlanLimits {
-                    max_registers: d.max_registers,
-                    max_bits: d.max_bits,
-                    max_gap_registers: d.max_gap_registers,
-                    max_gap_bits: d.max_gap_bits,
-                };
-                let tags: Vec<edge_modbus::plan::PlanTag> = d
-                    .tags
-                    .iter()
-                    .enumerate()
-                    .map(|(id, t)| edge_modbus::plan::PlanTag {
-                        id,
-                        address: t.address,
-                        data_type: t.data_type,
-                        interval: t.poll_interval,
-                    })
-                    .collect();
-                if let Ok(plan) = edge_modbus::plan::plan(&tags, &limits) {
-                    for g in &plan.groups {
-                        for r in &g.requests {
-                            let _ = r.describe();
-                        }
-                    }
-                }
-            }
+            let _ = edge_agent::cli::check::describe(&cfg);
         }
         Err(errors) => {
             assert!(!errors.is_empty(), "a rejected config names no error");

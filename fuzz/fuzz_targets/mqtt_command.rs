@@ -9,21 +9,22 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::OnceLock;
 
+use edge_agent::daemon::devices::device_spec;
+use edge_agent::northbound::commands::command_catalog;
+use edge_agent::northbound::sparkplug::device_defs;
 use edge_config::{Config, Format, SecretSource};
-use edge_driver::{ReportRule, Scaling};
 use edge_modbus::codec::register_count;
+use edge_modbus::link::Transport;
 use edge_modbus::poller::TagSpec;
 use edge_modbus::write::{prepare_write, WriteOp};
-use edge_model::{DataType, TagName};
+use edge_model::DataType;
 use libfuzzer_sys::arbitrary::{Result, Unstructured};
 use libfuzzer_sys::fuzz_target;
-use mes_bridge::command::{
-    request_id_of, CommandCatalog, DispatchParameter, DispatchSpec, Parsed, TagInfo,
-};
+use mes_bridge::command::{request_id_of, CommandCatalog, Parsed};
 use mes_bridge::sparkplug::proto::payload::{metric, Metric};
 use mes_bridge::sparkplug::proto::Payload;
 use mes_bridge::sparkplug::{
-    encode_payload, Command, DeviceDef, EdgeNode, MetricDef, PrimaryHost, NAMESPACE, REBIRTH,
+    encode_payload, Command, EdgeNode, PrimaryHost, NAMESPACE, REBIRTH,
 };
 use serde_json::{Map, Value as Json};
 
@@ -61,48 +62,15 @@ fn context() -> &'static Context {
     })
 }
 
+/// Built with the agent's own translations of the config, so the fuzzer checks what runs.
 fn build(cfg: &Config) -> Context {
-    // As edge-agent's `mes::command_catalog`.
-    let mut catalog = CommandCatalog::new();
+    let catalog = command_catalog(cfg);
     let mut names: Vec<String> = Vec::new();
     for d in &cfg.devices {
         names.push(d.name.clone());
-        for t in &d.tags {
-            names.push(t.name.clone());
-            catalog.add_tag(
-                &d.name,
-                &t.name,
-                TagInfo {
-                    data_type: t.data_type,
-                    writable: t.writable && t.address.area.is_writable(),
-                    scale: t.scale,
-                    offset: t.offset,
-                },
-            );
-        }
+        names.extend(d.tags.iter().map(|t| t.name.clone()));
     }
-    for m in &cfg.machines {
-        names.push(m.name.clone());
-        catalog.add_machine(
-            &m.name,
-            m.dispatch.as_ref().map(|d| DispatchSpec {
-                device: m.device.clone(),
-                work_order_tag: d.work_order_tag.clone(),
-                product_tag: d.product_tag.clone(),
-                quantity_tag: d.quantity_tag.clone(),
-                parameters: d
-                    .parameters
-                    .iter()
-                    .map(|p| DispatchParameter {
-                        name: p.name.clone(),
-                        tag: p.tag.clone(),
-                        required: p.required,
-                    })
-                    .collect(),
-                handshake_tag: d.handshake_tag.clone(),
-            }),
-        );
-    }
+    names.extend(cfg.machines.iter().map(|m| m.name.clone()));
     names.extend(
         [
             "request_id",
@@ -115,26 +83,6 @@ fn build(cfg: &Config) -> Context {
         ]
         .map(str::to_owned),
     );
-    // As edge-agent's `sparkplug::device_defs`.
-    let devices: Vec<DeviceDef> = cfg
-        .devices
-        .iter()
-        .map(|d| DeviceDef {
-            name: d.name.clone(),
-            metrics: d
-                .tags
-                .iter()
-                .map(|t| MetricDef {
-                    name: t.name.clone(),
-                    data_type: t.data_type,
-                    scale: t.scale,
-                    offset: t.offset,
-                    unit: t.unit.clone(),
-                    writable: t.writable,
-                })
-                .collect(),
-        })
-        .collect();
     let sp = cfg
         .northbounds
         .iter()
@@ -143,38 +91,20 @@ fn build(cfg: &Config) -> Context {
             Format::UnsJson => None,
         })
         .expect("the fixture has a Sparkplug northbound");
-    let mut node = EdgeNode::new(&sp.group_id, &sp.edge_node_id, devices);
+    let mut node = EdgeNode::new(&sp.group_id, &sp.edge_node_id, device_defs(cfg));
     // Aliases exist once the births are made.
     let _ = node.births(0);
-    // As edge-agent's `runtime` device specs.
     let specs = cfg
         .devices
         .iter()
-        .map(|d| {
-            let tags = d
+        .filter_map(|d| {
+            let spec = device_spec(d, Transport::Tcp)?;
+            let tags = spec
                 .tags
-                .iter()
-                .map(|t| {
-                    let spec = TagSpec {
-                        name: TagName(t.name.clone()),
-                        address: t.address,
-                        data_type: t.data_type,
-                        byte_order: t.byte_order,
-                        scaling: Scaling {
-                            scale: t.scale,
-                            offset: t.offset,
-                        },
-                        report: ReportRule {
-                            deadband: t.deadband,
-                            heartbeat: t.heartbeat,
-                        },
-                        interval: t.poll_interval,
-                        writable: t.writable,
-                    };
-                    (t.name.clone(), spec)
-                })
+                .into_iter()
+                .map(|t| (t.name.0.clone(), t))
                 .collect();
-            (d.name.clone(), tags)
+            Some((d.name.clone(), tags))
         })
         .collect();
     Context {
