@@ -23,9 +23,7 @@ use libfuzzer_sys::fuzz_target;
 use mes_bridge::command::{request_id_of, CommandCatalog, Parsed};
 use mes_bridge::sparkplug::proto::payload::{metric, Metric};
 use mes_bridge::sparkplug::proto::Payload;
-use mes_bridge::sparkplug::{
-    encode_payload, Command, EdgeNode, PrimaryHost, NAMESPACE, REBIRTH,
-};
+use mes_bridge::sparkplug::{encode_payload, Command, EdgeNode, PrimaryHost, NAMESPACE, REBIRTH};
 use serde_json::{Map, Value as Json};
 
 /// Everything built once from the fixed config, as the agent builds it at start.
