@@ -169,6 +169,9 @@ pub enum CommandBody {
 pub struct Request {
     pub topic: String,
     pub request_id: String,
+    /// `timestamp_ms`: when the sender sent it (epoch milliseconds, UTC), which command
+    /// safety judges its age by (see [`crate::gate`]).
+    pub timestamp_ms: Option<u64>,
     pub body: CommandBody,
 }
 
@@ -314,6 +317,21 @@ impl CommandCatalog {
             Ok(id) => id,
             Err(e) => return Parsed::Invalid(Answer::rejected(None, e)),
         };
+        let timestamp_ms = match fields.get("timestamp_ms") {
+            None => None,
+            Some(t) => match t.as_u64() {
+                Some(ms) => Some(ms),
+                None => {
+                    return Parsed::Invalid(Answer::rejected(
+                        Some(&request_id),
+                        format!(
+                            "`timestamp_ms` must be the time the command was sent in epoch milliseconds (a whole number), found {}",
+                            json_kind(t)
+                        ),
+                    ))
+                }
+            },
+        };
         let body = match body {
             CommandBody::Set { device, tag, .. } => CommandBody::Set {
                 device,
@@ -326,6 +344,7 @@ impl CommandCatalog {
         Parsed::Request(Request {
             topic: topic.to_owned(),
             request_id,
+            timestamp_ms,
             body,
         })
     }

@@ -15,6 +15,7 @@
 pub mod command;
 pub mod counter;
 pub mod events;
+pub mod gate;
 pub mod machine;
 pub mod rules;
 pub mod sparkplug;

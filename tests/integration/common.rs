@@ -187,3 +187,20 @@ pub fn pending(s: &serde_json::Value) -> u64 {
         .and_then(|n| n["pending_records"].as_u64())
         .unwrap_or(u64::MAX)
 }
+
+/// A command payload stamped with the time it is sent (`timestamp_ms`, now), as command
+/// safety requires; a payload that is not a JSON object, or already has a timestamp, is sent
+/// as it is.
+pub fn timed(payload: impl Into<Vec<u8>>) -> Vec<u8> {
+    let payload = payload.into();
+    match serde_json::from_slice::<serde_json::Value>(&payload) {
+        Ok(serde_json::Value::Object(mut fields)) if !fields.contains_key("timestamp_ms") => {
+            fields.insert(
+                "timestamp_ms".into(),
+                serde_json::Value::from(edge_model::now_ms()),
+            );
+            serde_json::Value::Object(fields).to_string().into_bytes()
+        }
+        _ => payload,
+    }
+}

@@ -120,7 +120,7 @@ async fn agent_taking_commands(c: &Collector, path: &Path) -> AgentProcess {
     loop {
         c.publish(
             &topic,
-            r#"{"request_id": "hello", "value": 1}"#,
+            timed(r#"{"request_id": "hello", "value": 1}"#),
             QoS::AtLeastOnce,
             false,
         )
@@ -148,7 +148,7 @@ async fn command(c: &Collector, topic: &str, payload: Json) -> Json {
     let response = format!("{topic}/_response");
     let answers = |m: &[Received]| m.iter().filter(|r| r.topic == response).count();
     let before = answers(&c.messages());
-    c.publish(topic, payload.to_string(), QoS::AtLeastOnce, false)
+    c.publish(topic, timed(payload.to_string()), QoS::AtLeastOnce, false)
         .await
         .expect("command published");
     c.wait_for(|m| answers(m) > before, WAIT)

@@ -1,6 +1,7 @@
 //! `[[northbound]]`: one MQTT destination each — broker url, identity, credentials, TLS files,
 //! payload format, topic root and the publisher's flow-control settings.
 
+use mes_bridge::gate::CommandPolicy;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -63,6 +64,20 @@ pub struct Northbound {
     pub reconnect_min: Duration,
     /// See `reconnect_min`.
     pub reconnect_max: Duration,
+    /// Command safety (see the README's "Command safety" section):
+    /// - `commands` (default true): whether commands arriving on this northbound (UNS `_set`
+    ///   and `_mes/cmd/...`, Sparkplug NCMD and DCMD) are carried out; when false each is
+    ///   answered as refused and nothing is written.
+    /// - `command_max_age_ms` (100 to 3,600,000, default 10000): the oldest a command may be
+    ///   when it arrives, by its own timestamp (UNS `timestamp_ms`, the Sparkplug payload
+    ///   timestamp).
+    /// - `command_clock_skew_ms` (0 to 60,000, default 2000): how far a sender's clock may be
+    ///   ahead of the gateway's, and how long before the gateway's connection a command may
+    ///   have been sent.
+    /// - `allow_untimed_commands` (default false): take commands without a timestamp; the
+    ///   northbound's MQTT session is then clean, so that no command queued while the gateway
+    ///   was away is ever delivered.
+    pub commands: CommandPolicy,
 }
 
 /// A user name and, optionally, its password.
@@ -304,6 +319,14 @@ fn read_northbound(
         ("reconnect_min_ms", Northbound::DEFAULT_RECONNECT_MIN_MS),
         ("reconnect_max_ms", Northbound::DEFAULT_RECONNECT_MAX_MS),
     );
+    let commands_enabled = t.boolean(cx, "commands").or(true);
+    let max_age_ms: Option<u64> = t
+        .integer(cx, "command_max_age_ms", 100..=3_600_000)
+        .or(CommandPolicy::DEFAULT_MAX_AGE_MS);
+    let clock_skew_ms: Option<u64> = t
+        .integer(cx, "command_clock_skew_ms", 0..=60_000)
+        .or(CommandPolicy::DEFAULT_CLOCK_SKEW_MS);
+    let allow_untimed = t.boolean(cx, "allow_untimed_commands").or(false);
 
     let (name, name_span) = name?;
     let client_id = match client_id {
@@ -344,6 +367,12 @@ fn read_northbound(
         connect_timeout: Duration::from_millis(connect_timeout_ms?),
         reconnect_min: reconnect_min?,
         reconnect_max: reconnect_max?,
+        commands: CommandPolicy {
+            enabled: commands_enabled?,
+            max_age_ms: max_age_ms?,
+            clock_skew_ms: clock_skew_ms?,
+            allow_untimed: allow_untimed?,
+        },
     })
 }
 

@@ -1,6 +1,7 @@
 //! Board configs as technicians write them, right and wrong: typed values with their defaults,
 //! and every mistake reported at once at its exact line and column.
 
+use mes_bridge::gate::CommandPolicy;
 use std::collections::HashMap;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -240,6 +241,7 @@ heartbeat_s = 120
                 connect_timeout: ms(5000),
                 reconnect_min: ms(500),
                 reconnect_max: ms(10_000),
+                commands: CommandPolicy::default(),
             },
             Northbound {
                 name: "historian".into(),
@@ -259,6 +261,7 @@ heartbeat_s = 120
                 connect_timeout: ms(5000),
                 reconnect_min: ms(500),
                 reconnect_max: ms(30_000),
+                commands: CommandPolicy::default(),
             },
         ],
         devices: vec![Device {
@@ -1406,4 +1409,40 @@ fn uns_keys_and_sparkplug_keys_do_not_mix() {
         .hint
         .as_deref()
         .is_some_and(|h| h.contains("format = \"sparkplug-b\"")));
+}
+
+#[test]
+fn command_safety_keys_set_the_northbounds_policy_and_default_to_timed_commands_of_ten_seconds() {
+    let base = with_tag("name = \"t\"\naddress = \"hr:0\"\ntype = \"u16\"");
+    let cfg = parse_ok(&base);
+    assert_eq!(cfg.northbounds[0].commands, CommandPolicy::default());
+    assert!(cfg.northbounds[0].commands.enabled);
+    assert_eq!(cfg.northbounds[0].commands.max_age_ms, 10_000);
+    assert!(!cfg.northbounds[0].commands.allow_untimed);
+    let tuned = base.replacen(
+        "[[northbound]]\n",
+        "[[northbound]]\ncommands = false\ncommand_max_age_ms = 3000\ncommand_clock_skew_ms = 500\nallow_untimed_commands = true\n",
+        1,
+    );
+    let cfg = parse_ok(&tuned);
+    assert_eq!(
+        cfg.northbounds[0].commands,
+        CommandPolicy {
+            enabled: false,
+            max_age_ms: 3000,
+            clock_skew_ms: 500,
+            allow_untimed: true,
+        }
+    );
+    let wrong = base.replacen(
+        "[[northbound]]\n",
+        "[[northbound]]\ncommand_max_age_ms = 10\n",
+        1,
+    );
+    let errors = parse_err(&wrong);
+    let e = only_error(&errors);
+    assert!(
+        e.to_string().contains("command_max_age_ms"),
+        "the key is named in the error: {e}"
+    );
 }

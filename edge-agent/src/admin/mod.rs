@@ -19,6 +19,7 @@ use tracing::{debug, info, warn};
 
 use crate::daemon::devices::DeviceList;
 use crate::daemon::runtime::Health;
+use crate::northbound::safety::CommandStats;
 use crate::northbound::uns::PublisherStats;
 
 /// The largest request head read; anything longer is refused.
@@ -34,6 +35,8 @@ pub struct AdminState {
     pub store: Store,
     pub devices: DeviceList,
     pub publishers: Vec<(String, Arc<PublisherStats>)>,
+    /// Commands by northbound, kind and outcome.
+    pub commands: Arc<CommandStats>,
     /// The last health check of the main loop.
     pub health: Mutex<Health>,
     /// The config has been applied (set once the agent runs).
@@ -48,11 +51,13 @@ impl AdminState {
         store: Store,
         devices: DeviceList,
         publishers: Vec<(String, Arc<PublisherStats>)>,
+        commands: Arc<CommandStats>,
     ) -> AdminState {
         AdminState {
             store,
             devices,
             publishers,
+            commands,
             health: Mutex::new(Health {
                 scheduler: true,
                 store: true,
@@ -114,7 +119,9 @@ impl AdminState {
             reloads_failed: self.reloads_failed.load(Ordering::Relaxed),
             ready: self.readiness().is_ok(),
         };
-        render(&input)
+        let mut text = render(&input);
+        text.push_str(&self.commands.render());
+        text
     }
 }
 

@@ -2,6 +2,7 @@
 //! snapshot, reload, the systemd service around it, and the board's own I/O.
 
 pub mod board;
+pub mod clock;
 pub mod devices;
 pub mod notify;
 pub mod reload;

@@ -20,6 +20,7 @@ use tokio::task::JoinHandle;
 use tracing::{error, info, warn};
 
 use crate::daemon::board;
+use crate::daemon::clock;
 use crate::daemon::devices::{
     device_plan, ensure_opcua_certificate, limits_path, spawn_poller, stop_poller, DeviceList,
     Links, PollerTask,
@@ -27,6 +28,7 @@ use crate::daemon::devices::{
 use crate::daemon::reload::{self, NeedsRestart, ReloadPlan};
 use crate::daemon::status::{health_loop, snapshot, write_status_loop, StatusSnapshot};
 use crate::northbound::commands;
+use crate::northbound::safety::CommandStats;
 use crate::northbound::sparkplug::{self, SparkplugPublisher};
 use crate::northbound::uns::{catalog, EncoderSlot, GatewayInfo, Publisher, PublisherStats};
 
@@ -70,6 +72,8 @@ pub struct Running {
     pub publishers: Vec<(String, Arc<PublisherStats>)>,
     /// Where commands send writes, one per device, whatever its protocol.
     pub writers: Vec<WriteHandle>,
+    /// Commands by northbound, kind and outcome, for `/metrics`.
+    pub command_stats: Arc<CommandStats>,
     /// The config being run (the last one applied).
     cfg: Config,
     /// The writer's queue; pollers started by a reload get a clone.
@@ -175,8 +179,18 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Running> {
     for m in &machines {
         info!(machine = %m.name, device = %m.device, "machine configured: MES events on {{root}}/{}/_mes/...", m.name);
     }
-    let (commands, command_task, command_targets) =
-        commands::spawn_reloadable_commands(commands::command_catalog(cfg), writers.clone());
+    let command_stats = Arc::new(CommandStats::default());
+    let (clock, clock_task) = clock::spawn_clock_watch(links.stop.subscribe());
+    links.tasks.push(clock_task);
+    let command_cx = commands::CommandContext {
+        store: store.clone(),
+        stats: command_stats.clone(),
+    };
+    let (commands, command_task, command_targets) = commands::spawn_reloadable_commands(
+        commands::command_catalog(cfg),
+        writers.clone(),
+        command_cx,
+    );
     let mut publishers = Vec::new();
     let mut publisher_tasks = Vec::new();
     let mut encoder_slots = Vec::new();
@@ -189,7 +203,8 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Running> {
                 sparkplug::device_defs(cfg),
                 writers.clone(),
                 &cfg.gateway.data_dir,
-            );
+            )
+            .with_command_safety(command_stats.clone(), clock.clone());
             publishers.push((nb.name.clone(), p.stats()));
             publisher_tasks.push(tokio::spawn(
                 p.run(publish_rx.clone(), Duration::from_secs(5)),
@@ -204,7 +219,7 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Running> {
         let slot: EncoderSlot = Arc::new(Mutex::new(None));
         encoder_slots.push(slot.clone());
         let mut p = Publisher::new(nb.clone(), store.clone(), encoder, gateway.clone())
-            .with_commands(commands.clone())
+            .with_commands(commands.clone(), clock.clone())
             .with_encoder_updates(slot);
         if !machines.is_empty() {
             p = p.with_mes(MesBridge::new(&nb.topic_root, machines.clone()));
@@ -235,6 +250,7 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Running> {
         devices,
         publishers,
         writers,
+        command_stats,
         cfg: cfg.clone(),
         batches: tx,
         publish_stop,

@@ -33,6 +33,7 @@ pub async fn run(cfg: Config, path: &Path) -> u8 {
         running.store.clone(),
         running.devices.clone(),
         running.publishers.clone(),
+        running.command_stats.clone(),
     ));
     let admin = match &cfg.admin {
         Some(a) => match AdminServer::start(a.listen, state.clone()).await {

@@ -5,37 +5,47 @@
 //! a bounded queue and are carried out one at a time: the envelope and the writes are
 //! validated by `mes_bridge::command` and by the device's own write checks before the first
 //! write, the writes go through the device tasks' write path in order, and the answer goes
-//! back to the publisher that received the command. Answers are remembered by request id, so
-//! a duplicate is answered again without writing twice.
+//! back to the publisher that received the command. Before any of that, command safety
+//! (`mes_bridge::gate`) refuses commands that are retained, expired, queued while the gateway
+//! was away, or on a northbound with commands off. Answers are remembered by request id in the
+//! store, written before the first write of their command, so a duplicate (after a restart
+//! too) is answered with its first answer and never written twice.
 
 use std::collections::HashMap;
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use edge_config::Config;
 use edge_driver::{WriteError, WriteHandle};
 use edge_model::DeviceId;
+use edge_store::{Remembered, Store};
 use mes_bridge::command::{
-    Answer, AnswerCache, CommandCatalog, DispatchParameter, DispatchSpec, Parsed, PlannedWrite,
-    Status, TagInfo, Target,
+    request_id_of, Answer, CommandBody, CommandCatalog, DispatchParameter, DispatchSpec, Parsed,
+    PlannedWrite, Request, Status, TagInfo, Target,
 };
+use mes_bridge::gate::{admit, precheck, Arrival, CommandPolicy, Refusal};
 use mes_bridge::{
     CounterSpec, CounterWidth, MachineSpec, Message, StateMapping, StateSpec, TagRef,
 };
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
+
+use crate::northbound::safety::{CommandStats, LogLimiter, Outcome};
 
 /// Commands waiting to be carried out, over all northbounds; beyond it a command is answered
 /// `failed` at once.
 pub const COMMAND_QUEUE: usize = 64;
 /// How long one PLC write may take, queueing behind the device's current scan included.
 pub const WRITE_LIMIT: Duration = Duration::from_secs(5);
-/// How many answers are remembered for duplicate request ids.
-pub const ANSWERS_KEPT: usize = 1024;
-
 /// One message received on a command topic.
 #[derive(Debug)]
 pub struct CommandRequest {
+    /// The northbound it arrived on, and how that northbound takes commands.
+    pub northbound: String,
+    pub policy: CommandPolicy,
+    /// How it arrived (retain flag, when, on which connection).
+    pub arrival: Arrival,
     /// The topic root of the northbound it arrived on.
     pub root: String,
     pub topic: String,
@@ -137,12 +147,21 @@ pub fn command_catalog(cfg: &Config) -> CommandCatalog {
     catalog
 }
 
+/// What the command task needs besides its targets: the store (answers by request id) and
+/// the counters of `/metrics`.
+#[derive(Debug, Clone)]
+pub struct CommandContext {
+    pub store: Store,
+    pub stats: Arc<CommandStats>,
+}
+
 /// Starts the command task. It ends when every sender is gone (the publishers stopped).
 pub fn spawn_commands(
     catalog: CommandCatalog,
     handles: Vec<WriteHandle>,
+    cx: CommandContext,
 ) -> (mpsc::Sender<CommandRequest>, JoinHandle<()>) {
-    let (tx, task, _targets) = spawn_reloadable_commands(catalog, handles);
+    let (tx, task, _targets) = spawn_reloadable_commands(catalog, handles, cx);
     (tx, task)
 }
 
@@ -159,6 +178,7 @@ pub struct CommandTargets {
 pub fn spawn_reloadable_commands(
     catalog: CommandCatalog,
     handles: Vec<WriteHandle>,
+    cx: CommandContext,
 ) -> (
     mpsc::Sender<CommandRequest>,
     JoinHandle<()>,
@@ -169,7 +189,8 @@ pub fn spawn_reloadable_commands(
     let executor = Executor {
         catalog,
         handles: handles.into_iter().map(|h| (h.name.clone(), h)).collect(),
-        answers: AnswerCache::new(ANSWERS_KEPT),
+        cx,
+        log: LogLimiter::default(),
         limit: WRITE_LIMIT,
         targets: targets_rx,
     };
@@ -181,10 +202,31 @@ pub fn spawn_reloadable_commands(
 pub struct Executor {
     catalog: CommandCatalog,
     handles: HashMap<String, WriteHandle>,
-    answers: AnswerCache,
+    cx: CommandContext,
+    log: LogLimiter,
     limit: Duration,
     /// Replacement targets from a reload, taken before the next command.
     targets: watch::Receiver<Option<CommandTargets>>,
+}
+
+/// The metric label of a command's kind.
+fn kind_of(body: &CommandBody) -> &'static str {
+    match body {
+        CommandBody::Set { .. } => "set",
+        CommandBody::Dispatch { .. } => "dispatch",
+        CommandBody::Unknown { .. } => "other",
+    }
+}
+
+/// The kind of a command whose envelope could not be read, from its topic.
+fn kind_of_topic(topic: &str) -> &'static str {
+    if topic.ends_with("/_set") {
+        "set"
+    } else if topic.ends_with("/_mes/cmd/workorder/dispatch") {
+        "dispatch"
+    } else {
+        "other"
+    }
 }
 
 impl Executor {
@@ -200,10 +242,7 @@ impl Executor {
                         .collect();
                 }
             }
-            let Some(answer) = self
-                .handle(&req.root, &req.topic, &req.payload, req.len)
-                .await
-            else {
+            let Some(answer) = self.handle(&req).await else {
                 continue;
             };
             if let Err(e) = req.reply.try_send(answer) {
@@ -214,49 +253,140 @@ impl Executor {
         debug!("command task stopped");
     }
 
-    /// The answer to one message on a command topic; `None` for messages that are no command.
-    pub async fn handle(
-        &mut self,
-        root: &str,
-        topic: &str,
-        payload: &[u8],
-        len: usize,
-    ) -> Option<Message> {
-        let request = match self.catalog.parse(root, topic, payload, len) {
+    /// Logs a line about a command within the per-minute budget, with a summary of what the
+    /// budget held back in the previous minute.
+    fn log(&mut self, line: impl FnOnce()) {
+        let (ok, held_back) = self.log.admit(Instant::now());
+        if let Some(n) = held_back {
+            warn!(lines = n, "command log lines held back in the last minute (a flood of commands); every command was still answered and counted");
+        }
+        if ok {
+            line();
+        }
+    }
+
+    /// The answer to one message on a command topic; `None` for messages that are no command
+    /// and for retained commands without a request id (nobody to answer).
+    pub async fn handle(&mut self, req: &CommandRequest) -> Option<Message> {
+        let (nb, topic) = (req.northbound.as_str(), req.topic.as_str());
+        let parsed = self.catalog.parse(&req.root, topic, &req.payload, req.len);
+        if matches!(parsed, Parsed::Ignore) {
+            return None;
+        }
+        // Refusals that need nothing of the content come first: a retained or switched-off
+        // command is refused whatever it says, even unreadable.
+        if let Err(r) = precheck(&req.policy, &req.arrival) {
+            let kind = match &parsed {
+                Parsed::Request(r) => kind_of(&r.body),
+                _ => kind_of_topic(topic),
+            };
+            self.cx.stats.count(nb, kind, Outcome::refused(&r));
+            let id = match &parsed {
+                Parsed::Request(request) => Some(request.request_id.clone()),
+                _ => request_id_of(&req.payload),
+            };
+            self.log(|| {
+                warn!(
+                    northbound = nb,
+                    topic,
+                    request_id = id.as_deref().unwrap_or(""),
+                    reason = r.reason(),
+                    "command refused: {r}"
+                )
+            });
+            if r == Refusal::Retained && id.is_none() {
+                return None;
+            }
+            return Some(Answer::rejected(id.as_deref(), r.to_string()).message(topic));
+        }
+        let request = match parsed {
             Parsed::Ignore => return None,
             Parsed::Invalid(answer) => {
-                warn!(
-                    topic,
-                    error = answer.error.as_deref().unwrap_or(""),
-                    "command rejected"
-                );
+                self.cx
+                    .stats
+                    .count(nb, kind_of_topic(topic), Outcome::Rejected);
+                self.log(|| {
+                    warn!(
+                        northbound = nb,
+                        topic,
+                        error = answer.error.as_deref().unwrap_or(""),
+                        "command rejected"
+                    )
+                });
                 return Some(answer.message(topic));
             }
             Parsed::Request(r) => r,
         };
+        let kind = kind_of(&request.body);
+        if let Err(r) = admit(&req.policy, &req.arrival, request.timestamp_ms) {
+            // Not remembered: the same request id sent again, live and in time, is carried out.
+            self.cx.stats.count(nb, kind, Outcome::refused(&r));
+            self.log(|| warn!(northbound = nb, topic, request_id = %request.request_id, reason = r.reason(), "command refused: {r}"));
+            return Some(Answer::rejected(Some(&request.request_id), r.to_string()).message(topic));
+        }
         let key = request.key();
-        if let Some(answer) = self.answers.get(&key) {
-            info!(topic, request_id = %request.request_id, status = ?answer.status,
-                "duplicate command answered again without writing");
-            return Some(answer.message(topic));
+        let now = edge_model::now_ms();
+        match self.cx.store.command_answer(&key, now) {
+            Ok(Some(Remembered::Answered { answer, .. })) => {
+                self.cx.stats.count(nb, kind, Outcome::Duplicate);
+                self.log(|| info!(northbound = nb, topic, request_id = %request.request_id, "duplicate command answered again without writing (its first answer)"));
+                return Some(Message {
+                    topic: mes_bridge::command::response_topic(topic),
+                    payload: answer,
+                    retain: false,
+                });
+            }
+            Ok(Some(Remembered::Started { .. })) => {
+                let answer = Answer::failed(
+                    &request.request_id,
+                    "the gateway stopped while carrying out this command earlier; it is not written again: check the PLC, then send a new request_id",
+                );
+                self.cx.stats.count(nb, kind, Outcome::Duplicate);
+                return Some(self.remember(&key, &answer, topic));
+            }
+            Ok(None) => {}
+            Err(e) => {
+                // Without the answers of earlier commands a duplicate could be written twice.
+                error!(northbound = nb, error = %e, "cannot read the command answers from the store; command refused");
+                self.cx.stats.count(nb, kind, Outcome::Failed);
+                return Some(Answer::failed(&request.request_id, "the gateway cannot check whether this command was carried out before; nothing was written, try again").message(topic));
+            }
         }
         let answer = match self.catalog.plan(&request) {
             Err(why) => Answer::rejected(Some(&request.request_id), why),
-            Ok(writes) => self.carry_out(&request.request_id, &writes).await,
+            Ok(writes) => self.carry_out(&request, &key, &writes).await,
         };
+        let outcome = match answer.status {
+            Status::Ok => Outcome::Written,
+            Status::Rejected => Outcome::Rejected,
+            Status::Failed => Outcome::Failed,
+        };
+        self.cx.stats.count(nb, kind, outcome);
         match answer.status {
-            Status::Ok => info!(topic, request_id = %request.request_id, "command carried out"),
-            _ => warn!(topic, request_id = %request.request_id, status = ?answer.status,
-                error = answer.error.as_deref().unwrap_or(""), "command not carried out"),
+            Status::Ok => self.log(|| info!(northbound = nb, topic, request_id = %request.request_id, "command carried out")),
+            _ => self.log(|| warn!(northbound = nb, topic, request_id = %request.request_id, status = ?answer.status,
+                error = answer.error.as_deref().unwrap_or(""), "command not carried out")),
         }
-        let message = answer.message(topic);
-        self.answers.insert(key, answer);
-        Some(message)
+        Some(self.remember(&key, &answer, topic))
     }
 
-    /// Checks every write with the device's own write checks, then makes them in order,
-    /// stopping at the first failure.
-    async fn carry_out(&self, request_id: &str, writes: &[PlannedWrite]) -> Answer {
+    /// The answer's message, stored as the answer of `key`.
+    fn remember(&self, key: &str, answer: &Answer, topic: &str) -> Message {
+        let message = answer.message(topic);
+        if let Err(e) = self
+            .cx
+            .store
+            .command_answered(key, edge_model::now_ms(), &message.payload)
+        {
+            warn!(topic, error = %e, "cannot store a command's answer; a duplicate of it is answered as interrupted");
+        }
+        message
+    }
+
+    /// Checks every write with the device's own write checks, records that the command's
+    /// writes begin (durably), then makes them in order, stopping at the first failure.
+    async fn carry_out(&self, request: &Request, key: &str, writes: &[PlannedWrite]) -> Answer {
+        let request_id = request.request_id.as_str();
         let mut checked = Vec::with_capacity(writes.len());
         for w in writes {
             let Some(handle) = self.handles.get(&w.device) else {
@@ -270,6 +400,19 @@ impl Executor {
             }
             checked.push((handle, w));
         }
+        if let Err(e) = self
+            .cx
+            .store
+            .command_started(key, edge_model::now_ms())
+            .await
+        {
+            error!(topic = %request.topic, error = %e, "cannot record a command before writing it; nothing was written");
+            return Answer::failed(
+                request_id,
+                "the gateway cannot record this command before writing it; nothing was written, try again",
+            );
+        }
+        let started = Instant::now();
         let mut done: Vec<&str> = Vec::new();
         for (handle, w) in checked {
             match handle.write(&w.tag, &w.value, self.limit).await {
@@ -277,6 +420,7 @@ impl Executor {
                 Err(e) => return failure(request_id, &w.device, &w.tag, &done, writes.len(), &e),
             }
         }
+        self.cx.stats.observe_write(started.elapsed());
         Answer::ok(request_id)
     }
 }

@@ -6,6 +6,7 @@
 //! read-ahead.
 
 pub mod commands;
+pub mod safety;
 pub mod sparkplug;
 pub mod uns;
 

@@ -21,6 +21,8 @@ use edge_config::{Config, Northbound, SparkplugSettings};
 use edge_driver::{Backoff, WriteHandle};
 use edge_model::now_ms;
 use edge_store::{RecordId, Store};
+use mes_bridge::gate::{admit, Arrival};
+use mes_bridge::sparkplug::decode_payload;
 use mes_bridge::sparkplug::{
     Command, DeviceDef, EdgeNode, HostChange, MetricDef, PrimaryHost, TagWrite,
 };
@@ -32,6 +34,8 @@ use rumqttc::{
 use tokio::sync::{watch, Semaphore};
 use tracing::{debug, error, info, warn};
 
+use crate::daemon::clock::ClockStatus;
+use crate::northbound::safety::{CommandStats, Outcome};
 use crate::northbound::uns::PublisherStats;
 use crate::northbound::{reconnect_wait, stopped, transport, StoreReader, READ_CHUNK};
 
@@ -203,6 +207,11 @@ pub struct SparkplugPublisher {
     node: EdgeNode,
     handles: HashMap<String, WriteHandle>,
     stats: Arc<PublisherStats>,
+    /// Commands counted by outcome; the clock that judges their age; when the current
+    /// connection was acknowledged.
+    command_stats: Arc<CommandStats>,
+    clock: ClockStatus,
+    connected_ms: u64,
     /// Delivery markers published (QoS 1 proofs), for benchmarks and metrics.
     markers: Arc<AtomicU64>,
     bd_file: BdSeqFile,
@@ -239,6 +248,9 @@ impl SparkplugPublisher {
         SparkplugPublisher {
             handles: handles.into_iter().map(|h| (h.name.clone(), h)).collect(),
             stats: Arc::new(PublisherStats::default()),
+            command_stats: Arc::new(CommandStats::default()),
+            clock: ClockStatus::fixed(true),
+            connected_ms: 0,
             markers: Arc::new(AtomicU64::new(0)),
             folded_below: cursor,
             sent_below: 0,
@@ -253,6 +265,13 @@ impl SparkplugPublisher {
             last_bd,
             host,
         }
+    }
+
+    /// Counts commands into `stats` and judges their age by `clock`.
+    pub fn with_command_safety(mut self, stats: Arc<CommandStats>, clock: ClockStatus) -> Self {
+        self.command_stats = stats;
+        self.clock = clock;
+        self
     }
 
     pub fn stats(&self) -> Arc<PublisherStats> {
@@ -443,6 +462,7 @@ impl SparkplugPublisher {
                     )));
                 }
                 s.connected = true;
+                self.connected_ms = now_ms();
                 self.stats.connected.store(true, Ordering::Relaxed);
                 self.stats.ever_connected.store(true, Ordering::Relaxed);
                 self.stats.connects.fetch_add(1, Ordering::Relaxed);
@@ -497,7 +517,7 @@ impl SparkplugPublisher {
             },
             Event::Incoming(Incoming::Publish(p)) => {
                 return self
-                    .on_message(client, eventloop, s, &p.topic, &p.payload)
+                    .on_message(client, eventloop, s, &p.topic, &p.payload, p.retain)
                     .await;
             }
             // Every QoS 0 publish is one of these: not worth a log line each.
@@ -705,6 +725,7 @@ impl SparkplugPublisher {
         s: &mut Session,
         topic: &str,
         payload: &[u8],
+        retained: bool,
     ) -> Option<SessionEnd> {
         if let Some(host) = self.host.as_mut() {
             if topic == host.topic() {
@@ -730,6 +751,26 @@ impl SparkplugPublisher {
                 };
             }
         }
+        // Command safety, before anything of the command is looked at: retained, expired or
+        // queued NCMD/DCMD are refused (the payload timestamp is the command's time).
+        let kind = if topic == self.node.ncmd_topic() {
+            "ncmd"
+        } else {
+            "dcmd"
+        };
+        let arrival = Arrival {
+            retained,
+            received_ms: now_ms(),
+            connected_ms: self.connected_ms,
+            clock_synchronised: self.clock.is_synchronised(),
+        };
+        let sent = decode_payload(payload).ok().and_then(|p| p.timestamp);
+        if let Err(r) = admit(&self.nb.commands, &arrival, sent) {
+            self.command_stats
+                .count(&self.nb.name, kind, Outcome::refused(&r));
+            warn!(northbound = %self.nb.name, topic, reason = r.reason(), "command refused: {r}");
+            return None;
+        }
         match self.node.decode_command(topic, payload) {
             Ok(Command::Rebirth { ignored }) => {
                 if !ignored.is_empty() {
@@ -748,6 +789,8 @@ impl SparkplugPublisher {
             }
             Ok(Command::Write { device, writes }) => self.write(&device, writes),
             Err(e) => {
+                self.command_stats
+                    .count(&self.nb.name, kind, Outcome::Rejected);
                 warn!(northbound = %self.nb.name, topic, error = %e, "command refused; nothing was written")
             }
         }
@@ -757,24 +800,30 @@ impl SparkplugPublisher {
     /// Checks every write of a DCMD against its tag (type, range, writable) and, if all pass,
     /// writes them in order on the device's connection, off the MQTT task.
     fn write(&self, device: &str, writes: Vec<TagWrite>) {
+        let stats = self.command_stats.clone();
+        let northbound = self.nb.name.clone();
         let Some(handle) = self.handles.get(device).cloned() else {
+            stats.count(&northbound, "dcmd", Outcome::Rejected);
             warn!(northbound = %self.nb.name, device, "DCMD for a device without a write path; nothing was written");
             return;
         };
         for w in &writes {
             if let Err(e) = handle.check(&w.tag, &w.value) {
+                stats.count(&northbound, "dcmd", Outcome::Rejected);
                 warn!(northbound = %self.nb.name, device, tag = %w.tag, value = %w.value, error = %e,
                     "DCMD refused; nothing was written");
                 return;
             }
         }
         let Ok(permit) = self.writes.clone().try_acquire_owned() else {
+            stats.count(&northbound, "dcmd", Outcome::Failed);
             warn!(northbound = %self.nb.name, device, "too many DCMD writes in progress; this one was refused and nothing was written");
             return;
         };
-        let northbound = self.nb.name.clone();
         let device = device.to_owned();
         tokio::spawn(async move {
+            let started = Instant::now();
+            let mut outcome = Outcome::Written;
             for w in writes {
                 match handle.write(&w.tag, &w.value, WRITE_TIMEOUT).await {
                     Ok(()) => {
@@ -783,10 +832,15 @@ impl SparkplugPublisher {
                     Err(e) => {
                         warn!(northbound = %northbound, device = %device, tag = %w.tag, value = %w.value, error = %e,
                             "DCMD write failed; the rest of the command is not written");
+                        outcome = Outcome::Failed;
                         break;
                     }
                 }
             }
+            if outcome == Outcome::Written {
+                stats.observe_write(started.elapsed());
+            }
+            stats.count(&northbound, "dcmd", outcome);
             drop(permit);
         });
     }

@@ -32,15 +32,20 @@ use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, error, info, warn};
 
+use crate::daemon::clock::ClockStatus;
 use crate::northbound::commands::CommandRequest;
 pub use crate::northbound::TransportError as PublisherError;
 use crate::northbound::{reconnect_wait, stopped, transport, StoreReader};
+use mes_bridge::gate::Arrival;
 
 /// Answers to commands waiting for room in the MQTT client; beyond it the oldest is dropped
 /// (it is remembered by the command task: a retry with the same request id gets it again).
 const PENDING_ANSWERS: usize = 256;
-/// Incoming MQTT packets larger than this end the connection (rumqttc's limit).
-const MAX_INCOMING_PACKET: usize = 1 << 20;
+/// Incoming MQTT packets larger than this end the connection (rumqttc's limit; MQTT 3.1.1
+/// cannot tell a broker to drop them). Anything up to it is read and, when larger than a
+/// command may be (`MAX_COMMAND_BYTES`), dropped with an answer, the session untouched: a
+/// stray message of a few megabytes on a command topic does not disturb publishing.
+const MAX_INCOMING_PACKET: usize = 8 << 20;
 
 /// Live counters of one publisher, for status lines, health and metrics.
 #[derive(Debug, Default)]
@@ -116,6 +121,11 @@ pub struct Publisher {
     mes: Option<MesBridge>,
     /// Where incoming commands go, when commands are taken.
     commands: Option<mpsc::Sender<CommandRequest>>,
+    /// Whether the gateway's clock can judge a command's age.
+    clock: ClockStatus,
+    /// When the current connection was acknowledged (the gateway's clock): commands sent
+    /// before it waited in the broker's session.
+    connected_ms: u64,
     /// Answers from the command task for this northbound.
     answers_tx: Option<mpsc::Sender<Message>>,
     answers_rx: Option<mpsc::Receiver<Message>>,
@@ -143,6 +153,8 @@ impl Publisher {
             sent_below: 0,
             mes: None,
             commands: None,
+            clock: ClockStatus::fixed(true),
+            connected_ms: 0,
             answers_tx: None,
             answers_rx: None,
             pending_answers: VecDeque::new(),
@@ -163,10 +175,16 @@ impl Publisher {
         self
     }
 
-    /// Subscribes to the command topics and hands incoming commands to `commands`.
-    pub fn with_commands(mut self, commands: mpsc::Sender<CommandRequest>) -> Self {
+    /// Subscribes to the command topics and hands incoming commands to `commands`, judging
+    /// their age by `clock`.
+    pub fn with_commands(
+        mut self,
+        commands: mpsc::Sender<CommandRequest>,
+        clock: ClockStatus,
+    ) -> Self {
         let (tx, rx) = mpsc::channel(PENDING_ANSWERS);
         self.commands = Some(commands);
+        self.clock = clock;
         self.answers_tx = Some(tx);
         self.answers_rx = Some(rx);
         self
@@ -237,7 +255,9 @@ impl Publisher {
         let mut o = MqttOptions::new(&self.nb.client_id, &self.nb.url.host, self.nb.url.port);
         // A persistent session keeps our subscriptions across reconnects; our own outgoing
         // messages are resent from the store, not from the session.
-        o.set_clean_session(self.clean_next);
+        // Untimed commands are only safe on a session the broker does not keep: nothing can be
+        // queued for the gateway while it is away.
+        o.set_clean_session(self.clean_next || self.nb.commands.allow_untimed);
         o.set_keep_alive(self.nb.keep_alive);
         o.set_inflight(self.nb.max_inflight);
         o.set_request_channel_capacity(self.nb.max_inflight as usize + 16);
@@ -357,6 +377,7 @@ impl Publisher {
                             return SessionEnd::Lost(format!("broker refused the connection: {:?}", ack.code));
                         }
                         connected = true;
+                        self.connected_ms = edge_model::now_ms();
                         // A backlog is what was stored while the broker was away. On a start
                         // that connects at the first try, that is only what the previous run
                         // left; the readings of the last few milliseconds are live.
@@ -629,6 +650,14 @@ impl Publisher {
         let len = p.payload.len();
         let keep = len.min(MAX_COMMAND_BYTES + 1);
         let request = CommandRequest {
+            northbound: self.nb.name.clone(),
+            policy: self.nb.commands,
+            arrival: Arrival {
+                retained: p.retain,
+                received_ms: edge_model::now_ms(),
+                connected_ms: self.connected_ms,
+                clock_synchronised: self.clock.is_synchronised(),
+            },
             root: self.nb.topic_root.clone(),
             topic: p.topic,
             payload: p.payload.get(..keep).unwrap_or_default().to_vec(),

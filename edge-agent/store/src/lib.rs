@@ -5,6 +5,7 @@
 //!
 //! One sled tree holds everything (see `keys`), so every change is one atomic `apply_batch`.
 
+mod answers;
 mod error;
 mod evictions;
 mod index;
@@ -17,6 +18,7 @@ mod salvage;
 mod store;
 mod writer;
 
+pub use answers::{Remembered, ANSWER_AGE, MAX_ANSWERS};
 pub use error::StoreError;
 pub use losses::{Loss, LossReason, LostCounts, MAX_RANGES as MAX_LOSS_RANGES};
 pub use store::{

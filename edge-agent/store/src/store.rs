@@ -1192,7 +1192,12 @@ impl Store {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    fn sled_err(&self, op: &'static str, source: sled::Error) -> StoreError {
+    /// The sled database, for the store's other trees (command answers).
+    pub(crate) fn db(&self) -> &sled::Db {
+        &self.inner.db
+    }
+
+    pub(crate) fn sled_err(&self, op: &'static str, source: sled::Error) -> StoreError {
         StoreError::Sled {
             dir: self.inner.dir.clone(),
             op,

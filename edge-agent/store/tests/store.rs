@@ -808,3 +808,64 @@ fn kill_9_during_commits_loses_no_committed_sample() {
         assert_eq!(next[0].1.samples[0].seq, FIRST_SEQ + stored);
     });
 }
+
+#[tokio::test]
+async fn a_command_answer_survives_a_reopen_and_a_started_command_is_remembered_as_started() {
+    use edge_store::Remembered;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let now = 1_800_000_000_000u64;
+    {
+        let store = open(dir.path(), &["mes"]);
+        store.command_started("t\0r1", now).await.expect("started");
+        store
+            .command_answered("t\0r1", now + 5, b"{\"status\":\"ok\"}")
+            .expect("answered");
+        store
+            .command_started("t\0r2", now + 6)
+            .await
+            .expect("started");
+        store.flush().await.expect("flush");
+    }
+    let store = open(dir.path(), &["mes"]);
+    assert_eq!(
+        store.command_answer("t\0r1", now + 10).expect("read"),
+        Some(Remembered::Answered {
+            at_ms: now + 5,
+            answer: b"{\"status\":\"ok\"}".to_vec()
+        })
+    );
+    assert_eq!(
+        store.command_answer("t\0r2", now + 10).expect("read"),
+        Some(Remembered::Started { at_ms: now + 6 })
+    );
+    assert_eq!(store.command_answer("t\0r3", now + 10).expect("read"), None);
+    // Older than the age limit: forgotten.
+    let day = edge_store::ANSWER_AGE.as_millis() as u64;
+    assert_eq!(
+        store.command_answer("t\0r1", now + 6 + day).expect("read"),
+        None
+    );
+}
+
+#[test]
+fn command_answers_are_bounded_in_count_oldest_first() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open(dir.path(), &["mes"]);
+    let now = 1_800_000_000_000u64;
+    let n = edge_store::MAX_ANSWERS + 10;
+    for i in 0..n {
+        store
+            .command_answered(&format!("t\0r{i}"), now + i as u64, b"{}")
+            .expect("answered");
+    }
+    assert_eq!(
+        store.command_answers().expect("count"),
+        edge_store::MAX_ANSWERS
+    );
+    let late = now + n as u64;
+    assert_eq!(store.command_answer("t\0r0", late).expect("read"), None);
+    assert!(store
+        .command_answer(&format!("t\0r{}", n - 1), late)
+        .expect("read")
+        .is_some());
+}
