@@ -7,6 +7,7 @@ use std::sync::atomic::Ordering;
 use edge_driver::{DeviceCounters, HistogramSnapshot};
 use edge_store::{LossReason, StoreStats};
 
+use super::admission::DropReason;
 use crate::northbound::uns::PublisherStats;
 
 /// One device's numbers at one moment.
@@ -84,6 +85,16 @@ pub struct MetricsInput {
     pub reloads_ok: u64,
     pub reloads_failed: u64,
     pub ready: bool,
+    pub connections: ConnectionMetrics,
+}
+
+/// The admin endpoint's own connections at one moment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectionMetrics {
+    pub accepted: u64,
+    pub open: u64,
+    /// Every reason, in the order of [`DropReason::ALL`].
+    pub dropped: [(DropReason, u64); DropReason::ALL.len()],
 }
 
 /// `/proc/self/statm` in bytes (pages × the usual 4 KiB page; the page size of every
@@ -427,6 +438,36 @@ pub fn render(m: &MetricsInput) -> String {
     );
     f.sample("edge_agent_store_commits_total", &[], s.commits);
 
+    let c = &m.connections;
+    f.head(
+        "edge_agent_admin_connections_accepted_total",
+        "counter",
+        "Connections accepted by the admin endpoint.",
+    );
+    f.sample(
+        "edge_agent_admin_connections_accepted_total",
+        &[],
+        c.accepted,
+    );
+    f.head(
+        "edge_agent_admin_connections_open",
+        "gauge",
+        "Admin connections open now, waiting for their request or being answered (at most 512).",
+    );
+    f.sample("edge_agent_admin_connections_open", &[], c.open);
+    f.head(
+        "edge_agent_admin_connections_dropped_total",
+        "counter",
+        "Admin connections closed without the answer they asked for, by reason: idle (no complete request within 2 s), evicted (closed while idle to make room at the cap), full (at the cap with every connection being answered), bad_request (malformed or over 8 KiB), busy (/metrics: no slot within 1 s, or its numbers not gathered within 2 s), write_timeout (the answer not taken within 3 s).",
+    );
+    for (reason, n) in c.dropped {
+        f.sample(
+            "edge_agent_admin_connections_dropped_total",
+            &[("reason", reason.as_str())],
+            n,
+        );
+    }
+
     if let Some(mem) = m.memory {
         f.head(
             "process_resident_memory_bytes",
@@ -509,6 +550,11 @@ mod tests {
             reloads_ok: 1,
             reloads_failed: 0,
             ready: false,
+            connections: ConnectionMetrics {
+                accepted: 40,
+                open: 3,
+                dropped: DropReason::ALL.map(|r| (r, r.index() as u64)),
+            },
         }
     }
 
@@ -552,6 +598,26 @@ mod tests {
         assert!(text.contains("edge_agent_store_quarantines_total 1\n"));
         assert!(text.contains("edge_agent_store_salvages_total 1\n"));
         assert!(text.contains("edge_agent_store_salvaged_records_total 10\n"));
+    }
+
+    #[test]
+    fn admin_connections_are_shown_with_every_drop_reason() {
+        let text = render(&input());
+        assert!(text.contains("edge_agent_admin_connections_accepted_total 40\n"));
+        assert!(text.contains("edge_agent_admin_connections_open 3\n"));
+        for (want, n) in [
+            ("idle", 0),
+            ("evicted", 1),
+            ("full", 2),
+            ("bad_request", 3),
+            ("busy", 4),
+            ("write_timeout", 5),
+        ] {
+            let line =
+                format!("edge_agent_admin_connections_dropped_total{{reason=\"{want}\"}} {n}\n");
+            assert!(text.contains(&line), "{line}");
+        }
+        assert!(text.contains("# TYPE edge_agent_admin_connections_dropped_total counter\n"));
     }
 
     #[test]

@@ -1,9 +1,33 @@
 //! The admin endpoint: `/live` (the process and its watchdog checks are fine), `/ready` (the
 //! store is open, the config applied and every northbound connected) and `/metrics` (the
-//! Prometheus text format). A deliberately small HTTP/1.1 server: GET only, one request per
-//! connection, bounded request size, time and concurrency.
+//! Prometheus text format). A deliberately small HTTP/1.1 server: GET (and HEAD) only, one
+//! request per connection, `Connection: close`.
 //!
-//! - `server`: the listener and one task per connection.
+//! It must keep answering `/live` while idle or slow clients hold sockets open (slowloris):
+//! systemd's watchdog and load balancers read a silent endpoint as a dead gateway. So:
+//!
+//! - Every connection is accepted at once; none waits for a free place in the kernel's
+//!   backlog. Each is a small task with its own deadlines.
+//! - The request head (at most 8 KiB, else 431) must be complete within 2 s of the accept;
+//!   a socket that stays silent or trickles its request is closed at that deadline.
+//! - The client must take its answer within 3 s of its writing.
+//! - At most 512 connections are open at once. At the cap, a new connection takes the place
+//!   of the oldest one still waiting for its head (a real client sends its request right
+//!   after connecting, so a flood of idle sockets cannot lock it out); only when all 512 are
+//!   being answered is the new one closed at once, with a 503.
+//! - At most 4 `/metrics` requests are answered at once, from gathering to the last byte
+//!   written (the one large body; gathering reads the store, on the blocking pool). One that
+//!   finds no slot within 1 s, or whose numbers take over 2 s to gather, gets a 503.
+//!   `/live` and `/ready` take no slot: they never wait behind a scrape.
+//!
+//! Nothing queues without bound and every wait has a deadline: a connection lives at most
+//! 2 + 1 + 2 + 3 = 8 s. Connections closed without their answer are counted by reason in
+//! `edge_agent_admin_connections_dropped_total` (`idle`, `evicted`, `full`, `bad_request`,
+//! `busy`, `write_timeout`), next to `edge_agent_admin_connections_open` and
+//! `edge_agent_admin_connections_accepted_total`.
+//!
+//! - `admission`: the bounded table of open connections and who makes room (pure).
+//! - `server`: the listener, the request head and one task per connection.
 //! - `metrics`: the numbers gathered at one moment and their text exposition (pure).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -15,13 +39,16 @@ use crate::daemon::devices::DeviceList;
 use crate::daemon::runtime::Health;
 use crate::northbound::uns::PublisherStats;
 
+mod admission;
 mod metrics;
 mod server;
 
+pub use admission::DropReason;
 pub use metrics::{
-    escape_label, parse_statm, render, DeviceMetrics, Memory, MetricsInput, NorthboundMetrics,
+    escape_label, parse_statm, render, ConnectionMetrics, DeviceMetrics, Memory, MetricsInput,
+    NorthboundMetrics,
 };
-pub use server::{parse_request_line, AdminServer};
+pub use server::{parse_request_line, AdminServer, ConnectionCounters};
 
 /// What the endpoint reports on, shared with the agent's main loop.
 #[derive(Debug)]
@@ -36,6 +63,8 @@ pub struct AdminState {
     pub reloads_ok: AtomicU64,
     pub reloads_failed: AtomicU64,
     pub version: &'static str,
+    /// The endpoint's own connections (kept by the server).
+    pub connections: ConnectionCounters,
 }
 
 impl AdminState {
@@ -57,6 +86,7 @@ impl AdminState {
             reloads_ok: AtomicU64::new(0),
             reloads_failed: AtomicU64::new(0),
             version: env!("CARGO_PKG_VERSION"),
+            connections: ConnectionCounters::default(),
         }
     }
 
@@ -108,6 +138,7 @@ impl AdminState {
             reloads_ok: self.reloads_ok.load(Ordering::Relaxed),
             reloads_failed: self.reloads_failed.load(Ordering::Relaxed),
             ready: self.readiness().is_ok(),
+            connections: self.connections.snapshot(),
         };
         render(&input)
     }
