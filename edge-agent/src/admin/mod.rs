@@ -27,7 +27,8 @@
 //! `edge_agent_admin_connections_accepted_total`.
 //!
 //! - `admission`: the bounded table of open connections and who makes room (pure).
-//! - `server`: the listener, the request head and one task per connection.
+//! - `head`: the request head as it arrives, and its request line (pure).
+//! - `server`: the listener and one task per connection.
 //! - `metrics`: the numbers gathered at one moment and their text exposition (pure).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -40,15 +41,17 @@ use crate::daemon::runtime::Health;
 use crate::northbound::uns::PublisherStats;
 
 mod admission;
+mod head;
 mod metrics;
 mod server;
 
 pub use admission::DropReason;
+pub use head::parse_request_line;
 pub use metrics::{
     escape_label, parse_statm, render, ConnectionMetrics, DeviceMetrics, Memory, MetricsInput,
     NorthboundMetrics,
 };
-pub use server::{parse_request_line, AdminServer, ConnectionCounters};
+pub use server::{AdminServer, ConnectionCounters};
 
 /// What the endpoint reports on, shared with the agent's main loop.
 #[derive(Debug)]
