@@ -5,6 +5,7 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod admin_load;
 mod common;
 mod config_errors;
 mod delivery;
