@@ -4,13 +4,14 @@
 //! request per connection, `Connection: close`.
 //!
 //! It must keep answering `/live` while idle or slow clients hold sockets open (slowloris):
-//! systemd's watchdog and load balancers read a silent endpoint as a dead gateway. So:
+//! load balancers and monitoring probes read a silent endpoint as a dead gateway. (systemd's
+//! watchdog is fed by the main loop in `daemon::service`, not through this endpoint.) So:
 //!
-//! - Every connection is accepted at once; none waits for a free place in the kernel's
-//!   backlog. Each is a small task with its own deadlines.
+//! - Every connection is accepted at once; none is left in the kernel's backlog while
+//!   others hold the places. Each is a small task with its own deadlines.
 //! - The request head (at most 8 KiB, else 431) must be complete within 2 s of the accept;
 //!   a socket that stays silent or trickles its request is closed at that deadline.
-//! - The client must take its answer within 3 s of its writing.
+//! - A client has 3 s to take its answer once it is written.
 //! - At most 512 connections are open at once. At the cap, a new connection takes the place
 //!   of the oldest one still waiting for its head (a real client sends its request right
 //!   after connecting, so a flood of idle sockets cannot lock it out); only when all 512 are
