@@ -5,6 +5,7 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod admin_load;
 mod command_safety;
 mod common;
 mod config_errors;

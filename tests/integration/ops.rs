@@ -14,7 +14,7 @@ use crate::support::seqcheck;
 use crate::support::{free_port, AgentProcess, Collector, Mosquitto, TestDir};
 
 /// `(status, body)` of `GET path` on the admin endpoint.
-async fn get(port: u16, path: &str) -> anyhow::Result<(u16, String)> {
+pub(crate) async fn get(port: u16, path: &str) -> anyhow::Result<(u16, String)> {
     let fetch = async {
         let mut s = TcpStream::connect(("127.0.0.1", port)).await?;
         s.write_all(format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").as_bytes())
@@ -36,7 +36,7 @@ async fn get(port: u16, path: &str) -> anyhow::Result<(u16, String)> {
     Ok((status, body))
 }
 
-async fn wait_status_code(port: u16, path: &str, want: u16, limit: Duration) -> String {
+pub(crate) async fn wait_status_code(port: u16, path: &str, want: u16, limit: Duration) -> String {
     let deadline = Instant::now() + limit;
     let mut last = String::new();
     while Instant::now() < deadline {
@@ -51,7 +51,7 @@ async fn wait_status_code(port: u16, path: &str, want: u16, limit: Duration) -> 
 }
 
 /// Every sample line as `(name, labels, value)`; panics on a line that is not the text format.
-fn parse_metrics(text: &str) -> Vec<(String, String, f64)> {
+pub(crate) fn parse_metrics(text: &str) -> Vec<(String, String, f64)> {
     let mut out = Vec::new();
     for line in text.lines() {
         if line.is_empty() || line.starts_with("# HELP ") || line.starts_with("# TYPE ") {
@@ -81,7 +81,7 @@ fn parse_metrics(text: &str) -> Vec<(String, String, f64)> {
     out
 }
 
-fn metric(samples: &[(String, String, f64)], name: &str, label: &str) -> f64 {
+pub(crate) fn metric(samples: &[(String, String, f64)], name: &str, label: &str) -> f64 {
     samples
         .iter()
         .find(|(n, l, _)| n == name && l.contains(label))
@@ -89,7 +89,7 @@ fn metric(samples: &[(String, String, f64)], name: &str, label: &str) -> f64 {
         .unwrap_or_else(|| panic!("no {name}{{{label}}}"))
 }
 
-fn with_admin(config: String, port: u16) -> String {
+pub(crate) fn with_admin(config: String, port: u16) -> String {
     format!("{config}\n[admin]\nlisten = \"127.0.0.1:{port}\"\n")
 }
 
