@@ -1,5 +1,7 @@
 //! Payloads from the broker: UNS JSON commands (`_set`, `workorder/dispatch` and unknown
-//! names) through envelope parsing, planning and the device write checks; Sparkplug B NCMD
+//! names, oversized ones too) through envelope parsing, command safety (retain flag,
+//! `timestamp_ms` against the age limit, the skew and the connection, the policy), planning
+//! and the device write checks; Sparkplug B NCMD
 //! and DCMD through decoding, validation and the same write checks; the primary host's STATE.
 //! Topics come with arbitrary suffixes and names; payloads are raw bytes or built from the
 //! input so the fuzzer reaches the checks behind a well-formed envelope.
@@ -20,10 +22,13 @@ use edge_modbus::write::{prepare_write, WriteOp};
 use edge_model::DataType;
 use libfuzzer_sys::arbitrary::{Result, Unstructured};
 use libfuzzer_sys::fuzz_target;
-use mes_bridge::command::{request_id_of, CommandCatalog, Parsed};
+use mes_bridge::command::{request_id_of, CommandCatalog, Parsed, MAX_COMMAND_BYTES};
+use mes_bridge::gate::{admit, precheck, Arrival, CommandPolicy};
 use mes_bridge::sparkplug::proto::payload::{metric, Metric};
 use mes_bridge::sparkplug::proto::Payload;
-use mes_bridge::sparkplug::{encode_payload, Command, EdgeNode, PrimaryHost, NAMESPACE, REBIRTH};
+use mes_bridge::sparkplug::{
+    decode_payload, encode_payload, Command, EdgeNode, PrimaryHost, NAMESPACE, REBIRTH,
+};
 use serde_json::{Map, Value as Json};
 
 /// Everything built once from the fixed config, as the agent builds it at start.
@@ -189,11 +194,17 @@ fn uns(cx: &Context, u: &mut Unstructured<'_>) -> Result<()> {
         ),
         _ => format!("{root}/{}", u.arbitrary::<&str>()?),
     };
-    let payload: Vec<u8> = if u.ratio(1u8, 3)? {
+    let mut payload: Vec<u8> = if u.ratio(1u8, 3)? {
         u.arbitrary::<&[u8]>()?.to_vec()
     } else {
         serde_json::to_vec(&json_object(cx, u, 2)?).unwrap_or_default()
     };
+    // Oversized: past the command limit, as a stray large message on a command topic.
+    if u.ratio(1u8, 32)? {
+        payload.resize(MAX_COMMAND_BYTES + u.int_in_range(1..=4096usize)?, b' ');
+    }
+    let (policy, arrival) = (policy(u)?, arrival(u)?);
+    let _ = precheck(&policy, &arrival);
     let len = if u.ratio(1u8, 16)? {
         u.arbitrary()?
     } else {
@@ -207,6 +218,25 @@ fn uns(cx: &Context, u: &mut Unstructured<'_>) -> Result<()> {
         }
         Parsed::Request(request) => {
             let _ = request.key();
+            // Command safety on the timestamp the envelope carried.
+            if admit(&policy, &arrival, request.timestamp_ms).is_ok() {
+                assert!(
+                    !arrival.retained && policy.enabled,
+                    "a retained or disabled command admitted"
+                );
+                match request.timestamp_ms {
+                    Some(sent) => {
+                        assert!(
+                            arrival.clock_synchronised,
+                            "admitted on an unsynchronised clock"
+                        );
+                        assert!(sent <= arrival.received_ms.saturating_add(policy.clock_skew_ms));
+                        assert!(arrival.received_ms.saturating_sub(sent) <= policy.max_age_ms);
+                        assert!(sent.saturating_add(policy.clock_skew_ms) >= arrival.connected_ms);
+                    }
+                    None => assert!(policy.allow_untimed, "an untimed command admitted"),
+                }
+            }
             match cx.catalog.plan(&request) {
                 Ok(writes) => {
                     for w in &writes {
@@ -222,6 +252,27 @@ fn uns(cx: &Context, u: &mut Unstructured<'_>) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// A northbound's command policy, anywhere in its range.
+fn policy(u: &mut Unstructured<'_>) -> Result<CommandPolicy> {
+    Ok(CommandPolicy {
+        enabled: u.ratio(7u8, 8)?,
+        max_age_ms: u.int_in_range(100..=3_600_000)?,
+        clock_skew_ms: u.int_in_range(0..=60_000)?,
+        allow_untimed: u.ratio(1u8, 4)?,
+    })
+}
+
+/// How a command arrived: retained or live, on which connection, by a synchronised clock.
+fn arrival(u: &mut Unstructured<'_>) -> Result<Arrival> {
+    let received_ms: u64 = u.arbitrary()?;
+    Ok(Arrival {
+        retained: u.ratio(1u8, 8)?,
+        received_ms,
+        connected_ms: received_ms.saturating_sub(u.int_in_range(0..=120_000)?),
+        clock_synchronised: u.ratio(7u8, 8)?,
+    })
 }
 
 /// The device's own write checks, which every planned or decoded write goes through.
@@ -305,6 +356,16 @@ fn sparkplug(cx: &Context, u: &mut Unstructured<'_>) -> Result<()> {
     } else {
         encode_payload(&sp_payload(cx, u)?)
     };
+    // Command safety on the payload timestamp, as the Sparkplug publisher applies it.
+    let sent = decode_payload(&payload).ok().and_then(|p| p.timestamp);
+    let (policy, arrival) = (policy(u)?, arrival(u)?);
+    if admit(&policy, &arrival, sent).is_ok() {
+        assert!(!arrival.retained, "a retained NCMD/DCMD admitted");
+        assert!(
+            sent.is_some() || policy.allow_untimed,
+            "an untimed NCMD/DCMD admitted"
+        );
+    }
     match cx.node.decode_command(&topic, &payload) {
         Ok(Command::Rebirth { ignored }) => {
             let _ = format!("{ignored:?}");
