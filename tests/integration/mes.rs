@@ -710,10 +710,14 @@ async fn every_bad_command_is_answered_rejected_or_failed_and_writes_nothing() {
     )
     .await;
     assert_eq!(answer["status"], json!("failed"), "{answer}");
+    // Between two reconnect attempts the write is refused as not connected; during one (the
+    // PLC's port still accepts, nothing answers) it fails on the connection at once.
     assert!(
         answer["error"]
             .as_str()
-            .is_some_and(|e| e.contains("not connected")),
+            .is_some_and(|e| e.contains("not connected")
+                || e.contains("closed the connection")
+                || e.contains("did not answer")),
         "{answer}"
     );
     let answer = command(&c, &speed, r#"{"request_id": "off-2", "value": 9}"#).await;
