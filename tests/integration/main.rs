@@ -16,6 +16,7 @@ mod mes;
 mod mixed;
 mod opcua;
 mod ops;
+mod packaging;
 mod rtu;
 mod security;
 mod sparkplug;
