@@ -12,6 +12,7 @@ mod config_errors;
 mod delivery;
 mod devices;
 mod lifecycle;
+mod logging;
 mod mes;
 mod mixed;
 mod opcua;
