@@ -13,7 +13,9 @@ use tracing::{Event, Level, Subscriber};
 use tracing_subscriber::fmt::format::{Format, Full, Writer};
 use tracing_subscriber::fmt::time::{FormatTime, SystemTime};
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
+use tracing_subscriber::layer::{Context, Layer, SubscriberExt};
 use tracing_subscriber::registry::LookupSpan;
+use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::EnvFilter;
 
 /// `--log-format` (or `EDGE_AGENT_LOG_FORMAT`).
@@ -115,12 +117,59 @@ pub fn init(style: Style, default_filter: &str) {
     match (style.format, style.journal) {
         (LogFormat::Json, journal) => builder
             .event_format(JsonLines { journal })
+            .finish()
+            .with(QuietOpcuaKeys)
             .init(),
         // journald stamps each line itself.
         (LogFormat::Text, true) => builder
             .event_format(Prefixed(Format::default().without_time()))
+            .finish()
+            .with(QuietOpcuaKeys)
             .init(),
-        (LogFormat::Text, false) => builder.init(),
+        (LogFormat::Text, false) => builder.finish().with(QuietOpcuaKeys).init(),
+    }
+}
+
+/// Drops the OPC UA stack's errors about the gateway's own certificate and private key. The
+/// stack reads them for every client and channel whatever the security policy, so a session
+/// with security `None` (which needs neither) logged six errors. The agent makes its key
+/// before any secured session and reports its own failures in words; these add nothing.
+#[derive(Debug, Clone, Copy)]
+pub struct QuietOpcuaKeys;
+
+impl QuietOpcuaKeys {
+    /// True for the stack's own-key complaints.
+    pub fn is_key_noise(target: &str, message: &str) -> bool {
+        target.starts_with("opcua_")
+            && (message.contains("private key") || message.contains("own certificate"))
+    }
+}
+
+impl<S: Subscriber> Layer<S> for QuietOpcuaKeys {
+    fn event_enabled(&self, event: &Event<'_>, _cx: Context<'_, S>) -> bool {
+        let target = event.metadata().target();
+        if !target.starts_with("opcua_") {
+            return true;
+        }
+        let mut message = Message(String::new());
+        event.record(&mut message);
+        !Self::is_key_noise(target, &message.0)
+    }
+}
+
+/// The `message` field of an event.
+struct Message(String);
+
+impl Visit for Message {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        if field.name() == "message" {
+            self.0 = value.to_owned();
+        }
+    }
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        if field.name() == "message" {
+            self.0 = format!("{value:?}");
+        }
     }
 }
 
@@ -226,6 +275,26 @@ mod tests {
         assert_eq!(priority(&Level::INFO), 6);
         assert_eq!(priority(&Level::DEBUG), 7);
         assert_eq!(priority(&Level::TRACE), 7);
+    }
+
+    #[test]
+    fn only_the_opcua_stacks_own_key_complaints_are_dropped() {
+        for (target, message) in [
+            ("opcua_crypto::certificate_store", "Failed to get cert and private key: a, b"),
+            ("opcua_client::session::client", "Client is missing its application instance certificate and/or its private key. Encrypted endpoints will not function correctly."),
+            ("opcua_core::comms::secure_channel", "Failed to read own certificate: x. Check paths, crypto won't work"),
+            ("opcua_core::comms::secure_channel", "Failed to read own private key: x. Check paths, crypto won't work"),
+        ] {
+            assert!(QuietOpcuaKeys::is_key_noise(target, message), "{message}");
+        }
+        assert!(!QuietOpcuaKeys::is_key_noise(
+            "opcua_client::session",
+            "BadTimeout"
+        ));
+        assert!(!QuietOpcuaKeys::is_key_noise(
+            "edge_agent::daemon",
+            "cannot read the private key"
+        ));
     }
 
     #[test]
