@@ -7,11 +7,13 @@
 //!   service, board I/O);
 //! - [`northbound`]: the MQTT publishers (UNS JSON with MES events, Sparkplug B) and the
 //!   commands they take;
-//! - [`admin`]: the health and metrics endpoint.
+//! - [`admin`]: the health and metrics endpoint;
+//! - [`logging`]: how log lines look (text, systemd priorities, JSON lines).
 
 pub mod admin;
 pub mod cli;
 pub mod daemon;
+pub mod logging;
 pub mod northbound;
 
 /// Exit code for a configuration the agent cannot use (sysexits EX_USAGE).

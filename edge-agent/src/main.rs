@@ -1,15 +1,14 @@
 //! The `edge-agent` command line: tracing, parse, dispatch. Each command lives in the library.
 
-use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use edge_agent::cli::{check, demo, opcua as opcua_cli, probe};
 use edge_agent::daemon::service;
+use edge_agent::logging::{self, LogFormat, Style};
 use edge_agent::EXIT_CONFIG;
-use tracing::error;
-use tracing_subscriber::EnvFilter;
+use tracing::{error, warn};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -18,6 +17,10 @@ use tracing_subscriber::EnvFilter;
     about = "Industrial edge gateway: PLCs → durable store → MQTT"
 )]
 struct Cli {
+    /// Log line format on stderr: `text` (default) or `json` (one object per line). Also
+    /// `EDGE_AGENT_LOG_FORMAT`. Under systemd each line starts with its syslog priority.
+    #[arg(long, global = true, value_enum)]
+    log_format: Option<LogFormat>,
     #[command(subcommand)]
     command: Command,
 }
@@ -93,21 +96,24 @@ fn main() -> ExitCode {
         Command::Demo(_) => format!("info,rumqttd=off,{OPCUA_QUIET}"),
         _ => format!("info,{OPCUA_QUIET}"),
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&default_filter)),
-        )
-        .with_writer(std::io::stderr)
-        // Colour only for a person at a terminal, never into journald or a log file.
-        .with_ansi(std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none())
-        .init();
+    let env_format = std::env::var(logging::FORMAT_ENV).ok();
+    let (format, bad_format) = match LogFormat::choose(cli.log_format, env_format.as_deref()) {
+        Ok(f) => (f, None),
+        Err(e) => (LogFormat::Text, Some(e)),
+    };
+    let style = Style::detect(format);
+    logging::init(style, &default_filter);
+    // Logs in the wrong format are no reason to stop collecting data.
+    if let Some(e) = bad_format {
+        warn!("{e}; logging as text");
+    }
     edge_agent::init_tls();
     match cli.command {
         Command::Check { config } => ExitCode::from(check::run(&config) as u8),
         Command::Buffer {
             command: BufferCommand::Stats { config, json },
         } => ExitCode::from(check::buffer_stats(&config, json) as u8),
-        Command::Run { config } => run(config),
+        Command::Run { config } => run(config, style),
         Command::Modbus { command } => modbus(command),
         Command::Opcua {
             command: OpcuaCommand::Browse(args),
@@ -155,11 +161,11 @@ fn modbus(command: ModbusCommand) -> ExitCode {
     }
 }
 
-fn run(path: PathBuf) -> ExitCode {
+fn run(path: PathBuf, style: Style) -> ExitCode {
     let cfg = match edge_config::load(&path) {
         Ok(c) => c,
         Err(errors) => {
-            eprintln!("{errors}");
+            logging::config_errors(style, &errors);
             return ExitCode::from(EXIT_CONFIG as u8);
         }
     };

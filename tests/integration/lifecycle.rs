@@ -386,6 +386,16 @@ fn the_demo_runs_for_its_duration_shows_where_to_subscribe_and_receives_messages
         received > 0,
         "the demo's subscriber received messages:\n{stdout}"
     );
+    // Into a pipe the status is one plain line per second, not a line redrawn with `\r`.
+    assert!(!stdout.contains('\r'), "no carriage returns:\n{stdout:?}");
+    assert!(
+        stdout
+            .lines()
+            .filter(|l| l.starts_with('[') && l.contains("s] devices "))
+            .count()
+            >= 2,
+        "one status line per second:\n{stdout}"
+    );
 }
 
 #[test]

@@ -19,9 +19,10 @@ use crate::support::mqtt::Received;
 use crate::support::seqcheck::check_payloads;
 use crate::support::{free_port, AgentProcess, Collector, Mosquitto, TestDir};
 
-/// The warning the publisher logs each time a connection attempt fails.
-/// The first refusal of an outage is a warning, each retry after it a debug line (the tests run
-/// the agent with `edge_agent=debug`); both say "unreachable" and give the reason.
+/// What the publisher logs each time a connection attempt fails.
+/// The first refusal of an outage is a warning (an error for a certificate problem), each retry
+/// after it a debug line (the tests run the agent with `edge_agent=debug`) that says
+/// "unreachable" and gives the reason.
 const CONNECTION_LOST: &str = "unreachable";
 /// How many failed attempts prove that a refused agent keeps retrying.
 const RETRIES: usize = 3;
@@ -509,7 +510,8 @@ async fn a_username_and_password_from_the_environment_are_accepted_a_wrong_passw
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_broker_certificate_signed_by_another_ca_is_refused_and_nothing_is_delivered() {
+async fn a_broker_certificate_signed_by_another_ca_is_an_error_naming_the_ca_file_and_nothing_is_delivered(
+) {
     let dir = TestDir::new();
     let trusted = Ca::new("edge-agent test CA");
     let trusted_file = trusted.write(&dir, "ca");
@@ -548,6 +550,31 @@ async fn a_broker_certificate_signed_by_another_ca_is_refused_and_nothing_is_del
 
     // rustls names the failed check: the broker's certificate has an issuer we do not trust.
     assert_refused(&mut agent, &collector, &data, "filler", "UnknownIssuer").await;
+    // An operator must act, so it is an error in words, once, and not an outage warning.
+    let log = agent.log();
+    let errors = lines_with(&log, " ERROR ");
+    let ca = trusted_file.display().to_string();
+    let problem = lines_with(&errors, "certificate problem");
+    assert_eq!(
+        problem.lines().count(),
+        1,
+        "one error, not one per retry:\n{log}"
+    );
+    for words in [
+        "the broker's certificate is not signed by a CA in the ca_file",
+        "UnknownIssuer",
+        ca.as_str(),
+    ] {
+        assert!(
+            problem.contains(words),
+            "the error says {words:?}:\n{problem}"
+        );
+    }
+    assert!(
+        !log.lines()
+            .any(|l| l.contains(" WARN ") && l.contains("broker unreachable")),
+        "a certificate problem is not reported as an unreachable broker:\n{log}"
+    );
     assert!(
         !agent.log().contains("connected to broker"),
         "no connection was ever established"

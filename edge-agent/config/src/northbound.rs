@@ -85,6 +85,9 @@ pub struct Northbound {
 pub struct Credentials {
     pub username: String,
     pub password: Option<Secret>,
+    /// The `password_file` the password was read from, if any: its permissions are checked
+    /// at `check` and at start.
+    pub password_file: Option<PathBuf>,
 }
 
 /// The files of an `mqtts://` connection.
@@ -570,13 +573,21 @@ pub(crate) fn read_credentials(
         }
         return Some(None);
     };
-    let password = match password {
-        None => None,
-        Some((from, span)) => Some(from.fetch(cx, &span, secrets)?),
+    let (password, password_file) = match password {
+        None => (None, None),
+        Some((from, span)) => {
+            let secret = from.fetch(cx, &span, secrets)?;
+            let file = match from {
+                PasswordFrom::File(path) => Some(path),
+                PasswordFrom::Env(_) => None,
+            };
+            (Some(secret), file)
+        }
     };
     Some(Some(Credentials {
         username: username.to_owned(),
         password,
+        password_file,
     }))
 }
 

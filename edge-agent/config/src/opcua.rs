@@ -2,7 +2,7 @@
 //! session timing) and its `[[device.tag]]`s by node id, each subscribed to (monitored item with
 //! sampling interval, queue size and deadband) or polled (Read on a schedule).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use edge_model::DataType;
@@ -35,6 +35,9 @@ pub struct OpcUa {
     /// Who the gateway logs in as: anonymous by default; `username` with `password_env` or
     /// `password_file`; or a user certificate, `user_cert_file` with `user_key_file` (PEM).
     pub identity: Identity,
+    /// The `password_file` of a user-name identity, if the password came from a file: its
+    /// permissions are checked at `check` and at start.
+    pub password_file: Option<PathBuf>,
     /// `session_timeout_ms` (10,000 to 3,600,000, default 60,000): how long the server keeps
     /// the session when the gateway goes silent.
     pub session_timeout: Duration,
@@ -187,12 +190,14 @@ pub(crate) fn read_opcua_device(
     let tags = read_tags(cx, t, &defaults, name.as_ref().map(|(n, _)| *n));
 
     let (security_policy, security_mode) = security?;
+    let (identity, password_file) = identity?;
     let poll_ms = defaults.poll_ms?;
     let opcua = OpcUa {
         endpoint: endpoint?.0,
         security_policy,
         security_mode,
-        identity: identity?,
+        identity,
+        password_file,
         session_timeout: Duration::from_millis(session_timeout_ms?),
         keep_alive: Duration::from_millis(keep_alive_ms?),
         trust_on_first_use: trust_on_first_use?,
@@ -308,12 +313,13 @@ fn read_security(
 }
 
 /// Anonymous, a user name with its password, or a user certificate.
+/// With the password file of a user-name identity, if the password came from one.
 fn read_identity(
     cx: &mut Diagnostics<'_>,
     t: &mut TableReader<'_, '_>,
     base_dir: &Path,
     secrets: &dyn SecretSource,
-) -> Option<Identity> {
+) -> Option<(Identity, Option<PathBuf>)> {
     let credentials = read_credentials(cx, t, base_dir, secrets);
     let cert = t.text(cx, "user_cert_file").optional();
     let key = t.text(cx, "user_key_file").optional();
@@ -328,10 +334,13 @@ fn read_identity(
             None
         }
         (Some(c), None, None) => match c.password {
-            Some(p) => Some(Identity::UserName {
-                user: c.username,
-                password: Password::new(p.expose()),
-            }),
+            Some(p) => Some((
+                Identity::UserName {
+                    user: c.username,
+                    password: Password::new(p.expose()),
+                },
+                c.password_file,
+            )),
             None => {
                 let span = t.value_span("username").unwrap_or_else(|| t.span());
                 cx.error(
@@ -342,10 +351,13 @@ fn read_identity(
                 None
             }
         },
-        (None, Some((cert, _)), Some((key, _))) => Some(Identity::X509 {
-            cert: resolve(base_dir, cert),
-            key: resolve(base_dir, key),
-        }),
+        (None, Some((cert, _)), Some((key, _))) => Some((
+            Identity::X509 {
+                cert: resolve(base_dir, cert),
+                key: resolve(base_dir, key),
+            },
+            None,
+        )),
         (None, Some((_, span)), None) => {
             cx.error(
                 &span,
@@ -362,7 +374,7 @@ fn read_identity(
             );
             None
         }
-        (None, None, None) => Some(Identity::Anonymous),
+        (None, None, None) => Some((Identity::Anonymous, None)),
     }
 }
 

@@ -225,6 +225,7 @@ heartbeat_s = 120
                 credentials: Some(Credentials {
                     username: "edge".into(),
                     password: Some(Secret::new("s3cret")),
+                    password_file: None,
                 }),
                 tls: Some(TlsFiles {
                     ca_file: "/etc/edge-agent/certs/ca.pem".into(),
@@ -892,6 +893,12 @@ fn a_password_file_is_read_relative_to_the_config_and_its_trailing_newline_dropp
         .as_ref()
         .and_then(|c| c.password.as_ref());
     assert_eq!(password.map(Secret::expose), Some("top secret"));
+    // Kept for the permission check at `check` and at start.
+    let file = config.northbounds[0]
+        .credentials
+        .as_ref()
+        .and_then(|c| c.password_file.as_deref());
+    assert_eq!(file, Some(Path::new("/etc/edge-agent/mes.pw")));
 
     let errors = parse_err(&src);
     assert_eq!(

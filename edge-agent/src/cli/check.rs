@@ -10,6 +10,7 @@ use edge_opcua::{Deadband, Identity, TagMode};
 use edge_store::{Store, StoreError};
 
 use crate::daemon::devices::{device_plan, limits_path};
+use crate::daemon::permissions;
 use crate::daemon::runtime;
 use crate::daemon::status::{snapshot, StatusSnapshot};
 use crate::EXIT_CONFIG;
@@ -30,7 +31,10 @@ pub fn run(path: &Path) -> i32 {
     match describe(&cfg) {
         Ok(text) => {
             print!("{text}");
-            for warning in file_warnings(&cfg) {
+            for warning in file_warnings(&cfg)
+                .into_iter()
+                .chain(permissions::warnings(&cfg, path))
+            {
                 eprintln!("warning: {warning}");
             }
             0

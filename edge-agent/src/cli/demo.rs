@@ -4,7 +4,7 @@
 //! Ctrl-C.
 
 use std::collections::HashMap;
-use std::io::Write as _;
+use std::io::{IsTerminal, Write as _};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -489,17 +489,27 @@ async fn run_async(args: DemoArgs) -> anyhow::Result<()> {
     let started = Instant::now();
     let limit = args.duration.map(Duration::from_secs);
     let mut tick = tokio::time::interval(Duration::from_secs(1));
+    // One line redrawn in place for a person; one plain line per second into a pipe or a log.
+    let live = std::io::stdout().is_terminal();
     loop {
         tokio::select! {
             _ = tick.tick() => {}
             _ = tokio::signal::ctrl_c() => break,
         }
-        print_status(&running, &seen, started, &machine);
+        let line = status_line(&running, &seen, started, &machine);
+        if live {
+            print!("\r{line}   ");
+            let _ = std::io::stdout().flush();
+        } else {
+            println!("{line}");
+        }
         if limit.is_some_and(|l| started.elapsed() >= l) {
             break;
         }
     }
-    println!();
+    if live {
+        println!();
+    }
     println!("stopping…");
     viewer.abort();
     running.stop().await;
@@ -539,12 +549,12 @@ fn mes_status(s: &Seen, root: &str, machine: &str) -> String {
     format!("{machine} {state} {order}")
 }
 
-fn print_status(
+fn status_line(
     running: &runtime::Running,
     seen: &Mutex<Seen>,
     started: Instant,
     machine: &Option<(String, String)>,
-) {
+) -> String {
     let snap = running.snapshot();
     let s = seen.lock().unwrap_or_else(|e| e.into_inner());
     let nb = snap.northbounds.first();
@@ -576,8 +586,8 @@ fn print_status(
         ),
         None => String::new(),
     };
-    print!(
-        "\r[{:>4}s] devices {} | stored {} samples | published {} acked {} | backlog {} | received {} | last {}{}   ",
+    format!(
+        "[{:>4}s] devices {} | stored {} samples | published {} acked {} | backlog {} | received {} | last {}{}",
         started.elapsed().as_secs(),
         plc,
         snap.store.committed_samples,
@@ -587,8 +597,7 @@ fn print_status(
         s.messages,
         last,
         mes
-    );
-    let _ = std::io::stdout().flush();
+    )
 }
 
 #[cfg(test)]

@@ -5,6 +5,7 @@ pub mod board;
 pub mod clock;
 pub mod devices;
 pub mod notify;
+pub mod permissions;
 pub mod reload;
 pub mod runtime;
 pub mod service;

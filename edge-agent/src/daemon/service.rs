@@ -13,6 +13,7 @@ use tracing::{error, info, warn};
 
 use crate::admin::{AdminServer, AdminState};
 use crate::daemon::notify::Notifier;
+use crate::daemon::permissions;
 use crate::daemon::runtime::{self, ReloadError};
 
 /// How often health is checked when systemd sets no watchdog (for `/live`).
@@ -21,6 +22,9 @@ const HEALTH_EVERY: Duration = Duration::from_secs(2);
 /// Runs the agent until a stop signal; returns the process exit code.
 pub async fn run(cfg: Config, path: &Path) -> u8 {
     let notifier = Notifier::from_env();
+    for warning in permissions::warnings(&cfg, path) {
+        warn!("{warning}");
+    }
     let mut running = match runtime::start(&cfg).await {
         Ok(r) => r,
         Err(e) => {

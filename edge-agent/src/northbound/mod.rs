@@ -17,8 +17,10 @@ use edge_config::{BrokerUrl, TlsFiles};
 use edge_driver::Backoff;
 use edge_model::Batch;
 use edge_store::{RecordId, Store, StoreError};
-use rumqttc::{TlsConfiguration, Transport};
+use rumqttc::{ConnectionError, TlsConfiguration, TlsError, Transport};
+use rustls::{AlertDescription, CertificateError};
 use tokio::sync::watch;
+use tracing::{debug, error};
 
 /// Records read from the store in one go when the reader runs dry.
 pub const READ_CHUNK: usize = 64;
@@ -67,6 +69,142 @@ pub fn transport(url: &BrokerUrl, tls: Option<&TlsFiles>) -> Result<Transport, T
         alpn: None,
         client_auth,
     }))
+}
+
+/// A failed connection that is a certificate problem, in words an operator can act on (which
+/// certificate, which file, what is wrong with it), or `None` for any other failure. Waiting
+/// for the broker does not fix these, so they are logged as errors, not as an outage.
+pub fn certificate_problem(e: &ConnectionError, tls: Option<&TlsFiles>) -> Option<String> {
+    let tls = tls?;
+    let ca = tls.ca_file.display();
+    let tls_error = match e {
+        ConnectionError::Tls(t) => t,
+        // A handshake that fails after the TCP connection carries rustls' error inside the
+        // I/O error (tokio-rustls), whichever layer returned it.
+        ConnectionError::Io(io) => return rustls_inner(io).and_then(|r| rustls_problem(r, tls)),
+        _ => return None,
+    };
+    match tls_error {
+        TlsError::Io(io) => rustls_inner(io).and_then(|r| rustls_problem(r, tls)),
+        TlsError::TLS(r) => rustls_problem(r, tls).or_else(|| {
+            Some(format!(
+                "the client certificate and key cannot be used together ({r})"
+            ))
+        }),
+        TlsError::NoValidCertInChain => Some(format!(
+            "ca_file {ca} holds no PEM certificate, so no broker certificate can be checked"
+        )),
+        TlsError::NoValidClientCertInChain => tls.client_cert.as_ref().map(|(cert, _)| {
+            format!(
+                "client_cert_file {} holds no PEM certificate",
+                cert.display()
+            )
+        }),
+        TlsError::NoValidKeyInChain => tls.client_cert.as_ref().map(|(_, key)| {
+            format!(
+                "client_key_file {} holds no PEM private key (PKCS#8, PKCS#1 or SEC1)",
+                key.display()
+            )
+        }),
+        TlsError::WebPki(w) => Some(format!(
+            "the broker's certificate is not accepted ({w}); checked against ca_file {ca}"
+        )),
+        _ => None,
+    }
+}
+
+fn rustls_inner(io: &std::io::Error) -> Option<&rustls::Error> {
+    io.get_ref()?.downcast_ref::<rustls::Error>()
+}
+
+fn rustls_problem(e: &rustls::Error, tls: &TlsFiles) -> Option<String> {
+    let ca = tls.ca_file.display();
+    match e {
+        rustls::Error::InvalidCertificate(c) => {
+            let what = match c {
+                CertificateError::UnknownIssuer => "is not signed by a CA in the ca_file",
+                CertificateError::Expired | CertificateError::ExpiredContext { .. } => {
+                    "has expired"
+                }
+                CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. } => {
+                    "is not valid yet (is the gateway's clock right?)"
+                }
+                CertificateError::NotValidForName
+                | CertificateError::NotValidForNameContext { .. } => {
+                    "is not issued for the host name of the url"
+                }
+                CertificateError::Revoked => "is revoked",
+                CertificateError::BadSignature => "has a signature that does not verify",
+                CertificateError::InvalidPurpose | CertificateError::InvalidPurposeContext { .. } => {
+                    "is not a server certificate (extended key usage)"
+                }
+                _ => "is not accepted",
+            };
+            Some(format!(
+                "the broker's certificate {what} ({e}); checked against ca_file {ca}"
+            ))
+        }
+        rustls::Error::NoCertificatesPresented => Some(format!(
+            "the broker presented no certificate to check against ca_file {ca}"
+        )),
+        rustls::Error::AlertReceived(
+            alert @ (AlertDescription::BadCertificate
+            | AlertDescription::CertificateRequired
+            | AlertDescription::CertificateUnknown
+            | AlertDescription::CertificateExpired
+            | AlertDescription::CertificateRevoked
+            | AlertDescription::UnsupportedCertificate
+            | AlertDescription::UnknownCA),
+        ) => Some(match &tls.client_cert {
+            Some((cert, _)) => format!(
+                "the broker refused the gateway's client certificate {} ({alert:?})",
+                cert.display()
+            ),
+            None => format!(
+                "the broker asks for a client certificate ({alert:?}); configure client_cert_file and client_key_file"
+            ),
+        }),
+        _ => None,
+    }
+}
+
+/// Logs certificate problems: a new one at ERROR, the same one again at debug, so a retry
+/// every few seconds does not fill the journal.
+#[derive(Debug, Default)]
+pub struct CertificateReport {
+    last: Option<String>,
+}
+
+impl CertificateReport {
+    pub fn report(
+        &mut self,
+        northbound: &str,
+        url: &BrokerUrl,
+        tls: Option<&TlsFiles>,
+        reason: &str,
+        retry_in: Duration,
+    ) {
+        let ca_file = tls
+            .map(|t| t.ca_file.display().to_string())
+            .unwrap_or_default();
+        if self.last.as_deref() == Some(reason) {
+            debug!(
+                northbound,
+                reason,
+                ?retry_in,
+                "broker still unreachable: certificate problem"
+            );
+            return;
+        }
+        error!(northbound, %url, ca_file, reason, ?retry_in,
+            "certificate problem: the TLS handshake with the broker failed and retrying will not fix it; samples stay in the store until the certificate or ca_file is fixed");
+        self.last = Some(reason.to_owned());
+    }
+
+    /// A connection succeeded: the next problem is new again.
+    pub fn clear(&mut self) {
+        self.last = None;
+    }
 }
 
 /// Resolves once `shutdown` turns true (or its sender is gone), holding no borrow after.
@@ -129,6 +267,88 @@ impl StoreReader {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn tls(client: bool) -> TlsFiles {
+        TlsFiles {
+            ca_file: "/etc/edge-agent/ca.pem".into(),
+            client_cert: client.then(|| {
+                (
+                    "/etc/edge-agent/gw.crt".into(),
+                    "/etc/edge-agent/gw.key".into(),
+                )
+            }),
+        }
+    }
+
+    fn handshake(e: rustls::Error) -> ConnectionError {
+        ConnectionError::Tls(TlsError::Io(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            e,
+        )))
+    }
+
+    #[test]
+    fn a_broker_certificate_from_another_ca_names_the_ca_file() {
+        let e = handshake(rustls::Error::InvalidCertificate(
+            CertificateError::UnknownIssuer,
+        ));
+        assert_eq!(
+            certificate_problem(&e, Some(&tls(false))).as_deref(),
+            Some("the broker's certificate is not signed by a CA in the ca_file (invalid peer certificate: UnknownIssuer); checked against ca_file /etc/edge-agent/ca.pem")
+        );
+    }
+
+    #[test]
+    fn a_certificate_error_found_after_the_handshake_is_still_a_certificate_problem() {
+        let e = ConnectionError::Io(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            rustls::Error::InvalidCertificate(CertificateError::Expired),
+        ));
+        let p = certificate_problem(&e, Some(&tls(false))).expect("certificate problem");
+        assert!(p.starts_with("the broker's certificate has expired"), "{p}");
+    }
+
+    #[test]
+    fn a_refused_client_certificate_names_it_and_a_missing_one_says_what_to_configure() {
+        let e = || {
+            handshake(rustls::Error::AlertReceived(
+                AlertDescription::CertificateRequired,
+            ))
+        };
+        let with = certificate_problem(&e(), Some(&tls(true))).expect("problem");
+        assert!(
+            with.contains("client certificate /etc/edge-agent/gw.crt"),
+            "{with}"
+        );
+        let without = certificate_problem(&e(), Some(&tls(false))).expect("problem");
+        assert!(
+            without.contains("configure client_cert_file and client_key_file"),
+            "{without}"
+        );
+    }
+
+    #[test]
+    fn a_broker_that_is_down_or_a_plain_connection_is_not_a_certificate_problem() {
+        let refused = || {
+            ConnectionError::Io(std::io::Error::new(
+                std::io::ErrorKind::ConnectionRefused,
+                "connection refused",
+            ))
+        };
+        assert_eq!(certificate_problem(&refused(), Some(&tls(false))), None);
+        assert_eq!(
+            certificate_problem(&ConnectionError::NetworkTimeout, Some(&tls(false))),
+            None
+        );
+        let bad_cert = handshake(rustls::Error::InvalidCertificate(
+            CertificateError::UnknownIssuer,
+        ));
+        assert_eq!(certificate_problem(&bad_cert, None), None);
+        assert_eq!(
+            certificate_problem(&ConnectionError::Tls(TlsError::NoValidCertInChain), Some(&tls(false))).as_deref(),
+            Some("ca_file /etc/edge-agent/ca.pem holds no PEM certificate, so no broker certificate can be checked")
+        );
+    }
 
     #[test]
     fn short_connections_keep_doubling_the_backoff() {

@@ -37,7 +37,10 @@ use tracing::{debug, error, info, warn};
 use crate::daemon::clock::ClockStatus;
 use crate::northbound::safety::{CommandStats, Outcome};
 use crate::northbound::uns::PublisherStats;
-use crate::northbound::{reconnect_wait, stopped, transport, StoreReader, READ_CHUNK};
+use crate::northbound::{
+    certificate_problem, reconnect_wait, stopped, transport, CertificateReport, StoreReader,
+    READ_CHUNK,
+};
 
 /// How long a DCMD write may wait for the device's answer.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -196,6 +199,8 @@ impl Session {
 enum SessionEnd {
     Shutdown,
     Lost(String),
+    /// A certificate problem (logged as an error, not as an outage).
+    Certificate(String),
 }
 
 /// The publisher of one Sparkplug B northbound.
@@ -304,11 +309,13 @@ impl SparkplugPublisher {
             metrics = self.node.metric_count(), devices = self.node.device_count(),
             primary_host = ?self.settings.primary_host_id, "Sparkplug B edge node configured");
         let mut backoff = Backoff::new(self.nb.reconnect_min, self.nb.reconnect_max);
+        let mut certificates = CertificateReport::default();
         loop {
             if *shutdown.borrow() {
                 return;
             }
             let started = Instant::now();
+            let connects = self.stats.connects.load(Ordering::Relaxed);
             let outcome = self.session(transport.clone(), &mut shutdown, drain).await;
             self.stats.connected.store(false, Ordering::Relaxed);
             self.stats.inflight.store(0, Ordering::Relaxed);
@@ -318,6 +325,24 @@ impl SparkplugPublisher {
                     let wait = reconnect_wait(&mut backoff, started.elapsed());
                     warn!(northbound = %self.nb.name, url = %self.nb.url, reason = %reason, retry_in = ?wait,
                         "Sparkplug session ended; samples stay in the store until they are proven delivered");
+                    self.set_error(reason);
+                    tokio::select! {
+                        _ = tokio::time::sleep(wait) => {}
+                        _ = stopped(&mut shutdown) => return,
+                    }
+                }
+                SessionEnd::Certificate(reason) => {
+                    let wait = reconnect_wait(&mut backoff, started.elapsed());
+                    if self.stats.connects.load(Ordering::Relaxed) > connects {
+                        certificates.clear();
+                    }
+                    certificates.report(
+                        &self.nb.name,
+                        &self.nb.url,
+                        self.nb.tls.as_ref(),
+                        &reason,
+                        wait,
+                    );
                     self.set_error(reason);
                     tokio::select! {
                         _ = tokio::time::sleep(wait) => {}
@@ -427,6 +452,9 @@ impl SparkplugPublisher {
                         Err(e) => {
                             if matches!(e, ConnectionError::ConnectionRefused(_)) {
                                 s.connack = true;
+                            }
+                            if let Some(problem) = certificate_problem(&e, self.nb.tls.as_ref()) {
+                                return SessionEnd::Certificate(problem);
                             }
                             return SessionEnd::Lost(e.to_string());
                         }

@@ -35,7 +35,9 @@ use tracing::{debug, error, info, warn};
 use crate::daemon::clock::ClockStatus;
 use crate::northbound::commands::CommandRequest;
 pub use crate::northbound::TransportError as PublisherError;
-use crate::northbound::{reconnect_wait, stopped, transport, StoreReader};
+use crate::northbound::{
+    certificate_problem, reconnect_wait, stopped, transport, CertificateReport, StoreReader,
+};
 use mes_bridge::gate::Arrival;
 
 /// Answers to commands waiting for room in the MQTT client; beyond it the oldest is dropped
@@ -213,6 +215,7 @@ impl Publisher {
         let mut backoff = Backoff::new(self.nb.reconnect_min, self.nb.reconnect_max);
         // One warning per outage; the retries after it are logged at debug level.
         let mut outage_reported = false;
+        let mut certificates = CertificateReport::default();
         loop {
             if *shutdown.borrow() {
                 return;
@@ -229,6 +232,7 @@ impl Publisher {
                     let wait = reconnect_wait(&mut backoff, started.elapsed());
                     if self.stats.connects.load(Ordering::Relaxed) > connects {
                         outage_reported = false;
+                        certificates.clear();
                     }
                     if outage_reported {
                         debug!(northbound = %self.nb.name, reason = %reason, retry_in = ?wait, "broker still unreachable");
@@ -237,6 +241,28 @@ impl Publisher {
                             "broker unreachable; samples stay in the store until it is back");
                         outage_reported = true;
                     }
+                    *self
+                        .stats
+                        .last_error
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner()) = Some(reason);
+                    tokio::select! {
+                        _ = tokio::time::sleep(wait) => {}
+                        _ = stopped(&mut shutdown) => return,
+                    }
+                }
+                SessionEnd::Certificate(reason) => {
+                    self.never_failed = false;
+                    let wait = reconnect_wait(&mut backoff, started.elapsed());
+                    certificates.report(
+                        &self.nb.name,
+                        &self.nb.url,
+                        self.nb.tls.as_ref(),
+                        &reason,
+                        wait,
+                    );
+                    // A broker that was reachable: the next plain failure is a new outage.
+                    outage_reported = false;
                     *self
                         .stats
                         .last_error
@@ -417,6 +443,9 @@ impl Publisher {
                             warn!(northbound = %self.nb.name, limit_bytes = MAX_INCOMING_PACKET,
                                 "the broker sent a message larger than the agent reads (a command over the size limit?); reconnecting with a clean session so that the broker drops it");
                             self.clean_next = true;
+                        }
+                        if let Some(problem) = certificate_problem(&e, self.nb.tls.as_ref()) {
+                            return SessionEnd::Certificate(problem);
                         }
                         return SessionEnd::Lost(e.to_string());
                     }
@@ -736,6 +765,8 @@ fn too_large(e: &ConnectionError) -> bool {
 enum SessionEnd {
     Shutdown,
     Lost(String),
+    /// A certificate problem (logged as an error, not as an outage).
+    Certificate(String),
 }
 
 /// The in-flight window of one connection.
