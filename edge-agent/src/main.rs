@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use edge_agent::cli::{check, demo, opcua as opcua_cli, probe};
+use edge_agent::cli::{buffer, check, demo, opcua as opcua_cli, probe};
 use edge_agent::daemon::service;
 use edge_agent::logging::{self, LogFormat, Style};
 use edge_agent::EXIT_CONFIG;
@@ -40,7 +40,7 @@ enum Command {
     },
     /// The whole product on one machine: simulated PLC, embedded broker, the agent.
     Demo(demo::DemoArgs),
-    /// Inspect the store.
+    /// Inspect the store, export or purge a northbound's backlog (no broker secret needed).
     Buffer {
         #[command(subcommand)]
         command: BufferCommand,
@@ -83,6 +83,10 @@ enum BufferCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Write a northbound's backlog as JSON lines, one sample a line (the agent stopped).
+    Export(buffer::ExportArgs),
+    /// Remove a northbound's backlog, recorded in the loss ledger (the agent stopped).
+    Purge(buffer::PurgeArgs),
 }
 
 fn main() -> ExitCode {
@@ -113,6 +117,12 @@ fn main() -> ExitCode {
         Command::Buffer {
             command: BufferCommand::Stats { config, json },
         } => ExitCode::from(check::buffer_stats(&config, json) as u8),
+        Command::Buffer {
+            command: BufferCommand::Export(args),
+        } => ExitCode::from(buffer::export(&args) as u8),
+        Command::Buffer {
+            command: BufferCommand::Purge(args),
+        } => ExitCode::from(buffer::purge(&args) as u8),
         Command::Run { config } => run(config, style),
         Command::Modbus { command } => modbus(command),
         Command::Opcua {

@@ -230,6 +230,36 @@ impl UnsEncoder {
     }
 }
 
+#[derive(Serialize)]
+struct ExportLine<'a> {
+    record: u64,
+    device: &'a str,
+    tag: &'a str,
+    value: Option<&'a Value>,
+    quality: &'static str,
+    timestamp_ms: u64,
+    seq: u64,
+}
+
+/// Appends one stored sample as a line of `edge-agent buffer export` to `out`: the record it
+/// is stored in, its device and tag, then value, quality, timestamp and seq encoded exactly as
+/// in the telemetry, and a newline.
+pub fn export_line(record: u64, device: &DeviceId, sample: &Sample, out: &mut Vec<u8>) {
+    let line = ExportLine {
+        record,
+        device: &device.0,
+        tag: &sample.tag.0,
+        value: sample.value.as_ref(),
+        quality: quality_str(sample.quality),
+        timestamp_ms: sample.timestamp_ms(),
+        seq: sample.seq,
+    };
+    // As in `to_json`: these plain structs always serialise; a failure would only lose a line.
+    if serde_json::to_writer(&mut *out, &line).is_ok() {
+        out.push(b'\n');
+    }
+}
+
 fn to_json<T: Serialize>(value: &T) -> Vec<u8> {
     // Serialising these plain structs cannot fail: no maps with non-string keys, no I/O.
     serde_json::to_vec(value).unwrap_or_else(|_| b"{}".to_vec())
@@ -376,6 +406,28 @@ mod tests {
         let mut out = Vec::new();
         enc.encode(&batch, false, &mut out);
         assert_eq!(parse(&out[0])["value"], serde_json::Value::Null);
+    }
+
+    #[test]
+    fn an_export_line_carries_the_record_device_and_tag_and_encodes_the_sample_as_telemetry() {
+        let mut out = Vec::new();
+        let device = DeviceId::from("press");
+        let mut s = sample("temp", Some(Value::F32(21.5)), Quality::Uncertain, 9);
+        s.source_ts_ms = Some(42);
+        export_line(7, &device, &s, &mut out);
+        export_line(7, &device, &sample("x", None, Quality::Bad, 10), &mut out);
+        let text = String::from_utf8(out).expect("utf-8");
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("one JSON object per line"))
+            .collect();
+        assert_eq!(
+            lines[0],
+            json!({"record": 7, "device": "press", "tag": "temp", "value": 21.5, "quality": "uncertain", "timestamp_ms": 42, "seq": 9})
+        );
+        assert_eq!(lines[1]["value"], serde_json::Value::Null);
+        assert_eq!(lines[1]["quality"], json!("bad"));
+        assert!(text.ends_with('\n'));
     }
 
     #[test]

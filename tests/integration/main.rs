@@ -6,6 +6,7 @@
 mod support;
 
 mod admin_load;
+mod buffer_tools;
 mod command_safety;
 mod common;
 mod config_errors;

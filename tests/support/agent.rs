@@ -264,6 +264,18 @@ pub fn run_cli_with<S: AsRef<OsStr>>(
     env: &[(&str, &str)],
     timeout: Duration,
 ) -> anyhow::Result<Output> {
+    run_cli_env(bin, args, env, &[], timeout)
+}
+
+/// [`run_cli_with`], also removing the variables `remove` from the child's environment (to
+/// show that a command does not need them).
+pub fn run_cli_env<S: AsRef<OsStr>>(
+    bin: &Path,
+    args: &[S],
+    env: &[(&str, &str)],
+    remove: &[&str],
+    timeout: Duration,
+) -> anyhow::Result<Output> {
     let mut command = Command::new(bin);
     command
         .args(args)
@@ -271,6 +283,9 @@ pub fn run_cli_with<S: AsRef<OsStr>>(
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
+    for key in remove {
+        command.env_remove(key);
+    }
     for (key, value) in env {
         command.env(key, value);
     }

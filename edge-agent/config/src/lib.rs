@@ -31,7 +31,7 @@ pub use machine::{Dispatch, DispatchParameter, Machine, StateEntry, TagRef};
 pub use mes_bridge::MachineState;
 pub use northbound::{Batching, Credentials, Format, Northbound, SparkplugSettings, TlsFiles};
 pub use opcua::{OpcUa, OpcUaTag};
-pub use secret::{Secret, SecretSource, SystemSecrets};
+pub use secret::{Secret, SecretSource, SystemSecrets, UnresolvedSecrets};
 
 use error::Diagnostics;
 use reader::TableReader;
@@ -139,6 +139,18 @@ pub fn parse(src: &str, file: &Path, secrets: &dyn SecretSource) -> Result<Confi
 /// Reads the board config at `path`, with secrets from the environment and the file system.
 /// A file that cannot be read is one error at 1:1.
 pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+    load_with(path, &SystemSecrets)
+}
+
+/// Reads the board config at `path` for the tools that only open the store (`buffer stats`,
+/// `export`, `purge`): every check of [`load`] except that secrets are not looked up (each
+/// reads as [`UnresolvedSecrets::PLACEHOLDER`]), so a missing `password_env` variable or an
+/// unreadable `password_file` is no error. Never connect with the config this returns.
+pub fn load_for_store(path: &Path) -> Result<Config, ConfigErrors> {
+    load_with(path, &UnresolvedSecrets)
+}
+
+fn load_with(path: &Path, secrets: &dyn SecretSource) -> Result<Config, ConfigErrors> {
     // An absolute source path keeps relative paths in the config meaningful whatever the
     // working directory is later.
     let path = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
@@ -153,7 +165,7 @@ pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
         )])
     })?;
     match String::from_utf8(bytes) {
-        Ok(src) => parse(&src, &path, &SystemSecrets),
+        Ok(src) => parse(&src, &path, secrets),
         Err(e) => {
             let valid = e.utf8_error().valid_up_to();
             let bytes = e.as_bytes();

@@ -54,6 +54,28 @@ impl SecretSource for SystemSecrets {
     }
 }
 
+/// Answers every secret with a placeholder, for the tools that open the store and never a
+/// connection (`buffer stats|export|purge`): they must run where the broker's password is not
+/// in the environment. The placeholder is non-empty so that the config's other checks stay the
+/// same; a config read this way must never be used to connect.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct UnresolvedSecrets;
+
+impl UnresolvedSecrets {
+    /// What every secret reads as.
+    pub const PLACEHOLDER: &'static str = "<not resolved: read for the store tools>";
+}
+
+impl SecretSource for UnresolvedSecrets {
+    fn env(&self, _name: &str) -> Option<String> {
+        Some(Self::PLACEHOLDER.to_owned())
+    }
+
+    fn file(&self, _path: &Path) -> std::io::Result<String> {
+        Ok(Self::PLACEHOLDER.to_owned())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

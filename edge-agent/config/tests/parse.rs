@@ -932,6 +932,48 @@ fn passwords_need_a_username_and_exactly_one_source() {
 }
 
 #[test]
+fn the_store_tools_read_a_config_whose_passwords_are_nowhere_and_keep_every_other_check() {
+    let tag = "name = \"t\"\naddress = \"hr:0\"\ntype = \"u16\"";
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("board.toml");
+    let with_env = with_tag(tag).replace(
+        "url = \"mqtt://127.0.0.1\"",
+        "url = \"mqtt://127.0.0.1\"\nusername = \"edge\"\npassword_env = \"EDGE_CONFIG_TEST_NEVER_SET_PW\"",
+    );
+    std::fs::write(&path, &with_env).expect("write");
+    assert!(
+        edge_config::load(&path).is_err(),
+        "load resolves the secret"
+    );
+    let config = edge_config::load_for_store(&path).expect("no secret needed");
+    let password = config.northbounds[0]
+        .credentials
+        .as_ref()
+        .and_then(|c| c.password.as_ref());
+    assert_eq!(
+        password.map(Secret::expose),
+        Some(edge_config::UnresolvedSecrets::PLACEHOLDER)
+    );
+
+    let with_file = with_env.replace(
+        "password_env = \"EDGE_CONFIG_TEST_NEVER_SET_PW\"",
+        "password_file = \"missing.pw\"",
+    );
+    std::fs::write(&path, &with_file).expect("write");
+    assert!(edge_config::load_for_store(&path).is_ok());
+
+    // Everything else is still checked.
+    std::fs::write(&path, with_file.replace("username = \"edge\"\n", "")).expect("write");
+    let errors = edge_config::load_for_store(&path).expect_err("no username");
+    assert_eq!(
+        only_error(&errors.0).message,
+        "a password needs a `username`"
+    );
+    std::fs::write(&path, with_env.replace("type = \"u16\"", "type = \"u17\"")).expect("write");
+    assert!(edge_config::load_for_store(&path).is_err());
+}
+
+#[test]
 fn a_secret_never_appears_in_debug_output_or_errors() {
     let src = with_tag("name = \"t\"\naddress = \"hr:0\"\ntype = \"u16\"").replace(
         "url = \"mqtt://127.0.0.1\"",

@@ -380,7 +380,7 @@ pub fn render(m: &MetricsInput) -> String {
     f.head(
         "edge_agent_store_lost_samples_total",
         "counter",
-        "Committed samples the store lost, by reason: evicted (disk quota), corrupted (unreadable on disk), rolled-back (gone from the store's log after a restart).",
+        "Committed samples the store lost, by reason: evicted (disk quota), corrupted (unreadable on disk), rolled-back (gone from the store's log after a restart), purged (a northbound's backlog removed by `edge-agent buffer purge`).",
     );
     for reason in LossReason::ALL {
         f.sample(
@@ -534,6 +534,7 @@ mod tests {
                     evicted: 0,
                     corrupted: 4,
                     rolled_back: 2,
+                    purged: 0,
                     folded_ranges: 0,
                 },
                 committed_samples: 30,
@@ -595,6 +596,7 @@ mod tests {
         assert!(text.contains("edge_agent_store_lost_samples_total{reason=\"evicted\"} 0\n"));
         assert!(text.contains("edge_agent_store_lost_samples_total{reason=\"corrupted\"} 4\n"));
         assert!(text.contains("edge_agent_store_lost_samples_total{reason=\"rolled-back\"} 2\n"));
+        assert!(text.contains("edge_agent_store_lost_samples_total{reason=\"purged\"} 0\n"));
         assert!(text.contains("edge_agent_store_quarantines_total 1\n"));
         assert!(text.contains("edge_agent_store_salvages_total 1\n"));
         assert!(text.contains("edge_agent_store_salvaged_records_total 10\n"));

@@ -521,9 +521,13 @@ fn describe_machine(out: &mut String, cfg: &Config, m: &edge_config::Machine) ->
 /// `buffer stats`: from the store itself when no agent holds it, else from the running agent's
 /// status snapshot. Returns the exit code.
 pub fn buffer_stats(path: &Path, json: bool) -> i32 {
-    let cfg = match load(path) {
+    // The store only: no broker is contacted, so the broker's password is not needed.
+    let cfg = match edge_config::load_for_store(path) {
         Ok(c) => c,
-        Err(code) => return code,
+        Err(errors) => {
+            eprintln!("{errors}");
+            return EXIT_CONFIG;
+        }
     };
     let dir = runtime::store_dir(&cfg);
     if !dir.exists() {
@@ -610,10 +614,11 @@ pub fn render_stats(s: &StatusSnapshot, source: &str) -> String {
     );
     let _ = writeln!(
         out,
-        "lost samples: {} evicted, {} corrupted, {} rolled back ({} loss ranges recorded, {} older ones folded)",
+        "lost samples: {} evicted, {} corrupted, {} rolled back, {} purged ({} loss ranges recorded, {} older ones folded)",
         st.lost_evicted_samples,
         st.lost_corrupted_samples,
         st.lost_rolled_back_samples,
+        st.lost_purged_samples,
         s.losses.len(),
         st.folded_loss_ranges
     );
@@ -686,7 +691,7 @@ mod tests {
 
         let text = render_stats(&snap, "test");
         assert!(text.contains(&format!(
-            "lost samples: {} evicted, 0 corrupted, 0 rolled back",
+            "lost samples: {} evicted, 0 corrupted, 0 rolled back, 0 purged",
             loss.samples
         )));
         assert!(text.contains(&format!(

@@ -79,7 +79,7 @@ pub struct LossSnapshot {
     pub first_seq: u64,
     pub last_seq: u64,
     pub samples: u64,
-    /// "evicted", "corrupted" or "rolled-back".
+    /// "evicted", "corrupted", "rolled-back" or "purged".
     pub reason: String,
     pub at_ms: u64,
 }
@@ -101,6 +101,9 @@ pub struct StoreSnapshot {
     pub lost_corrupted_samples: u64,
     #[serde(default)]
     pub lost_rolled_back_samples: u64,
+    /// Removed from a northbound's backlog by `edge-agent buffer purge`.
+    #[serde(default)]
+    pub lost_purged_samples: u64,
     /// Old ranges folded out of the bounded ledger (their samples stay counted above).
     #[serde(default)]
     pub folded_loss_ranges: u64,
@@ -161,6 +164,7 @@ pub fn snapshot(
             lost_evicted_samples: s.lost.evicted,
             lost_corrupted_samples: s.lost.corrupted,
             lost_rolled_back_samples: s.lost.rolled_back,
+            lost_purged_samples: s.lost.purged,
             folded_loss_ranges: s.lost.folded_ranges,
             corrupt_records: s.corrupt_records,
             quarantines: s.quarantines,

@@ -358,7 +358,7 @@ impl Publisher {
             Some(cp) => {
                 if cp.at != cursor {
                     warn!(northbound = %name, checkpoint_at = cp.at, cursor,
-                        "records after the MES checkpoint were evicted before they were published: their events are lost, counters catch up at their next readings");
+                        "records after the MES checkpoint were evicted or purged before they were published: their events are lost, counters catch up at their next readings");
                 }
                 if let Err(e) = bridge.restore(&cp.bytes) {
                     error!(northbound = %name, error = %e,

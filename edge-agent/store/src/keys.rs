@@ -28,6 +28,7 @@ pub(crate) const SALVAGED_RECORDS: &str = "salvaged_records";
 pub(crate) const LOST_EVICTED: &str = "lost_evicted_samples";
 pub(crate) const LOST_CORRUPTED: &str = "lost_corrupted_samples";
 pub(crate) const LOST_ROLLED_BACK: &str = "lost_rolled_back_samples";
+pub(crate) const LOST_PURGED: &str = "lost_purged_samples";
 pub(crate) const FOLDED_LOSS_RANGES: &str = "folded_loss_ranges";
 /// The lowest id the next record may get: remembers how far ids went when no record and no
 /// cursor does (a store with no northbound whose records were all lost).

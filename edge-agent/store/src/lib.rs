@@ -22,6 +22,7 @@ pub use answers::{Remembered, ANSWER_AGE, MAX_ANSWERS};
 pub use error::StoreError;
 pub use losses::{Loss, LossReason, LostCounts, MAX_RANGES as MAX_LOSS_RANGES};
 pub use store::{
-    Checkpoint, NorthboundStats, RecordId, Recovery, Store, StoreOptions, StoreStats, FIRST_SEQ,
+    Checkpoint, NorthboundStats, Purge, RecordId, Recovery, Store, StoreOptions, StoreStats,
+    FIRST_SEQ,
 };
 pub use writer::{spawn_writer, MAX_GROUP_SAMPLES};

@@ -1,6 +1,6 @@
 //! The loss ledger: which samples the store lost, per device as seq ranges, and why. Only
-//! eviction, corruption and a rolled-back log lose samples; each writes its ranges in the same
-//! atomic sled write as the change that loses them, so a reader of the ledger can tell a sample
+//! eviction, corruption, a rolled-back log and an operator's purge lose samples; each writes
+//! its ranges in the same atomic sled write as the change that loses them, so a reader of the ledger can tell a sample
 //! the store dropped on purpose (or could not keep) from one that went missing elsewhere.
 //!
 //! Contiguous ranges of the same device and reason merge; beyond [`MAX_RANGES`] the oldest are
@@ -21,21 +21,25 @@ pub enum LossReason {
     Corrupted,
     /// Committed and on disk once, but the store's log came back without it after a restart.
     RolledBack,
+    /// Removed from a northbound's backlog by an operator (`edge-agent buffer purge`).
+    Purged,
 }
 
 impl LossReason {
-    pub const ALL: [LossReason; 3] = [
+    pub const ALL: [LossReason; 4] = [
         LossReason::Evicted,
         LossReason::Corrupted,
         LossReason::RolledBack,
+        LossReason::Purged,
     ];
 
-    /// "evicted", "corrupted", "rolled-back".
+    /// "evicted", "corrupted", "rolled-back", "purged".
     pub fn as_str(self) -> &'static str {
         match self {
             LossReason::Evicted => "evicted",
             LossReason::Corrupted => "corrupted",
             LossReason::RolledBack => "rolled-back",
+            LossReason::Purged => "purged",
         }
     }
 
@@ -44,6 +48,7 @@ impl LossReason {
             LossReason::Evicted => 1,
             LossReason::Corrupted => 2,
             LossReason::RolledBack => 3,
+            LossReason::Purged => 4,
         }
     }
 
@@ -57,6 +62,7 @@ impl LossReason {
             LossReason::Evicted => keys::LOST_EVICTED,
             LossReason::Corrupted => keys::LOST_CORRUPTED,
             LossReason::RolledBack => keys::LOST_ROLLED_BACK,
+            LossReason::Purged => keys::LOST_PURGED,
         }
     }
 }
@@ -69,7 +75,8 @@ impl std::fmt::Display for LossReason {
 
 /// Samples of one device the store lost: seqs `first_seq..=last_seq`. A range recorded for
 /// corruption or a rollback may include samples that had already been delivered (the store
-/// cannot tell which), never the other way round.
+/// cannot tell which), never the other way round; so may a purge, which removes the samples
+/// from one northbound's backlog while another may already have delivered them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Loss {
     pub device: String,
@@ -147,6 +154,7 @@ pub struct LostCounts {
     pub evicted: u64,
     pub corrupted: u64,
     pub rolled_back: u64,
+    pub purged: u64,
     /// Ranges removed from the ledger to keep it bounded (their samples stay counted above).
     pub folded_ranges: u64,
 }
@@ -157,6 +165,7 @@ impl LostCounts {
             LossReason::Evicted => self.evicted,
             LossReason::Corrupted => self.corrupted,
             LossReason::RolledBack => self.rolled_back,
+            LossReason::Purged => self.purged,
         }
     }
 
@@ -165,11 +174,12 @@ impl LostCounts {
             LossReason::Evicted => &mut self.evicted,
             LossReason::Corrupted => &mut self.corrupted,
             LossReason::RolledBack => &mut self.rolled_back,
+            LossReason::Purged => &mut self.purged,
         }
     }
 
     pub fn total(&self) -> u64 {
-        self.evicted + self.corrupted + self.rolled_back
+        self.evicted + self.corrupted + self.rolled_back + self.purged
     }
 }
 
@@ -374,6 +384,9 @@ mod tests {
         assert_eq!(Loss::decode(&loss.encode()), Some(loss.clone()));
         assert_eq!(Loss::decode(&loss.encode()[1..]), None);
         assert_eq!(LossReason::RolledBack.as_str(), "rolled-back");
+        let purged = Loss::range("press/1", 1, 4, LossReason::Purged, 9);
+        assert_eq!(Loss::decode(&purged.encode()), Some(purged));
+        assert_eq!(LossReason::Purged.as_str(), "purged");
     }
 
     #[test]

@@ -23,6 +23,9 @@ use crate::mark::{self, DeviceMark, Mark, MarkFile};
 use crate::quota::{BudgetChange, QuotaPolicy};
 use crate::salvage::{self, Salvaged};
 
+mod purge;
+pub use purge::Purge;
+
 /// The position of a record in the store: assigned in commit order, never reused.
 pub type RecordId = u64;
 
@@ -1155,7 +1158,13 @@ impl Store {
             let (device, samples) = match Batch::decode(&value) {
                 Ok(b) => {
                     for sample in &b.samples {
-                        push_seq(&mut ranges, &b.device.0, sample.seq, now);
+                        push_seq(
+                            &mut ranges,
+                            &b.device.0,
+                            sample.seq,
+                            LossReason::Evicted,
+                            now,
+                        );
                     }
                     (b.device.0, b.samples.len() as u64)
                 }
@@ -1422,6 +1431,7 @@ fn load(db: &sled::Db, dir: &Path) -> Result<Loaded, sled::Error> {
                         keys::LOST_EVICTED => loaded.lost.evicted = n,
                         keys::LOST_CORRUPTED => loaded.lost.corrupted = n,
                         keys::LOST_ROLLED_BACK => loaded.lost.rolled_back = n,
+                        keys::LOST_PURGED => loaded.lost.purged = n,
                         keys::FOLDED_LOSS_RANGES => loaded.lost.folded_ranges = n,
                         other => {
                             debug!(store = %dir.display(), counter = other, "ignoring an unknown counter")
@@ -1514,15 +1524,15 @@ fn floors(st: &State) -> BTreeMap<String, u64> {
         .unwrap_or_default()
 }
 
-/// Adds one evicted seq to the ranges: extends the device's last range or starts one.
-fn push_seq(ranges: &mut Vec<Loss>, device: &str, seq: u64, at_ms: u64) {
+/// Adds one lost seq to the ranges: extends the device's last range or starts one.
+fn push_seq(ranges: &mut Vec<Loss>, device: &str, seq: u64, reason: LossReason, at_ms: u64) {
     let last = ranges.iter_mut().rev().find(|l| l.device == device);
     match last {
         Some(l) if l.last_seq.checked_add(1) == Some(seq) => {
             l.last_seq = seq;
             l.samples += 1;
         }
-        _ => ranges.push(Loss::range(device, seq, seq, LossReason::Evicted, at_ms)),
+        _ => ranges.push(Loss::range(device, seq, seq, reason, at_ms)),
     }
 }
 
