@@ -45,14 +45,32 @@ impl Scaling {
 
     /// The engineering value of a raw reading. Without scaling the raw value keeps its type;
     /// with scaling a number becomes `F64`. Bools and strings are never scaled.
+    ///
+    /// Published numbers carry no binary noise: an integer reading scaled by 0.01 has two
+    /// decimals and is rounded to them (`510 × 0.01` is 5.1, not 5.1000000000000005); the
+    /// decimals are those of the scale and the offset as written, at most 15. A float register
+    /// is scaled from the shortest decimal that reads back as the same f32 (an f32 21.3 is
+    /// 21.3, not 21.299999237060547), and the result is not rounded further.
     pub fn apply(&self, raw: Value) -> Value {
         if self.is_identity() {
             return raw;
         }
-        match raw.as_f64() {
-            Some(x) => Value::F64(x * self.scale + self.offset),
-            None => raw,
+        let x = match raw {
+            Value::F32(f) => shortest_f64(f),
+            Value::F64(f) => f,
+            _ => match raw.as_f64() {
+                Some(x) => x,
+                None => return raw,
+            },
+        };
+        if matches!(raw, Value::Bool(_) | Value::String(_)) {
+            return raw;
         }
+        let y = x * self.scale + self.offset;
+        if matches!(raw, Value::F32(_) | Value::F64(_)) {
+            return Value::F64(y);
+        }
+        Value::F64(round_to(y, decimals(self.scale).max(decimals(self.offset))))
     }
 
     /// The raw value to write for an engineering value: `(x - offset) / scale`, rounded to the
@@ -150,9 +168,85 @@ pub fn value_from_f64(x: f64, dt: DataType) -> Result<Value, ValueError> {
     })
 }
 
+/// The f64 nearest to the shortest decimal that reads back as `f` (f32's own digits).
+fn shortest_f64(f: f32) -> f64 {
+    f.to_string().parse().unwrap_or(f64::from(f))
+}
+
+/// How many decimals `x` has as its shortest decimal form (`0.01` → 2, `1e-5` → 5, `10` → 0).
+fn decimals(x: f64) -> u32 {
+    let text = format!("{x:e}");
+    let (mantissa, exponent) = text.split_once('e').unwrap_or((&text, "0"));
+    let fraction = mantissa.split_once('.').map_or(0, |(_, f)| f.len() as i64);
+    let exponent: i64 = exponent.parse().unwrap_or(0);
+    (fraction - exponent).clamp(0, 15) as u32
+}
+
+/// `y` rounded to `d` decimals; unchanged where the rounding cannot be done exactly.
+fn round_to(y: f64, d: u32) -> f64 {
+    if d >= 15 {
+        return y;
+    }
+    let p = 10f64.powi(d as i32);
+    let r = (y * p).round() / p;
+    if r.is_finite() {
+        r
+    } else {
+        y
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn scaled(scale: f64, offset: f64, raw: Value) -> Value {
+        Scaling { scale, offset }.apply(raw)
+    }
+
+    #[test]
+    fn scaled_integers_are_published_with_the_decimals_of_their_scale_not_binary_noise() {
+        assert_eq!(scaled(0.01, 0.0, Value::U16(510)), Value::F64(5.1));
+        assert_eq!(scaled(0.01, 0.0, Value::U16(330)), Value::F64(3.3));
+        assert_eq!(scaled(0.1, -40.0, Value::I16(653)), Value::F64(25.3));
+        assert_eq!(scaled(0.001, 0.5, Value::U32(1)), Value::F64(0.501));
+        assert_eq!(scaled(2.0, 0.0, Value::U16(21)), Value::F64(42.0));
+        let Value::F64(y) = scaled(0.01, 0.0, Value::U16(510)) else {
+            panic!("a number")
+        };
+        assert_eq!(y.to_string(), "5.1", "published as a technician writes it");
+    }
+
+    #[test]
+    fn a_scaled_float_register_starts_from_the_f32_as_written() {
+        assert_eq!(scaled(10.0, 0.0, Value::F32(21.3)), Value::F64(213.0));
+        assert_eq!(scaled(1.0, 0.5, Value::F32(0.1)), Value::F64(0.6));
+    }
+
+    #[test]
+    fn decimals_follow_the_shortest_form_of_the_number() {
+        assert_eq!(decimals(0.01), 2);
+        assert_eq!(decimals(0.1), 1);
+        assert_eq!(decimals(1e-5), 5);
+        assert_eq!(decimals(10.0), 0);
+        assert_eq!(decimals(0.0), 0);
+        assert_eq!(decimals(1.25), 2);
+    }
+
+    proptest! {
+        /// Rounding to the scale's decimals never moves a scaled integer by more than half of
+        /// its last decimal: no reading is changed, only its noise removed.
+        #[test]
+        fn rounding_removes_noise_and_nothing_else(raw in -100_000i32..100_000, k in 1u32..6) {
+            let scale = 10f64.powi(-(k as i32));
+            let Value::F64(y) = scaled(scale, 0.0, Value::I32(raw)) else { panic!("a number") };
+            let exact = f64::from(raw) * scale;
+            prop_assert!((y - exact).abs() <= 0.5 * scale);
+            let text = y.to_string();
+            let decimals = text.split_once('.').map_or(0, |(_, f)| f.len() as u32);
+            prop_assert!(decimals <= k, "{} has more than {} decimals", text, k);
+        }
+    }
     use proptest::prelude::*;
 
     proptest! {
