@@ -163,12 +163,12 @@ line = "line1"
 
 [[northbound]]
 name = "mes"
-url = "mqtt://127.0.0.1:1"
+url = "mqtt://broker.invalid"
 
 [[device]]
 name = "filler_ua"
 protocol = "opcua"
-endpoint = "opc.tcp://127.0.0.1:4840"
+endpoint = "opc.tcp://plc-ua.invalid"
 
   [[device.tag]]
   name = "work_order"

@@ -18,8 +18,9 @@ use mes_bridge::sparkplug::proto::payload::{metric, Metric};
 use serde_json::{json, Value as Json};
 
 use crate::common::*;
+use crate::mes::agent_taking_commands;
 use crate::sparkplug::{aliases, decode_all, publish_cmd, Sp, GROUP, NODE};
-use crate::support::mqtt::{QoS, Received};
+use crate::support::mqtt::Received;
 use crate::support::{AgentProcess, Collector, Mosquitto, TestDir};
 
 const UA: &str = "line_ua";
@@ -110,56 +111,9 @@ fn set_string(plc: &ModbusSim, at: u16, text: &str) {
     );
 }
 
-/// Starts the agent and waits until it answers commands on the UNS northbound (its command
-/// subscription is made after it connects; one request id, so resending is harmless).
-async fn agent_taking_commands(c: &Collector, path: &Path) -> AgentProcess {
-    let agent = AgentProcess::spawn(&bin(), path, &[]).expect("agent starts");
-    let topic = format!("{ROOT}/{PLC}/nothing/_set");
-    let response = format!("{topic}/_response");
-    let deadline = Instant::now() + WAIT;
-    loop {
-        c.publish(
-            &topic,
-            timed(r#"{"request_id": "hello", "value": 1}"#),
-            QoS::AtLeastOnce,
-            false,
-        )
-        .await
-        .expect("publish");
-        if c.wait_for(
-            |m| m.iter().any(|r| r.topic == response),
-            Duration::from_millis(500),
-        )
-        .await
-        .is_ok()
-        {
-            return agent;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the agent never answered a command:\n{}",
-            agent.log()
-        );
-    }
-}
-
 /// Sends a UNS command and returns its answer.
 async fn command(c: &Collector, topic: &str, payload: Json) -> Json {
-    let response = format!("{topic}/_response");
-    let answers = |m: &[Received]| m.iter().filter(|r| r.topic == response).count();
-    let before = answers(&c.messages());
-    c.publish(topic, timed(payload.to_string()), QoS::AtLeastOnce, false)
-        .await
-        .expect("command published");
-    c.wait_for(|m| answers(m) > before, WAIT)
-        .await
-        .unwrap_or_else(|e| panic!("no answer on {response}: {e}"));
-    c.messages()
-        .iter()
-        .rev()
-        .find(|r| r.topic == response)
-        .and_then(Received::json)
-        .expect("the answer is JSON")
+    crate::mes::command(c, topic, payload.to_string()).await
 }
 
 /// Waits (bounded) until the server's variable holds `want`.
