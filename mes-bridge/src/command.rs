@@ -5,11 +5,11 @@
 //! Everything here is pure: the topic and the JSON payload are checked against the configured
 //! devices and machines and turned into the PLC writes to make, in order, before anything is
 //! written. What cannot be carried out is answered `rejected` and writes nothing. The caller
-//! executes the writes and answers `ok` or `failed`; [`AnswerCache`] remembers the answers of
-//! recent requests, so a duplicate `request_id` (an MQTT redelivery, a retry) is answered
-//! again without writing twice.
+//! executes the writes and answers `ok` or `failed`, and remembers the answers by
+//! [`Request::key`] (in the agent's store), so a duplicate `request_id` (an MQTT redelivery, a
+//! retry, after a restart too) is answered again without writing twice.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 
 use edge_model::{DataType, Value};
 use serde::Serialize;
@@ -678,49 +678,6 @@ pub fn json_value(tag: &TagInfo, json: &Json) -> Result<Value, String> {
     }
 }
 
-/// The answers of the most recent requests, by [`Request::key`]. Bounded: the oldest answer
-/// is forgotten first.
-#[derive(Debug, Clone)]
-pub struct AnswerCache {
-    capacity: usize,
-    order: VecDeque<String>,
-    answers: HashMap<String, Answer>,
-}
-
-impl AnswerCache {
-    pub fn new(capacity: usize) -> AnswerCache {
-        AnswerCache {
-            capacity: capacity.max(1),
-            order: VecDeque::new(),
-            answers: HashMap::new(),
-        }
-    }
-
-    pub fn get(&self, key: &str) -> Option<&Answer> {
-        self.answers.get(key)
-    }
-
-    pub fn insert(&mut self, key: String, answer: Answer) {
-        if self.answers.insert(key.clone(), answer).is_some() {
-            return;
-        }
-        self.order.push_back(key);
-        while self.order.len() > self.capacity {
-            if let Some(old) = self.order.pop_front() {
-                self.answers.remove(&old);
-            }
-        }
-    }
-
-    pub fn len(&self) -> usize {
-        self.answers.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.answers.is_empty()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1281,21 +1238,6 @@ mod tests {
             Some("abc".into())
         );
         assert_eq!(request_id_of(b"nope"), None);
-    }
-
-    #[test]
-    fn the_answer_cache_keeps_the_most_recent_answers_only() {
-        let mut cache = AnswerCache::new(3);
-        for i in 0..5 {
-            cache.insert(format!("k{i}"), Answer::ok(&i.to_string()));
-        }
-        assert_eq!(cache.len(), 3);
-        assert!(cache.get("k0").is_none() && cache.get("k1").is_none());
-        assert_eq!(cache.get("k4"), Some(&Answer::ok("4")));
-        // Answering a key again replaces the answer without growing the cache.
-        cache.insert("k4".into(), Answer::failed("4", "x"));
-        assert_eq!(cache.len(), 3);
-        assert_eq!(cache.get("k4").map(|a| a.status), Some(Status::Failed));
     }
 
     proptest! {
