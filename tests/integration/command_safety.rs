@@ -32,6 +32,18 @@ fn answers(msgs: &[Received], topic: &str) -> Vec<serde_json::Value> {
         .collect()
 }
 
+/// Adds `line` to the config's (one) northbound.
+fn with_northbound_key(path: &std::path::Path, line: &str) {
+    let cfg = std::fs::read_to_string(path).expect("config");
+    let keyed = cfg.replacen(
+        "keep_alive_s = 5\n",
+        &format!("keep_alive_s = 5\n{line}\n"),
+        1,
+    );
+    assert_ne!(keyed, cfg, "the config has a northbound to add {line} to");
+    std::fs::write(path, keyed).expect("config written");
+}
+
 fn speed(plc: &edge_sim::ModbusSim) -> u16 {
     plc.registers(Area::HoldingRegister, SPEED, 1)[0]
 }
@@ -80,16 +92,7 @@ async fn a_command_queued_in_the_broker_while_the_agent_was_stopped_is_refused_a
     let dir = TestDir::new();
     let path = write_config(&dir, broker.port(), &plc, 50, "u32");
     // A tight skew, so the test need not wait long between sending and restarting.
-    let cfg = std::fs::read_to_string(&path).expect("config");
-    std::fs::write(
-        &path,
-        cfg.replacen(
-            "keep_alive_s = 5\n",
-            "keep_alive_s = 5\ncommand_clock_skew_ms = 300\n",
-            1,
-        ),
-    )
-    .expect("config written");
+    with_northbound_key(&path, "command_clock_skew_ms = 300");
     let c = Collector::start(broker.port(), "safety-queued", &[&format!("{ROOT}/#")])
         .await
         .expect("subscriber connects");
@@ -157,16 +160,7 @@ async fn a_northbound_with_commands_off_answers_every_command_refused_and_writes
     let plc = start_plc().await;
     let dir = TestDir::new();
     let path = write_config(&dir, broker.port(), &plc, 50, "u32");
-    let cfg = std::fs::read_to_string(&path).expect("config");
-    std::fs::write(
-        &path,
-        cfg.replacen(
-            "keep_alive_s = 5\n",
-            "keep_alive_s = 5\ncommands = false\n",
-            1,
-        ),
-    )
-    .expect("config written");
+    with_northbound_key(&path, "commands = false");
     let c = Collector::start(broker.port(), "safety-off", &[&format!("{ROOT}/#")])
         .await
         .expect("subscriber connects");
