@@ -22,4 +22,5 @@ mod packaging;
 mod rtu;
 mod security;
 mod sparkplug;
+mod stall;
 mod types;

@@ -52,6 +52,12 @@ pub struct Northbound {
     /// at once. Higher values help over high-latency links. For `sparkplug-b`, the Sparkplug
     /// messages (QoS 0) sent and not yet proven read by the broker.
     pub max_inflight: u16,
+    /// `max_inflight_bytes` (65,536 to 1,073,741,824, default 2,097,152): the payload bytes a
+    /// UNS northbound holds in memory for delivery (sent and awaiting PUBACK, or read from the
+    /// store and about to be sent), whatever the backlog. A single record larger than this is
+    /// still sent, alone. Memory during an outage and its replay stays within this (plus a
+    /// quarter of it of read-ahead).
+    pub max_inflight_bytes: usize,
     /// `keep_alive_s` (5 to 3600, default 30): the MQTT keep-alive; a silent broker connection
     /// is declared dead after about one and a half times this.
     pub keep_alive: Duration,
@@ -159,6 +165,7 @@ impl Batching {
 
 impl Northbound {
     pub const DEFAULT_MAX_INFLIGHT: u16 = 256;
+    pub const DEFAULT_MAX_INFLIGHT_BYTES: usize = 2 << 20;
     pub const DEFAULT_KEEP_ALIVE_S: u64 = 30;
     pub const DEFAULT_CONNECT_TIMEOUT_MS: u64 = 5000;
     pub const DEFAULT_RECONNECT_MIN_MS: u64 = 500;
@@ -310,6 +317,9 @@ fn read_northbound(
     let max_inflight: Option<u16> = t
         .integer(cx, "max_inflight", 1..=65_535)
         .or(Northbound::DEFAULT_MAX_INFLIGHT);
+    let max_inflight_bytes: Option<usize> = t
+        .integer(cx, "max_inflight_bytes", 65_536..=1 << 30)
+        .or(Northbound::DEFAULT_MAX_INFLIGHT_BYTES);
     let keep_alive_s: Option<u64> = t
         .integer(cx, "keep_alive_s", 5..=3600)
         .or(Northbound::DEFAULT_KEEP_ALIVE_S);
@@ -366,6 +376,7 @@ fn read_northbound(
         topic_root,
         batching: batching.or(Batching::PerTag)?,
         max_inflight: max_inflight?,
+        max_inflight_bytes: max_inflight_bytes?,
         keep_alive: Duration::from_secs(keep_alive_s?),
         connect_timeout: Duration::from_millis(connect_timeout_ms?),
         reconnect_min: reconnect_min?,

@@ -1,14 +1,20 @@
 //! The northbounds: the UNS JSON publisher with the MES events ([`uns`]), the Sparkplug B edge
-//! node ([`sparkplug`]), and the commands both take back ([`commands`]). This module holds what
-//! every publisher shares, whatever its payload format: the transport (plain TCP, or TLS with
-//! the configured CA and client certificate), when the reconnect backoff starts over, the stop
-//! signal, and reading committed records in order from a northbound's cursor with a small
-//! read-ahead.
+//! node ([`sparkplug`]), and the commands both take back ([`commands`]). The UNS publisher is
+//! put together from pieces with one job each: the in-flight [`window`], the record
+//! [`encode`]rs, the connection's I/O task ([`link`]) and the cursor writer ([`acks`]).
+//! This module holds what every publisher shares, whatever its payload format: the transport
+//! (plain TCP, or TLS with the configured CA and client certificate), why a connection ended
+//! ([`NorthboundError`]), when the reconnect backoff starts over, the stop signal, and reading
+//! committed records in order from a northbound's cursor with a read-ahead bounded in bytes.
 
+pub mod acks;
 pub mod commands;
+pub mod encode;
+pub mod link;
 pub mod safety;
 pub mod sparkplug;
 pub mod uns;
+pub mod window;
 
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -17,13 +23,17 @@ use edge_config::{BrokerUrl, TlsFiles};
 use edge_driver::Backoff;
 use edge_model::Batch;
 use edge_store::{RecordId, Store, StoreError};
-use rumqttc::{ConnectionError, TlsConfiguration, TlsError, Transport};
+use rumqttc::{
+    ClientError, ConnectReturnCode, ConnectionError, TlsConfiguration, TlsError, Transport,
+};
 use rustls::{AlertDescription, CertificateError};
 use tokio::sync::watch;
 use tracing::{debug, error};
 
-/// Records read from the store in one go when the reader runs dry.
+/// Records read from the store in one go when the reader runs dry, at most.
 pub const READ_CHUNK: usize = 64;
+/// The share of a northbound's byte budget (`max_inflight_bytes`) the read-ahead may take.
+const READ_AHEAD_SHARE: usize = 4;
 /// A connection that stayed up this long resets the reconnect backoff.
 pub const STABLE_CONNECTION: Duration = Duration::from_secs(30);
 
@@ -37,6 +47,40 @@ pub enum TransportError {
     },
     #[error("{0} uses TLS but no ca_file is configured")]
     NoCaFile(String),
+}
+
+/// Why a northbound's connection ended (or could not start), as logged and shown in its
+/// `last_error`.
+#[derive(Debug, thiserror::Error)]
+pub enum NorthboundError {
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+    #[error("cannot read the store: {0}")]
+    Store(#[from] StoreError),
+    #[error("MQTT client refused a publish: {0}")]
+    Client(#[from] ClientError),
+    #[error("cannot subscribe: {0}")]
+    Subscribe(ClientError),
+    #[error("broker refused the connection: {0:?}")]
+    Refused(ConnectReturnCode),
+    #[error(transparent)]
+    Connection(#[from] ConnectionError),
+    /// A TLS certificate problem, in words an operator can act on ([`certificate_problem`]);
+    /// logged as an error, not as an outage.
+    #[error("{0}")]
+    Certificate(String),
+    #[error("the connection's I/O task stopped")]
+    LinkClosed,
+    /// Sparkplug: the primary host went offline, so the node ends its session.
+    #[error("the primary host went offline")]
+    PrimaryHostOffline,
+}
+
+/// How one connection of a publisher ended.
+#[derive(Debug)]
+pub enum SessionEnd {
+    Shutdown,
+    Lost(NorthboundError),
 }
 
 fn read_file(what: &'static str, path: &std::path::Path) -> Result<Vec<u8>, TransportError> {
@@ -221,21 +265,40 @@ pub fn reconnect_wait(backoff: &mut Backoff, lasted: Duration) -> Duration {
     backoff.next_wait()
 }
 
-/// Reads one northbound's records in order from a position, a chunk at a time.
+/// Reads one northbound's records in order from a position, a chunk at a time. A chunk holds
+/// at most [`READ_CHUNK`] records and, once the reader has seen how large records are, about
+/// a quarter of the northbound's byte budget of samples, so a backlog of large records costs
+/// no more memory than one of small ones.
 #[derive(Debug)]
 pub struct StoreReader {
     /// The next record id to ask the store for.
     next_to_read: RecordId,
     /// Records read but not yet taken (at most one chunk).
     ahead: VecDeque<(RecordId, Batch)>,
+    /// Records to read at the next refill.
+    chunk: usize,
+    /// What the read-ahead may hold, in bytes of samples.
+    ahead_bytes: usize,
 }
 
 impl StoreReader {
-    pub fn new(from: RecordId) -> StoreReader {
+    /// A reader from `from` whose read-ahead stays within about a quarter of `budget_bytes`.
+    pub fn new(from: RecordId, budget_bytes: usize) -> StoreReader {
         StoreReader {
             next_to_read: from,
             ahead: VecDeque::new(),
+            // Small until the size of a record is known.
+            chunk: 4,
+            ahead_bytes: (budget_bytes / READ_AHEAD_SHARE).max(1),
         }
+    }
+
+    /// Records to read next time, from the size of the records just read.
+    fn resize(&mut self, records: &[(RecordId, Batch)]) {
+        let samples: usize = records.iter().map(|(_, b)| b.samples.len()).sum();
+        let per_record =
+            (samples / records.len().max(1)).max(1) * std::mem::size_of::<edge_model::Sample>();
+        self.chunk = (self.ahead_bytes / per_record).clamp(1, READ_CHUNK);
     }
 
     /// The id of the next record [`StoreReader::next`] returns, or the first id not yet read.
@@ -253,11 +316,12 @@ impl StoreReader {
             if self.next_to_read >= store.next_id() {
                 return Ok(None);
             }
-            let records = store.read(northbound, self.next_to_read, READ_CHUNK)?;
+            let records = store.read(northbound, self.next_to_read, self.chunk)?;
             let Some((last, _)) = records.last() else {
                 return Ok(None);
             };
             self.next_to_read = last + 1;
+            self.resize(&records);
             self.ahead.extend(records);
         }
         Ok(self.ahead.pop_front())

@@ -28,18 +28,20 @@ use mes_bridge::sparkplug::{
 };
 use mes_bridge::Message;
 use rumqttc::{
-    AsyncClient, ConnectReturnCode, ConnectionError, Event, EventLoop, Incoming, LastWill,
-    MqttOptions, Outgoing, QoS, SubscribeFilter, SubscribeReasonCode, Transport,
+    AsyncClient, ConnectReturnCode, ConnectionError, Event, Incoming, LastWill, MqttOptions,
+    Outgoing, QoS, SubscribeFilter, SubscribeReasonCode, Transport,
 };
 use tokio::sync::{watch, Semaphore};
 use tracing::{debug, error, info, warn};
 
 use crate::daemon::clock::ClockStatus;
+use crate::northbound::acks::CursorWriter;
+use crate::northbound::link::Link;
 use crate::northbound::safety::{CommandStats, Outcome};
 use crate::northbound::uns::PublisherStats;
 use crate::northbound::{
-    certificate_problem, reconnect_wait, stopped, transport, CertificateReport, StoreReader,
-    READ_CHUNK,
+    certificate_problem, reconnect_wait, stopped, transport, CertificateReport, NorthboundError,
+    SessionEnd, StoreReader, READ_CHUNK,
 };
 
 /// How long a DCMD write may wait for the device's answer.
@@ -173,11 +175,11 @@ struct Session {
 }
 
 impl Session {
-    fn new(cursor: RecordId, resend_below: RecordId) -> Session {
+    fn new(cursor: RecordId, resend_below: RecordId, read_ahead_bytes: usize) -> Session {
         Session {
             connected: false,
             born: false,
-            reader: StoreReader::new(cursor),
+            reader: StoreReader::new(cursor, read_ahead_bytes),
             replay_below: cursor,
             deaths_pending: false,
             rebirth_pending: false,
@@ -194,13 +196,6 @@ impl Session {
             death_acked: false,
         }
     }
-}
-
-enum SessionEnd {
-    Shutdown,
-    Lost(String),
-    /// A certificate problem (logged as an error, not as an outage).
-    Certificate(String),
 }
 
 /// The publisher of one Sparkplug B northbound.
@@ -226,6 +221,10 @@ pub struct SparkplugPublisher {
     folded_below: RecordId,
     /// Records below this were handed to an earlier connection.
     sent_below: RecordId,
+    /// Records below this are proven delivered (the cursor, ahead of its write to the store).
+    delivered_below: RecordId,
+    /// Writes cursor moves to the store (while `run` runs).
+    acks: Option<CursorWriter>,
     writes: Arc<Semaphore>,
     /// Messages published at once: at least the window, plus births and their deaths.
     channel_capacity: usize,
@@ -259,6 +258,8 @@ impl SparkplugPublisher {
             markers: Arc::new(AtomicU64::new(0)),
             folded_below: cursor,
             sent_below: 0,
+            delivered_below: cursor,
+            acks: None,
             writes: Arc::new(Semaphore::new(MAX_WRITES)),
             channel_capacity: max + 2 * device_count + 64,
             mark_every: (max / 4).max(1),
@@ -296,12 +297,23 @@ impl SparkplugPublisher {
     /// Runs until `shutdown` turns true; then waits up to `drain` for the broker to prove it
     /// read what was sent, publishes NDEATH and disconnects.
     pub async fn run(mut self, mut shutdown: watch::Receiver<bool>, drain: Duration) {
+        self.acks = Some(CursorWriter::start(
+            self.store.clone(),
+            self.nb.name.clone(),
+        ));
+        self.sessions(&mut shutdown, drain).await;
+        if let Some(acks) = self.acks.take() {
+            acks.finish().await;
+        }
+    }
+
+    async fn sessions(&mut self, shutdown: &mut watch::Receiver<bool>, drain: Duration) {
         let transport = match transport(&self.nb.url, self.nb.tls.as_ref()) {
             Ok(t) => t,
             Err(e) => {
                 error!(northbound = %self.nb.name, error = %e, "cannot set up TLS; this northbound stays offline");
                 self.set_error(e.to_string());
-                stopped(&mut shutdown).await;
+                stopped(shutdown).await;
                 return;
             }
         };
@@ -316,22 +328,12 @@ impl SparkplugPublisher {
             }
             let started = Instant::now();
             let connects = self.stats.connects.load(Ordering::Relaxed);
-            let outcome = self.session(transport.clone(), &mut shutdown, drain).await;
+            let outcome = self.session(transport.clone(), shutdown, drain).await;
             self.stats.connected.store(false, Ordering::Relaxed);
             self.stats.inflight.store(0, Ordering::Relaxed);
             match outcome {
                 SessionEnd::Shutdown => return,
-                SessionEnd::Lost(reason) => {
-                    let wait = reconnect_wait(&mut backoff, started.elapsed());
-                    warn!(northbound = %self.nb.name, url = %self.nb.url, reason = %reason, retry_in = ?wait,
-                        "Sparkplug session ended; samples stay in the store until they are proven delivered");
-                    self.set_error(reason);
-                    tokio::select! {
-                        _ = tokio::time::sleep(wait) => {}
-                        _ = stopped(&mut shutdown) => return,
-                    }
-                }
-                SessionEnd::Certificate(reason) => {
+                SessionEnd::Lost(NorthboundError::Certificate(reason)) => {
                     let wait = reconnect_wait(&mut backoff, started.elapsed());
                     if self.stats.connects.load(Ordering::Relaxed) > connects {
                         certificates.clear();
@@ -346,7 +348,17 @@ impl SparkplugPublisher {
                     self.set_error(reason);
                     tokio::select! {
                         _ = tokio::time::sleep(wait) => {}
-                        _ = stopped(&mut shutdown) => return,
+                        _ = stopped(shutdown) => return,
+                    }
+                }
+                SessionEnd::Lost(reason) => {
+                    let wait = reconnect_wait(&mut backoff, started.elapsed());
+                    warn!(northbound = %self.nb.name, url = %self.nb.url, reason = %reason, retry_in = ?wait,
+                        "Sparkplug session ended; samples stay in the store until they are proven delivered");
+                    self.set_error(reason.to_string());
+                    tokio::select! {
+                        _ = tokio::time::sleep(wait) => {}
+                        _ = stopped(shutdown) => return,
                     }
                 }
             }
@@ -412,9 +424,11 @@ impl SparkplugPublisher {
         // would hold it until the broker's delayed ACK (tens of milliseconds) and stall the
         // window every round.
         eventloop.network_options.set_tcp_nodelay(true);
-        let mut s = Session::new(self.store.cursor(&self.nb.name), self.sent_below);
+        let mut link = Link::start(eventloop);
+        let cursor = self.delivered_below.max(self.store.cursor(&self.nb.name));
+        let mut s = Session::new(cursor, self.sent_below, self.nb.max_inflight_bytes);
         let end = self
-            .connection(&client, &mut eventloop, &mut s, shutdown, drain)
+            .connection(&client, &mut link, &mut s, shutdown, drain)
             .await;
         // A connection the broker never answered left no will behind: its bdSeq is free.
         if s.connack {
@@ -427,7 +441,7 @@ impl SparkplugPublisher {
     async fn connection(
         &mut self,
         client: &AsyncClient,
-        eventloop: &mut EventLoop,
+        link: &mut Link,
         s: &mut Session,
         shutdown: &mut watch::Receiver<bool>,
         drain: Duration,
@@ -443,23 +457,24 @@ impl SparkplugPublisher {
             tokio::select! {
                 biased;
                 _ = stopped(shutdown) => {
-                    self.drain(client, eventloop, s, drain).await;
+                    self.drain(client, link, s, drain).await;
                     return SessionEnd::Shutdown;
                 }
-                event = eventloop.poll() => {
+                event = link.next() => {
                     let event = match event {
-                        Ok(event) => event,
-                        Err(e) => {
+                        Some(Ok(event)) => event,
+                        None => return SessionEnd::Lost(NorthboundError::LinkClosed),
+                        Some(Err(e)) => {
                             if matches!(e, ConnectionError::ConnectionRefused(_)) {
                                 s.connack = true;
                             }
                             if let Some(problem) = certificate_problem(&e, self.nb.tls.as_ref()) {
-                                return SessionEnd::Certificate(problem);
+                                return SessionEnd::Lost(NorthboundError::Certificate(problem));
                             }
-                            return SessionEnd::Lost(e.to_string());
+                            return SessionEnd::Lost(NorthboundError::Connection(e));
                         }
                     };
-                    if let Some(end) = self.on_event(client, eventloop, s, event).await {
+                    if let Some(end) = self.on_event(client, link, s, event).await {
                         return end;
                     }
                 }
@@ -476,7 +491,7 @@ impl SparkplugPublisher {
     async fn on_event(
         &mut self,
         client: &AsyncClient,
-        eventloop: &mut EventLoop,
+        link: &mut Link,
         s: &mut Session,
         event: Event,
     ) -> Option<SessionEnd> {
@@ -484,10 +499,7 @@ impl SparkplugPublisher {
             Event::Incoming(Incoming::ConnAck(ack)) => {
                 s.connack = true;
                 if ack.code != ConnectReturnCode::Success {
-                    return Some(SessionEnd::Lost(format!(
-                        "broker refused the connection: {:?}",
-                        ack.code
-                    )));
+                    return Some(SessionEnd::Lost(NorthboundError::Refused(ack.code)));
                 }
                 s.connected = true;
                 self.connected_ms = now_ms();
@@ -509,7 +521,7 @@ impl SparkplugPublisher {
                     ));
                 }
                 if let Err(e) = client.try_subscribe_many(filters) {
-                    return Some(SessionEnd::Lost(format!("cannot subscribe: {e}")));
+                    return Some(SessionEnd::Lost(NorthboundError::Subscribe(e)));
                 }
                 match &self.host {
                     Some(host) => {
@@ -545,7 +557,7 @@ impl SparkplugPublisher {
             },
             Event::Incoming(Incoming::Publish(p)) => {
                 return self
-                    .on_message(client, eventloop, s, &p.topic, &p.payload, p.retain)
+                    .on_message(client, link, s, &p.topic, &p.payload, p.retain)
                     .await;
             }
             // Every QoS 0 publish is one of these: not worth a log line each.
@@ -557,7 +569,7 @@ impl SparkplugPublisher {
 
     /// Folds every stored record not folded yet into the node's latest values, yielding
     /// between chunks so that a large backlog does not hold up other tasks.
-    async fn catch_up(&mut self) -> Result<(), String> {
+    async fn catch_up(&mut self) -> Result<(), NorthboundError> {
         while self.fold_chunk()? {
             tokio::task::yield_now().await;
         }
@@ -565,15 +577,14 @@ impl SparkplugPublisher {
     }
 
     /// Folds the next chunk of records not folded yet; false once there are none left.
-    fn fold_chunk(&mut self) -> Result<bool, String> {
+    fn fold_chunk(&mut self) -> Result<bool, NorthboundError> {
         let head = self.store.next_id();
         if self.folded_below >= head {
             return Ok(false);
         }
         let records = self
             .store
-            .read(&self.nb.name, self.folded_below, READ_CHUNK * 16)
-            .map_err(|e| format!("cannot read the store: {e}"))?;
+            .read(&self.nb.name, self.folded_below, READ_CHUNK * 16)?;
         let Some(&(last, _)) = records.last() else {
             self.folded_below = head;
             return Ok(false);
@@ -586,7 +597,7 @@ impl SparkplugPublisher {
     }
 
     /// NBIRTH and every DBIRTH; the records stored until now are the backlog, replayed after.
-    fn birth(&mut self, client: &AsyncClient, s: &mut Session) -> Result<(), String> {
+    fn birth(&mut self, client: &AsyncClient, s: &mut Session) -> Result<(), NorthboundError> {
         // What arrived since the catch-up before CONNECT (a few records at most).
         while self.fold_chunk()? {}
         s.replay_below = self.folded_below.max(s.reader.position());
@@ -613,16 +624,14 @@ impl SparkplugPublisher {
         s: &mut Session,
         msgs: Vec<Message>,
         record: Option<RecordId>,
-    ) -> Result<(), String> {
+    ) -> Result<(), NorthboundError> {
         for m in msgs {
             if m.topic.contains("/DDEATH/") {
                 info!(northbound = %self.nb.name, topic = %m.topic, "device declared dead (DDEATH)");
             } else if m.topic.contains("/DBIRTH/") && record.is_some() {
                 info!(northbound = %self.nb.name, topic = %m.topic, "device back (DBIRTH)");
             }
-            client
-                .try_publish(m.topic, QoS::AtMostOnce, m.retain, m.payload)
-                .map_err(|e| format!("MQTT client refused a publish: {e}"))?;
+            client.try_publish(m.topic, QoS::AtMostOnce, m.retain, m.payload)?;
             s.unproven_msgs += 1;
             s.unmarked_msgs += 1;
             self.stats.published.fetch_add(1, Ordering::Relaxed);
@@ -635,7 +644,7 @@ impl SparkplugPublisher {
 
     /// Hands records to the client while the window has room, then publishes a marker after
     /// them.
-    fn fill(&mut self, client: &AsyncClient, s: &mut Session) -> Result<(), String> {
+    fn fill(&mut self, client: &AsyncClient, s: &mut Session) -> Result<(), NorthboundError> {
         let max = usize::from(self.nb.max_inflight);
         if s.rebirth_pending && s.unproven_msgs < max {
             self.rebirth(client, s)?;
@@ -643,11 +652,7 @@ impl SparkplugPublisher {
         let mut out = Vec::new();
         while s.unproven_msgs < max {
             self.end_of_replay(client, s)?;
-            let Some((id, batch)) = s
-                .reader
-                .next(&self.store, &self.nb.name)
-                .map_err(|e| format!("cannot read the store: {e}"))?
-            else {
+            let Some((id, batch)) = s.reader.next(&self.store, &self.nb.name)? else {
                 break;
             };
             let now = now_ms();
@@ -679,7 +684,11 @@ impl SparkplugPublisher {
     }
 
     /// Once the backlog is replayed, the devices that were dead at birth time are declared so.
-    fn end_of_replay(&mut self, client: &AsyncClient, s: &mut Session) -> Result<(), String> {
+    fn end_of_replay(
+        &mut self,
+        client: &AsyncClient,
+        s: &mut Session,
+    ) -> Result<(), NorthboundError> {
         if s.deaths_pending && s.reader.position() >= s.replay_below {
             s.deaths_pending = false;
             let deaths = self.node.deaths(now_ms());
@@ -689,19 +698,17 @@ impl SparkplugPublisher {
     }
 
     /// The QoS 1 publish whose PUBACK proves the broker read everything before it.
-    fn mark(&mut self, client: &AsyncClient, s: &mut Session) -> Result<(), String> {
+    fn mark(&mut self, client: &AsyncClient, s: &mut Session) -> Result<(), NorthboundError> {
         let proof = Proof::Marker {
             covers_below: s.handed_below,
             msgs: s.unmarked_msgs,
         };
-        client
-            .try_publish(
-                self.settings.delivery_topic.clone(),
-                QoS::AtLeastOnce,
-                false,
-                s.handed_below.to_string().into_bytes(),
-            )
-            .map_err(|e| format!("MQTT client refused a publish: {e}"))?;
+        client.try_publish(
+            self.settings.delivery_topic.clone(),
+            QoS::AtLeastOnce,
+            false,
+            s.handed_below.to_string().into_bytes(),
+        )?;
         s.qos1_sent.push_back(proof);
         s.markers_inflight += 1;
         self.markers.fetch_add(1, Ordering::Relaxed);
@@ -714,18 +721,13 @@ impl SparkplugPublisher {
         s.markers_inflight = s.markers_inflight.saturating_sub(1);
         s.unproven_msgs = s.unproven_msgs.saturating_sub(msgs);
         self.stats.acked.fetch_add(msgs as u64, Ordering::Relaxed);
-        let before = self.store.cursor(&self.nb.name);
-        if covers_below > before {
-            match self.store.ack(&self.nb.name, covers_below) {
-                Ok(()) => {
-                    self.stats
-                        .records_acked
-                        .fetch_add(covers_below - before, Ordering::Relaxed);
-                }
-                // The records stay and are sent again after a restart: duplicates, not loss.
-                Err(e) => {
-                    error!(northbound = %self.nb.name, error = %e, "cannot record the delivery cursor")
-                }
+        if covers_below > self.delivered_below {
+            self.stats
+                .records_acked
+                .fetch_add(covers_below - self.delivered_below, Ordering::Relaxed);
+            self.delivered_below = covers_below;
+            if let Some(acks) = &self.acks {
+                acks.record(covers_below, None);
             }
         }
         self.stats
@@ -733,7 +735,7 @@ impl SparkplugPublisher {
             .store(s.unproven_msgs as u64, Ordering::Relaxed);
     }
 
-    fn rebirth(&mut self, client: &AsyncClient, s: &mut Session) -> Result<(), String> {
+    fn rebirth(&mut self, client: &AsyncClient, s: &mut Session) -> Result<(), NorthboundError> {
         s.rebirth_pending = false;
         let births = self.node.births(now_ms());
         self.publish_all(client, s, births, None)?;
@@ -749,7 +751,7 @@ impl SparkplugPublisher {
     async fn on_message(
         &mut self,
         client: &AsyncClient,
-        eventloop: &mut EventLoop,
+        link: &mut Link,
         s: &mut Session,
         topic: &str,
         payload: &[u8],
@@ -765,8 +767,8 @@ impl SparkplugPublisher {
                     Ok(HostChange::Offline) if s.born => {
                         warn!(northbound = %self.nb.name, host = %topic,
                             "primary host offline: NDEATH, disconnect, and wait for it on a new connection");
-                        self.goodbye(client, eventloop, s, GOODBYE_TIMEOUT).await;
-                        Some(SessionEnd::Lost("the primary host went offline".into()))
+                        self.goodbye(client, link, s, GOODBYE_TIMEOUT).await;
+                        Some(SessionEnd::Lost(NorthboundError::PrimaryHostOffline))
                     }
                     Ok(change) => {
                         debug!(northbound = %self.nb.name, host = %topic, ?change, "primary host STATE");
@@ -878,7 +880,7 @@ impl SparkplugPublisher {
     async fn goodbye(
         &mut self,
         client: &AsyncClient,
-        eventloop: &mut EventLoop,
+        link: &mut Link,
         s: &mut Session,
         limit: Duration,
     ) {
@@ -897,18 +899,20 @@ impl SparkplugPublisher {
                 let _ = client.try_disconnect();
                 disconnecting = true;
             }
-            match tokio::time::timeout_at(deadline, eventloop.poll()).await {
+            match tokio::time::timeout_at(deadline, link.next()).await {
                 Err(_) => {
                     warn!(northbound = %self.nb.name, "the broker did not take NDEATH in time; its will says the same");
                     return;
                 }
-                Ok(Err(_)) | Ok(Ok(Event::Outgoing(Outgoing::Disconnect))) => return,
-                Ok(Ok(Event::Outgoing(Outgoing::Publish(pkid)))) if pkid != 0 => {
+                Ok(None | Some(Err(_))) | Ok(Some(Ok(Event::Outgoing(Outgoing::Disconnect)))) => {
+                    return
+                }
+                Ok(Some(Ok(Event::Outgoing(Outgoing::Publish(pkid))))) if pkid != 0 => {
                     if let Some(proof) = s.qos1_sent.pop_front() {
                         s.by_pkid.insert(pkid, proof);
                     }
                 }
-                Ok(Ok(Event::Incoming(Incoming::PubAck(ack)))) => {
+                Ok(Some(Ok(Event::Incoming(Incoming::PubAck(ack))))) => {
                     match s.by_pkid.remove(&ack.pkid) {
                         Some(Proof::Marker { covers_below, msgs }) => {
                             self.on_proof(s, covers_below, msgs)
@@ -917,7 +921,7 @@ impl SparkplugPublisher {
                         None => {}
                     }
                 }
-                Ok(Ok(_)) => {}
+                Ok(Some(Ok(_))) => {}
             }
         }
     }
@@ -926,7 +930,7 @@ impl SparkplugPublisher {
     async fn drain(
         &mut self,
         client: &AsyncClient,
-        eventloop: &mut EventLoop,
+        link: &mut Link,
         s: &mut Session,
         limit: Duration,
     ) {
@@ -938,31 +942,31 @@ impl SparkplugPublisher {
             let _ = self.mark(client, s);
         }
         while s.markers_inflight > 0 {
-            match tokio::time::timeout_at(deadline, eventloop.poll()).await {
+            match tokio::time::timeout_at(deadline, link.next()).await {
                 Err(_) => {
                     warn!(northbound = %self.nb.name, unproven = s.unproven_msgs,
                         "stop deadline reached before the broker proved every message read; they are sent again at the next start");
                     break;
                 }
-                Ok(Err(_)) => return,
-                Ok(Ok(Event::Outgoing(Outgoing::Publish(pkid)))) if pkid != 0 => {
+                Ok(None | Some(Err(_))) => return,
+                Ok(Some(Ok(Event::Outgoing(Outgoing::Publish(pkid))))) if pkid != 0 => {
                     if let Some(proof) = s.qos1_sent.pop_front() {
                         s.by_pkid.insert(pkid, proof);
                     }
                 }
-                Ok(Ok(Event::Incoming(Incoming::PubAck(ack)))) => {
+                Ok(Some(Ok(Event::Incoming(Incoming::PubAck(ack))))) => {
                     if let Some(Proof::Marker { covers_below, msgs }) = s.by_pkid.remove(&ack.pkid)
                     {
                         self.on_proof(s, covers_below, msgs);
                     }
                 }
-                Ok(Ok(_)) => {}
+                Ok(Some(Ok(_))) => {}
             }
         }
         let left = deadline
             .saturating_duration_since(tokio::time::Instant::now())
             .max(Duration::from_millis(500));
-        self.goodbye(client, eventloop, s, left.min(GOODBYE_TIMEOUT))
+        self.goodbye(client, link, s, left.min(GOODBYE_TIMEOUT))
             .await;
     }
 }
