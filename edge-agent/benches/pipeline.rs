@@ -25,6 +25,8 @@ mod common;
 
 #[path = "pipeline/latency.rs"]
 mod latency;
+#[path = "pipeline/report.rs"]
+mod report;
 #[path = "pipeline/subscriber.rs"]
 mod subscriber;
 #[path = "pipeline/sysinfo.rs"]
@@ -33,6 +35,10 @@ mod sysinfo;
 mod tags10k;
 #[path = "pipeline/throughput.rs"]
 mod throughput;
+// Shared with the Neuron benchmark, which uses all of it.
+#[allow(dead_code)]
+#[path = "pipeline/window.rs"]
+mod window;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -40,6 +46,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use edge_config::Batching;
+use report::{print_table, target_dir, thousands};
 use serde::Serialize;
 use serde_json::json;
 
@@ -652,55 +659,4 @@ fn binary_size(bin: &Path) -> anyhow::Result<BinarySize> {
         arch: std::env::consts::ARCH,
         stripped: sysinfo::elf_has_symtab(bin).map(|has| !has),
     })
-}
-
-/// The target directory the benchmark was built in (`<target>/release/edge-agent`).
-fn target_dir(bin: &Path) -> PathBuf {
-    bin.parent()
-        .and_then(Path::parent)
-        .map_or_else(|| PathBuf::from("target"), Path::to_path_buf)
-}
-
-/// 1234567.8 → "1,234,568".
-fn thousands(x: f64) -> String {
-    let n = x.round().max(0.0) as u64;
-    let digits = n.to_string();
-    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
-}
-
-/// A plain-text table with columns as wide as their widest cell.
-fn print_table<S: AsRef<str>>(headers: &[S], rows: &[Vec<String>]) {
-    let mut widths: Vec<usize> = headers.iter().map(|h| h.as_ref().chars().count()).collect();
-    for r in rows {
-        for (w, cell) in widths.iter_mut().zip(r) {
-            *w = (*w).max(cell.chars().count());
-        }
-    }
-    let line = |cells: Vec<&str>| {
-        let padded: Vec<String> = cells
-            .iter()
-            .zip(&widths)
-            .map(|(c, w)| format!("{c:<w$}"))
-            .collect();
-        println!("  {}", padded.join(" | ").trim_end());
-    };
-    line(headers.iter().map(AsRef::as_ref).collect());
-    println!(
-        "  {}",
-        widths
-            .iter()
-            .map(|w| "-".repeat(*w))
-            .collect::<Vec<_>>()
-            .join("-+-")
-    );
-    for r in rows {
-        line(r.iter().map(String::as_str).collect());
-    }
 }
