@@ -23,6 +23,8 @@ mod support;
 #[path = "../../tests/integration/common.rs"]
 mod common;
 
+#[path = "pipeline/harness.rs"]
+mod harness;
 #[path = "pipeline/latency.rs"]
 mod latency;
 #[path = "pipeline/report.rs"]
@@ -174,31 +176,9 @@ fn main() -> ExitCode {
     if scenarios.is_empty() {
         scenarios = Scenario::ALL.to_vec();
     }
-    if scenarios.iter().any(|s| s.needs_broker()) && !support::mosquitto::mosquitto_available() {
-        eprintln!(
-            "the pipeline benchmark needs a real broker: {}",
-            support::mosquitto::MOSQUITTO_MISSING
-        );
-        return ExitCode::FAILURE;
-    }
+    let needs_broker = scenarios.iter().any(|s| s.needs_broker());
     let plan = Plan::new(quick, scenarios);
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match rt.block_on(run(&plan)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("benchmark failed: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    harness::run("pipeline", needs_broker, || run(&plan))
 }
 
 /// One line of the summary: a figure next to its SPEC §9 target.

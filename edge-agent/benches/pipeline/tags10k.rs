@@ -15,13 +15,11 @@ use edge_config::SystemSecrets;
 use edge_modbus::plan::MAX_READ_REGISTERS;
 use edge_modbus::Area;
 use edge_sim::ModbusSim;
-use rumqttc::QoS;
 use serde::Serialize;
 
 use crate::common::{self, DeviceToml, TagToml};
-use crate::subscriber::CountingSubscriber;
-use crate::support::{AgentProcess, Mosquitto, TestDir};
-use crate::window::{mb, measure, wait_scanned};
+use crate::support::Mosquitto;
+use crate::window::{mb, measure, start_agent, wait_scanned};
 
 pub const DEVICES: usize = 10;
 pub const TAGS_PER_DEVICE: usize = 1000;
@@ -141,43 +139,18 @@ pub async fn run(duration: Duration) -> anyhow::Result<Outcome> {
             d
         })
         .collect();
-    let dir = TestDir::new();
-    let data_dir = dir.data_dir();
-    let toml = common::config_toml(&data_dir, broker.port(), "per-device", "", &devices);
-    let config = dir.write_config(&toml);
-    let requests_planned = plan_requests(&toml, &config)?;
-
-    let mut sub = CountingSubscriber::start(
-        broker.port(),
-        &format!("{}/+/_batch", common::ROOT),
-        QoS::AtMostOnce,
-    )
-    .await?;
-    let mut agent = AgentProcess::spawn(&common::bin(), &config, &[("RUST_LOG", AGENT_LOG)])?;
-
-    wait_scanned(
-        &mut agent,
-        &data_dir,
-        DEVICES,
-        TAGS_PER_DEVICE,
-        READY_TIMEOUT,
-    )
-    .await?;
+    let mut run = start_agent(broker.port(), &devices, AGENT_LOG).await?;
+    let requests_planned = plan_requests(&run.toml, &run.config)?;
+    let (agent, data_dir) = (&mut run.agent, &run.data_dir);
+    wait_scanned(agent, data_dir, DEVICES, TAGS_PER_DEVICE, READY_TIMEOUT).await?;
     for sim in &sims {
         sim.clear_read_requests();
     }
-    let w = measure(
-        &mut agent,
-        &data_dir,
-        &[broker.pid()],
-        sub.counts(),
-        duration,
-    )
-    .await?;
+    let w = measure(agent, data_dir, &[broker.pid()], run.sub.counts(), duration).await?;
     let observed = observed_requests(&sims);
 
-    agent.terminate().context("stopping the agent")?;
-    sub.stop().await;
+    run.agent.terminate().context("stopping the agent")?;
+    run.sub.stop().await;
     for p in programs {
         p.abort();
     }

@@ -4,19 +4,20 @@
 //! (status snapshot), and what a counting subscriber received. Shared by the 10,000-tag
 //! pipeline scenario and the Neuron scenarios.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::bail;
+use rumqttc::QoS;
 
-use crate::common;
-use crate::subscriber::Counts;
-use crate::support::AgentProcess;
+use crate::common::{self, DeviceToml};
+use crate::subscriber::{CountingSubscriber, Counts};
+use crate::support::{AgentProcess, TestDir};
 use crate::sysinfo;
 
 const SAMPLE_EVERY: Duration = Duration::from_secs(1);
 /// The agent writes its status snapshot every 2 s.
-const STATUS_WAIT: Duration = Duration::from_secs(5);
+const STATUS_WAIT: Duration = Duration::from_secs(6);
 
 /// What the agent did during the window.
 #[derive(Debug, Clone)]
@@ -92,6 +93,45 @@ impl Window {
 /// Bytes to MB (MiB, as /proc counts).
 pub fn mb(bytes: u64) -> f64 {
     bytes as f64 / (1024.0 * 1024.0)
+}
+
+/// The real binary running a per-device batching config, with a subscriber counting its
+/// batches; the directory holding config and data lives as long as this.
+pub struct Started {
+    pub dir: TestDir,
+    pub data_dir: PathBuf,
+    pub toml: String,
+    pub config: PathBuf,
+    pub sub: CountingSubscriber,
+    pub agent: AgentProcess,
+}
+
+/// Writes a config of `devices` publishing per device to the broker on `broker_port`, starts
+/// a subscriber to every device's batches, then the agent (log level `log`).
+pub async fn start_agent(
+    broker_port: u16,
+    devices: &[DeviceToml],
+    log: &str,
+) -> anyhow::Result<Started> {
+    let dir = TestDir::new();
+    let data_dir = dir.data_dir();
+    let toml = common::config_toml(&data_dir, broker_port, "per-device", "", devices);
+    let config = dir.write_config(&toml);
+    let sub = CountingSubscriber::start(
+        broker_port,
+        &format!("{}/+/_batch", common::ROOT),
+        QoS::AtMostOnce,
+    )
+    .await?;
+    let agent = AgentProcess::spawn(&common::bin(), &config, &[("RUST_LOG", log)])?;
+    Ok(Started {
+        dir,
+        data_dir,
+        toml,
+        config,
+        sub,
+        agent,
+    })
 }
 
 /// Waits (bounded) until the agent's status shows `devices` devices, each connected and with
