@@ -36,6 +36,19 @@ mod common;
 #[path = "pipeline/sysinfo.rs"]
 mod sysinfo;
 
+#[path = "pipeline/harness.rs"]
+mod harness;
+// The pipeline benchmark's number formatting, status waits (and, for them, its subscriber).
+#[allow(dead_code)]
+#[path = "pipeline/report.rs"]
+mod report;
+#[allow(dead_code)]
+#[path = "pipeline/subscriber.rs"]
+mod subscriber;
+#[allow(dead_code)]
+#[path = "pipeline/window.rs"]
+mod window;
+
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::os::unix::fs::MetadataExt as _;
@@ -52,6 +65,7 @@ use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS, SubscribeReasonCode}
 use serde_json::Value as Json;
 use tokio::sync::oneshot;
 
+use crate::report::thousands;
 use crate::support::seqcheck::{classify, TelemetryTopic};
 use crate::support::{AgentProcess, Mosquitto, TestDir};
 
@@ -65,7 +79,6 @@ const REPLAY_TARGET_RATIO: f64 = 10.0;
 /// Each (u16, f32) pair of tags takes three holding registers.
 const REGISTERS_PER_PAIR: u16 = 3;
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
-const STATUS_WAIT: Duration = Duration::from_secs(6);
 /// During the replay and after it, memory and backlog are sampled this often.
 const REPLAY_SAMPLE: Duration = Duration::from_secs(1);
 /// How long the replay may take beyond the outage itself before the run gives up (a replay
@@ -190,34 +203,13 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    if !support::mosquitto::mosquitto_available() {
-        eprintln!(
-            "the outage benchmark needs a real broker: {}",
-            support::mosquitto::MOSQUITTO_MISSING
-        );
-        return ExitCode::FAILURE;
-    }
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
+    harness::run("outage", true, || async {
+        if run(&settings).await? {
+            Ok(())
+        } else {
+            bail!("the run lost samples or did not finish its replay (see above)")
         }
-    };
-    match rt.block_on(run(&settings)) {
-        Ok(true) => ExitCode::SUCCESS,
-        Ok(false) => {
-            eprintln!("the run lost samples or did not finish its replay (see above)");
-            ExitCode::FAILURE
-        }
-        Err(e) => {
-            eprintln!("benchmark failed: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -629,19 +621,7 @@ fn northbound_pending(status: &Json) -> u64 {
 
 /// Waits for a status snapshot newer than the one on disk now (bounded) and returns it.
 async fn fresh_status(data_dir: &Path) -> anyhow::Result<Json> {
-    let seen = common::status(data_dir).and_then(|s| s["written_ms"].as_u64());
-    let deadline = Instant::now() + STATUS_WAIT;
-    loop {
-        if let Some(s) = common::status(data_dir) {
-            if s["written_ms"].as_u64() > seen {
-                return Ok(s);
-            }
-        }
-        if Instant::now() >= deadline {
-            bail!("the agent wrote no status snapshot within {STATUS_WAIT:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    window::fresh_status(data_dir, None).await
 }
 
 struct Probe<'a> {
@@ -1289,18 +1269,4 @@ fn ensure_running(agent: &mut AgentProcess) -> anyhow::Result<()> {
         bail!("the agent exited during the run; log:\n{}", agent.log());
     }
     Ok(())
-}
-
-/// 1234567.8 → "1,234,568".
-fn thousands(x: f64) -> String {
-    let n = x.round().max(0.0) as u64;
-    let digits = n.to_string();
-    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
 }

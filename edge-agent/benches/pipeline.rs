@@ -23,8 +23,12 @@ mod support;
 #[path = "../../tests/integration/common.rs"]
 mod common;
 
+#[path = "pipeline/harness.rs"]
+mod harness;
 #[path = "pipeline/latency.rs"]
 mod latency;
+#[path = "pipeline/report.rs"]
+mod report;
 #[path = "pipeline/subscriber.rs"]
 mod subscriber;
 #[path = "pipeline/sysinfo.rs"]
@@ -33,6 +37,10 @@ mod sysinfo;
 mod tags10k;
 #[path = "pipeline/throughput.rs"]
 mod throughput;
+// Shared with the Neuron benchmark, which uses all of it.
+#[allow(dead_code)]
+#[path = "pipeline/window.rs"]
+mod window;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -40,6 +48,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use edge_config::Batching;
+use report::{print_table, target_dir, thousands};
 use serde::Serialize;
 use serde_json::json;
 
@@ -167,31 +176,9 @@ fn main() -> ExitCode {
     if scenarios.is_empty() {
         scenarios = Scenario::ALL.to_vec();
     }
-    if scenarios.iter().any(|s| s.needs_broker()) && !support::mosquitto::mosquitto_available() {
-        eprintln!(
-            "the pipeline benchmark needs a real broker: {}",
-            support::mosquitto::MOSQUITTO_MISSING
-        );
-        return ExitCode::FAILURE;
-    }
+    let needs_broker = scenarios.iter().any(|s| s.needs_broker());
     let plan = Plan::new(quick, scenarios);
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match rt.block_on(run(&plan)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("benchmark failed: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    harness::run("pipeline", needs_broker, || run(&plan))
 }
 
 /// One line of the summary: a figure next to its SPEC §9 target.
@@ -652,55 +639,4 @@ fn binary_size(bin: &Path) -> anyhow::Result<BinarySize> {
         arch: std::env::consts::ARCH,
         stripped: sysinfo::elf_has_symtab(bin).map(|has| !has),
     })
-}
-
-/// The target directory the benchmark was built in (`<target>/release/edge-agent`).
-fn target_dir(bin: &Path) -> PathBuf {
-    bin.parent()
-        .and_then(Path::parent)
-        .map_or_else(|| PathBuf::from("target"), Path::to_path_buf)
-}
-
-/// 1234567.8 → "1,234,568".
-fn thousands(x: f64) -> String {
-    let n = x.round().max(0.0) as u64;
-    let digits = n.to_string();
-    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
-}
-
-/// A plain-text table with columns as wide as their widest cell.
-fn print_table<S: AsRef<str>>(headers: &[S], rows: &[Vec<String>]) {
-    let mut widths: Vec<usize> = headers.iter().map(|h| h.as_ref().chars().count()).collect();
-    for r in rows {
-        for (w, cell) in widths.iter_mut().zip(r) {
-            *w = (*w).max(cell.chars().count());
-        }
-    }
-    let line = |cells: Vec<&str>| {
-        let padded: Vec<String> = cells
-            .iter()
-            .zip(&widths)
-            .map(|(c, w)| format!("{c:<w$}"))
-            .collect();
-        println!("  {}", padded.join(" | ").trim_end());
-    };
-    line(headers.iter().map(AsRef::as_ref).collect());
-    println!(
-        "  {}",
-        widths
-            .iter()
-            .map(|w| "-".repeat(*w))
-            .collect::<Vec<_>>()
-            .join("-+-")
-    );
-    for r in rows {
-        line(r.iter().map(String::as_str).collect());
-    }
 }

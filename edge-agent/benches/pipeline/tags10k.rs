@@ -7,21 +7,19 @@
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::{bail, Context as _};
+use anyhow::Context as _;
 use edge_agent::daemon::devices::device_plan;
 use edge_config::SystemSecrets;
 use edge_modbus::plan::MAX_READ_REGISTERS;
 use edge_modbus::Area;
 use edge_sim::ModbusSim;
-use rumqttc::QoS;
 use serde::Serialize;
 
 use crate::common::{self, DeviceToml, TagToml};
-use crate::subscriber::CountingSubscriber;
-use crate::support::{AgentProcess, Mosquitto, TestDir};
-use crate::sysinfo;
+use crate::support::Mosquitto;
+use crate::window::{mb, measure, start_agent, wait_scanned};
 
 pub const DEVICES: usize = 10;
 pub const TAGS_PER_DEVICE: usize = 1000;
@@ -32,8 +30,6 @@ pub const RSS_TARGET_BYTES: u64 = 20 * 1024 * 1024;
 const REGISTERS_PER_PAIR: u16 = 3;
 const PROGRAM_PERIOD: Duration = Duration::from_millis(250);
 const READY_TIMEOUT: Duration = Duration::from_secs(40);
-const SAMPLE_EVERY: Duration = Duration::from_secs(1);
-const STATUS_WAIT: Duration = Duration::from_secs(5);
 const AGENT_LOG: &str = "info";
 
 #[derive(Debug, Clone, Serialize)]
@@ -143,134 +139,46 @@ pub async fn run(duration: Duration) -> anyhow::Result<Outcome> {
             d
         })
         .collect();
-    let dir = TestDir::new();
-    let data_dir = dir.data_dir();
-    let toml = common::config_toml(&data_dir, broker.port(), "per-device", "", &devices);
-    let config = dir.write_config(&toml);
-    let requests_planned = plan_requests(&toml, &config)?;
-
-    let mut sub = CountingSubscriber::start(
-        broker.port(),
-        &format!("{}/+/_batch", common::ROOT),
-        QoS::AtMostOnce,
-    )
-    .await?;
-    let mut agent = AgentProcess::spawn(&common::bin(), &config, &[("RUST_LOG", AGENT_LOG)])?;
-    let pid = agent.pid();
-
-    // Ready: every device connected and scanned at least once.
-    let ready_deadline = Instant::now() + READY_TIMEOUT;
-    loop {
-        if let Some(s) = common::status(&data_dir) {
-            let devs = s["devices"].as_array().cloned().unwrap_or_default();
-            let all = devs.len() == DEVICES
-                && devs.iter().all(|d| {
-                    d["connected"].as_bool() == Some(true)
-                        && d["samples"].as_u64().unwrap_or(0) >= TAGS_PER_DEVICE as u64
-                });
-            if all {
-                break;
-            }
-        }
-        if !agent.is_running() || Instant::now() >= ready_deadline {
-            bail!(
-                "the 10,000-tag agent did not scan every device within {READY_TIMEOUT:?}; log:\n{}",
-                agent.log()
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-
-    // The window starts and ends at a fresh status snapshot, so that samples and bytes
-    // written are counted over the same stretch of time.
-    let start_status = fresh_status(&data_dir, None).await?;
-    let t0 = Instant::now();
-    let io_start = sysinfo::io_write_bytes(pid);
-    let cpu_start = sysinfo::process_cpu_seconds(pid).unwrap_or(0.0);
-    let broker_cpu_start = sysinfo::process_cpu_seconds(broker.pid()).unwrap_or(0.0);
-    let me = std::process::id();
-    let self_cpu_start = sysinfo::process_cpu_seconds(me).unwrap_or(0.0);
-    let machine_start = sysinfo::machine_busy_seconds();
-    let sub_start = sub.counts().values();
+    let mut run = start_agent(broker.port(), &devices, AGENT_LOG).await?;
+    let requests_planned = plan_requests(&run.toml, &run.config)?;
+    let (agent, data_dir) = (&mut run.agent, &run.data_dir);
+    wait_scanned(agent, data_dir, DEVICES, TAGS_PER_DEVICE, READY_TIMEOUT).await?;
     for sim in &sims {
         sim.clear_read_requests();
     }
-    let mut rss = Vec::new();
-    rss.extend(sysinfo::vm_rss(pid));
-    let end_at = t0 + duration;
-    while Instant::now() + SAMPLE_EVERY <= end_at + Duration::from_millis(100) {
-        tokio::time::sleep(SAMPLE_EVERY).await;
-        if !agent.is_running() {
-            bail!("the agent exited during the run; log:\n{}", agent.log());
-        }
-        rss.extend(sysinfo::vm_rss(pid));
-    }
-    let end_status = fresh_status(&data_dir, Some(&start_status)).await?;
-    let window_s = t0.elapsed().as_secs_f64();
-    let io_end = sysinfo::io_write_bytes(pid);
-    let cpu_end = sysinfo::process_cpu_seconds(pid).unwrap_or(0.0);
-    let broker_cpu_end = sysinfo::process_cpu_seconds(broker.pid()).unwrap_or(0.0);
-    let self_cpu_end = sysinfo::process_cpu_seconds(me).unwrap_or(0.0);
-    let machine_end = sysinfo::machine_busy_seconds();
-    let sub_end = sub.counts().values();
-    let hwm = sysinfo::vm_hwm(pid).unwrap_or(0);
-    let anon = sysinfo::rss_anon(pid).unwrap_or(0);
+    let w = measure(agent, data_dir, &[broker.pid()], run.sub.counts(), duration).await?;
     let observed = observed_requests(&sims);
-    rss.extend(sysinfo::vm_rss(pid));
 
-    agent.terminate().context("stopping the agent")?;
-    sub.stop().await;
+    run.agent.terminate().context("stopping the agent")?;
+    run.sub.stop().await;
     for p in programs {
         p.abort();
     }
 
-    let committed = |s: &serde_json::Value| s["store"]["committed_samples"].as_u64().unwrap_or(0);
-    let samples = committed(&end_status).saturating_sub(committed(&start_status));
-    let status_ms = end_status["written_ms"]
-        .as_u64()
-        .unwrap_or(0)
-        .saturating_sub(start_status["written_ms"].as_u64().unwrap_or(0));
-    let logical_bytes = end_status["store"]["committed_bytes"].as_u64().unwrap_or(0);
-    let logical_samples = committed(&end_status).max(1);
-    let written = match (io_start, io_end) {
-        (Some(a), Some(b)) => b.saturating_sub(a),
-        _ => 0,
-    };
-    let pct = |secs: f64| 100.0 * secs / window_s.max(1e-9);
-    let agent_cpu_pct = pct(cpu_end - cpu_start);
-    let broker_cpu_pct = pct(broker_cpu_end - broker_cpu_start);
-    let simulators_cpu_pct = pct(self_cpu_end - self_cpu_start);
-    let other_cpu_pct = match (machine_start, machine_end) {
-        (Some(a), Some(b)) => {
-            (pct(b - a) - agent_cpu_pct - broker_cpu_pct - simulators_cpu_pct).max(0.0)
-        }
-        _ => 0.0,
-    };
-    let mb = |b: u64| b as f64 / (1024.0 * 1024.0);
-    let peak = rss.iter().copied().max().unwrap_or(0);
+    let agent_cpu_pct = w.pct(w.agent_cpu_s);
+    let broker_cpu_pct = w.pct(w.watched_cpu_s[0]);
+    let simulators_cpu_pct = w.pct(w.self_cpu_s);
+    let peak = w.rss_peak();
     Ok(Outcome {
         memory: Memory {
             tags: DEVICES * TAGS_PER_DEVICE,
-            duration_s: window_s,
-            rss_start_mb: mb(rss.first().copied().unwrap_or(0)),
+            duration_s: w.seconds,
+            rss_start_mb: mb(w.rss.first().copied().unwrap_or(0)),
             rss_peak_mb: mb(peak),
-            rss_end_mb: mb(rss.last().copied().unwrap_or(0)),
-            rss_hwm_mb: mb(hwm),
-            rss_anon_end_mb: mb(anon),
-            rss_samples_mb: rss
-                .iter()
-                .map(|&b| (mb(b) * 100.0).round() / 100.0)
-                .collect(),
-            meets_target: peak < RSS_TARGET_BYTES && hwm < RSS_TARGET_BYTES,
-            samples_per_s: samples as f64 * 1000.0 / status_ms.max(1) as f64,
-            delivered_values_per_s: sub_end.saturating_sub(sub_start) as f64 / window_s,
+            rss_end_mb: mb(w.rss.last().copied().unwrap_or(0)),
+            rss_hwm_mb: mb(w.rss_hwm),
+            rss_anon_end_mb: mb(w.rss_anon_end),
+            rss_samples_mb: w.rss_samples_mb(),
+            meets_target: peak < RSS_TARGET_BYTES && w.rss_hwm < RSS_TARGET_BYTES,
+            samples_per_s: w.samples_per_s(),
+            delivered_values_per_s: w.delivered_values as f64 / w.seconds,
             agent_cpu_pct,
             broker_cpu_pct,
             simulators_cpu_pct,
-            other_cpu_pct,
-            logical_bytes_per_sample: logical_bytes as f64 / logical_samples as f64,
-            disk_bytes_per_sample: written as f64 / samples.max(1) as f64,
-            disk_write_bytes_per_s: written as f64 / window_s,
+            other_cpu_pct: w.other_cpu_pct(),
+            logical_bytes_per_sample: w.record_bytes_per_sample(),
+            disk_bytes_per_sample: w.written_per_sample(),
+            disk_write_bytes_per_s: w.write_bytes as f64 / w.seconds,
         },
         requests: Requests {
             observed_per_scan: observed.0,
@@ -278,29 +186,6 @@ pub async fn run(duration: Duration) -> anyhow::Result<Outcome> {
             ..requests_planned
         },
     })
-}
-
-/// Waits for a status snapshot newer than `after` (bounded) and returns it.
-async fn fresh_status(
-    data_dir: &Path,
-    after: Option<&serde_json::Value>,
-) -> anyhow::Result<serde_json::Value> {
-    let seen = match after {
-        Some(s) => s["written_ms"].as_u64(),
-        None => common::status(data_dir).and_then(|s| s["written_ms"].as_u64()),
-    };
-    let deadline = Instant::now() + STATUS_WAIT;
-    loop {
-        if let Some(s) = common::status(data_dir) {
-            if s["written_ms"].as_u64() > seen {
-                return Ok(s);
-            }
-        }
-        if Instant::now() >= deadline {
-            bail!("the agent wrote no status snapshot within {STATUS_WAIT:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 /// Reads per complete scan, summed over the simulators, and the complete scans seen. A scan
