@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds edge-agent for arm64 and armhf gateways on a Debian/Ubuntu machine: installs the cross
-# linkers and qemu-user (apt) and the Rust targets (rustup), builds both targets in release,
+# linkers and qemu-user (apt) and the Rust targets (rustup), builds both targets with the
+# `packaging` profile (the production binary only, size-optimised and stripped; no demo),
 # runs the unit tests of every crate under qemu, builds the .deb packages (cargo-deb) and
 # reports the stripped binary sizes. The integration tests need Mosquitto and real sockets
 # and run natively (scripts/test.sh).
@@ -34,17 +35,17 @@ if [ "${1:-}" != "--no-install" ]; then
 fi
 
 for t in "${TARGETS[@]}"; do
-    step "build $t (release)"
-    cargo "${CONFIG[@]}" build --release --locked --target "$t" -p edge-agent
+    step "build $t (packaging profile)"
+    cargo "${CONFIG[@]}" build --profile packaging --locked --target "$t" -p edge-agent
     step "unit tests of every crate under qemu ($t)"
     cargo "${CONFIG[@]}" test --locked --target "$t" "${TEST_ARGS[@]}" 2>&1 | tee "target/cross-test-$t.log"
     step "package $t"
-    cargo "${CONFIG[@]}" deb --no-build --target "$t" -p edge-agent
+    cargo "${CONFIG[@]}" deb --no-build --profile packaging --target "$t" -p edge-agent
 done
 
 step "stripped binary sizes and test counts"
 for t in "${TARGETS[@]}"; do
-    bin="target/$t/release/edge-agent"
+    bin="target/$t/packaging/edge-agent"
     passed=$(grep -Eo 'test result: ok\. [0-9]+ passed' "target/cross-test-$t.log" | awk '{s += $4} END {print s + 0}')
     printf '%-34s %8s bytes  %s unit tests passed under qemu\n' "$t" "$(stat -c %s "$bin")" "$passed"
 done

@@ -2,7 +2,7 @@
 //! The binary (`main.rs`) is a thin command line over these modules, one room per job:
 //!
 //! - [`cli`]: what a technician runs at the line (check, buffer stats, the Modbus probe, OPC UA
-//!   browse and trust, the demo);
+//!   browse and trust; the demo is the `edge-demo` binary, in `demo/`);
 //! - [`daemon`]: the running gateway (devices, the store writer, status, reload, the systemd
 //!   service, board I/O);
 //! - [`northbound`]: the MQTT publishers (UNS JSON with MES events, Sparkplug B) and the

@@ -102,6 +102,27 @@ impl Style {
     }
 }
 
+/// Filter directives that keep the OPC UA stack to its errors. It logs every connection step
+/// and retry; the agent logs what matters (once per episode, with what to do).
+pub const OPCUA_QUIET: &str = "opcua_client=error,opcua_core=error,opcua_crypto=error,opcua_server=error,opcua_nodes=error,opcua_types=error";
+
+/// Picks the format (`--log-format`, else `EDGE_AGENT_LOG_FORMAT`, else text), installs the
+/// subscriber with [`init`] and returns the style. An unknown format logs as text with a
+/// warning: logs in the wrong format are no reason to stop collecting data.
+pub fn setup(flag: Option<LogFormat>, default_filter: &str) -> Style {
+    let env_format = std::env::var(FORMAT_ENV).ok();
+    let (format, bad_format) = match LogFormat::choose(flag, env_format.as_deref()) {
+        Ok(f) => (f, None),
+        Err(e) => (LogFormat::Text, Some(e)),
+    };
+    let style = Style::detect(format);
+    init(style, default_filter);
+    if let Some(e) = bad_format {
+        tracing::warn!("{e}; logging as text");
+    }
+    style
+}
+
 /// Installs the global subscriber: `RUST_LOG` if set, else `default_filter`.
 pub fn init(style: Style, default_filter: &str) {
     let filter =

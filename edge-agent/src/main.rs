@@ -4,11 +4,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use edge_agent::cli::{buffer, check, demo, opcua as opcua_cli, probe};
+use edge_agent::cli::{buffer, check, opcua as opcua_cli, probe};
 use edge_agent::daemon::service;
 use edge_agent::logging::{self, LogFormat, Style};
 use edge_agent::EXIT_CONFIG;
-use tracing::{error, warn};
+use tracing::error;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -38,8 +38,6 @@ enum Command {
         #[arg(short, long)]
         config: PathBuf,
     },
-    /// The whole product on one machine: simulated PLC, embedded broker, the agent.
-    Demo(demo::DemoArgs),
     /// Inspect the store, export or purge a northbound's backlog (no broker secret needed).
     Buffer {
         #[command(subcommand)]
@@ -91,26 +89,7 @@ enum BufferCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    // The demo's embedded broker logs every connection at info; keep the demo's screen for
-    // the agent's own lines unless RUST_LOG asks for more.
-    // The OPC UA stack logs every connection step and retry; the agent logs what matters
-    // (once per episode, with what to do), so the stack speaks only of errors unless asked.
-    const OPCUA_QUIET: &str = "opcua_client=error,opcua_core=error,opcua_crypto=error,opcua_server=error,opcua_nodes=error,opcua_types=error";
-    let default_filter = match cli.command {
-        Command::Demo(_) => format!("info,rumqttd=off,{OPCUA_QUIET}"),
-        _ => format!("info,{OPCUA_QUIET}"),
-    };
-    let env_format = std::env::var(logging::FORMAT_ENV).ok();
-    let (format, bad_format) = match LogFormat::choose(cli.log_format, env_format.as_deref()) {
-        Ok(f) => (f, None),
-        Err(e) => (LogFormat::Text, Some(e)),
-    };
-    let style = Style::detect(format);
-    logging::init(style, &default_filter);
-    // Logs in the wrong format are no reason to stop collecting data.
-    if let Some(e) = bad_format {
-        warn!("{e}; logging as text");
-    }
+    let style = logging::setup(cli.log_format, &format!("info,{}", logging::OPCUA_QUIET));
     edge_agent::init_tls();
     match cli.command {
         Command::Check { config } => ExitCode::from(check::run(&config) as u8),
@@ -131,13 +110,6 @@ fn main() -> ExitCode {
         Command::Opcua {
             command: OpcuaCommand::Trust(args),
         } => ExitCode::from(opcua_cli::trust(&args) as u8),
-        Command::Demo(args) => match demo::run(args) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                error!("{e:#}");
-                ExitCode::FAILURE
-            }
-        },
     }
 }
 

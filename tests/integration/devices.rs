@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use edge_modbus::Area;
-use tokio_modbus::ExceptionCode;
+use edge_sim::ExceptionCode;
 
 use crate::common::*;
 use crate::support::mqtt::Received;

@@ -1,5 +1,5 @@
 //! Simulated PLCs that speak the real protocols over real sockets, for integration tests (fault
-//! injection: silence, exceptions, slowness, power loss) and for `edge-agent demo` (moving values).
+//! injection: silence, exceptions, slowness, power loss) and for the demo, `edge-demo` (moving values).
 //!
 //! [`ModbusSim`] is a Modbus TCP device built on tokio-modbus's server; [`RtuBusSim`] serves
 //! several of them as the slaves of one RS-485 bus on a pseudo-terminal. Its memory is a [`Bank`]

@@ -1,4 +1,4 @@
-//! `edge-agent demo`: the whole product on one machine with nothing installed — a simulated
+//! `edge-demo`: the whole product on one machine with nothing installed — a simulated
 //! Modbus TCP PLC and a simulated OPC UA server with moving values, an embedded MQTT broker,
 //! and the agent running `board-configs/demo.toml` against them, with a live status line until
 //! Ctrl-C.
@@ -21,10 +21,10 @@ use edge_sim::{Bank, ModbusSim};
 use rumqttc::{AsyncClient, Event, Incoming, MqttOptions, QoS};
 use tracing::{info, warn};
 
-use crate::daemon::runtime;
+use edge_agent::daemon::runtime;
 
-/// The demo's board config, built into the binary so `demo` works from any directory.
-pub const DEMO_CONFIG: &str = include_str!("../../../board-configs/demo.toml");
+/// The demo's board config, built into the binary so the demo works from any directory.
+pub const DEMO_CONFIG: &str = include_str!("../../board-configs/demo.toml");
 
 #[derive(Args, Debug, Clone)]
 pub struct DemoArgs {
