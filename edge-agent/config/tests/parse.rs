@@ -258,6 +258,7 @@ heartbeat_s = 120
                 topic_root: "acme/historian".into(),
                 batching: Batching::PerTag,
                 max_inflight: 256,
+                max_inflight_bytes: 2 << 20,
                 keep_alive: Duration::from_secs(30),
                 connect_timeout: ms(5000),
                 reconnect_min: ms(500),
