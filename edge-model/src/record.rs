@@ -54,8 +54,16 @@ impl Batch {
             put_str(out, &s.tag.0);
             let flags = quality_bits(s.quality)
                 | if s.value.is_some() { 1 << 2 } else { 0 }
-                | if s.source_ts_ms.is_some() { HAS_SOURCE_TS } else { 0 }
-                | if s.read_ts_ms != read_ts { READ_TS_CHANGES } else { 0 }
+                | if s.source_ts_ms.is_some() {
+                    HAS_SOURCE_TS
+                } else {
+                    0
+                }
+                | if s.read_ts_ms != read_ts {
+                    READ_TS_CHANGES
+                } else {
+                    0
+                }
                 | if s.seq != next_seq { SEQ_JUMPS } else { 0 };
             out.push(flags);
             if let Some(v) = &s.value {
@@ -486,16 +494,27 @@ mod tests {
         let samples: Vec<Sample> = (0..1000u64)
             .map(|i| Sample {
                 seq: 5000 + i,
-                ..Sample::good(TagName(format!("u{:03}", i % 1000)), Value::U16(7), 1_767_000_000_000)
+                ..Sample::good(
+                    TagName(format!("u{:03}", i % 1000)),
+                    Value::U16(7),
+                    1_767_000_000_000,
+                )
             })
             .collect();
-        let batch = Batch { device: DeviceId("plc01".into()), samples };
+        let batch = Batch {
+            device: DeviceId("plc01".into()),
+            samples,
+        };
         let bytes = batch.to_bytes();
         // 5 bytes of tag, 3 of value, 1 of flags per sample; a 17-byte header.
         assert_eq!(bytes.len(), 17 + 1000 * 9);
         let mut v1 = Vec::new();
         batch.encode_v1(&mut v1);
-        assert_eq!(v1.len(), 9 + 1000 * 17, "version 1: 6 bytes of read time, 2 of seq");
+        assert_eq!(
+            v1.len(),
+            9 + 1000 * 17,
+            "version 1: 6 bytes of read time, 2 of seq"
+        );
     }
 
     #[test]
@@ -511,7 +530,10 @@ mod tests {
         bytes.push(0);
         assert!(matches!(
             Batch::decode(&bytes),
-            Err(DecodeError::Invalid { what: "zero difference", .. })
+            Err(DecodeError::Invalid {
+                what: "zero difference",
+                ..
+            })
         ));
     }
 

@@ -1743,7 +1743,9 @@ mod tests {
         let (store, _) = Store::open(dir.path(), StoreOptions::default(), &nbs).expect("open");
         // Version 1: device "plc", one sample: tag "t", good with a value, U16 7, read at
         // 1000 ms, seq 5.
-        let v1 = [1, 3, b'p', b'l', b'c', 1, 1, b't', 4, 2, 7, 0, 0xe8, 0x07, 5];
+        let v1 = [
+            1, 3, b'p', b'l', b'c', 1, 1, b't', 4, 2, 7, 0, 0xe8, 0x07, 5,
+        ];
         store
             .inner
             .db
@@ -1763,7 +1765,10 @@ mod tests {
             (old.value.clone(), old.read_ts_ms, old.seq),
             (Some(Value::U16(7)), 1000, 5)
         );
-        assert_eq!(records[1].1.samples[0].seq, 6, "seqs continue after the old record");
+        assert_eq!(
+            records[1].1.samples[0].seq, 6,
+            "seqs continue after the old record"
+        );
     }
 
     #[tokio::test]
