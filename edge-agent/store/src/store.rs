@@ -1737,6 +1737,41 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn records_an_older_build_stored_in_version_1_are_read_back() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let nbs = vec!["mes".to_owned()];
+        let (store, _) = Store::open(dir.path(), StoreOptions::default(), &nbs).expect("open");
+        // Version 1: device "plc", one sample: tag "t", good with a value, U16 7, read at
+        // 1000 ms, seq 5.
+        let v1 = [
+            1, 3, b'p', b'l', b'c', 1, 1, b't', 4, 2, 7, 0, 0xe8, 0x07, 5,
+        ];
+        store
+            .inner
+            .db
+            .insert(keys::record_key(0), &v1[..])
+            .expect("insert");
+        store.inner.db.flush().expect("flush");
+        drop(store);
+
+        let (store, recovery) =
+            Store::open(dir.path(), StoreOptions::default(), &nbs).expect("reopen");
+        assert_eq!(recovery.records, 1);
+        store.commit(vec![batch(1)]).await.expect("commit");
+        let records = store.read("mes", 0, 10).expect("read");
+        assert_eq!(records.len(), 2);
+        let old = &records[0].1.samples[0];
+        assert_eq!(
+            (old.value.clone(), old.read_ts_ms, old.seq),
+            (Some(Value::U16(7)), 1000, 5)
+        );
+        assert_eq!(
+            records[1].1.samples[0].seq, 6,
+            "seqs continue after the old record"
+        );
+    }
+
+    #[tokio::test]
     async fn records_are_not_readable_before_they_are_flushed() {
         let dir = tempfile::tempdir().expect("tempdir");
         let nbs = vec!["mes".to_owned()];
