@@ -2,6 +2,8 @@
 //! simulated Modbus PLC and OPC UA server and the agent, on free ports. It stops by itself after
 //! `--duration` or on Ctrl-C, shows where to subscribe, and both simulators' tags arrive.
 
+// Shared with the agent's integration tests; this test uses part of it.
+#[allow(unused_imports, dead_code)]
 #[path = "../../tests/support/mod.rs"]
 mod support;
 

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use crate::common::*;
 use crate::support::mqtt::Received;
 use crate::support::seqcheck::{check_payloads, SeqReport};
-use crate::support::{free_port, run_cli, AgentProcess, Collector, Mosquitto, TestDir};
+use crate::support::{run_cli, AgentProcess, Collector, Mosquitto, TestDir};
 
 /// `keep_alive_s` of the board configs in `common`.
 const KEEP_ALIVE: Duration = Duration::from_secs(5);

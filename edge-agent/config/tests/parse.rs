@@ -238,6 +238,7 @@ heartbeat_s = 120
                 topic_root: "acme/plant1/packaging/line1".into(),
                 batching: Batching::PerDevice,
                 max_inflight: 64,
+                max_inflight_bytes: 2 << 20,
                 keep_alive: Duration::from_secs(30),
                 connect_timeout: ms(5000),
                 reconnect_min: ms(500),
