@@ -3,7 +3,7 @@
 //! `--duration` or on Ctrl-C, shows where to subscribe, and both simulators' tags arrive.
 
 // Shared with the agent's integration tests; this test uses part of it.
-#[allow(unused_imports, dead_code)]
+#[allow(unused_imports)]
 #[path = "../../tests/support/mod.rs"]
 mod support;
 

@@ -58,13 +58,13 @@ pub enum NorthboundError {
     #[error("cannot read the store: {0}")]
     Store(#[from] StoreError),
     #[error("MQTT client refused a publish: {0}")]
-    Client(#[from] ClientError),
+    Client(Box<ClientError>),
     #[error("cannot subscribe: {0}")]
-    Subscribe(ClientError),
+    Subscribe(Box<ClientError>),
     #[error("broker refused the connection: {0:?}")]
     Refused(ConnectReturnCode),
     #[error(transparent)]
-    Connection(#[from] ConnectionError),
+    Connection(Box<ConnectionError>),
     /// A TLS certificate problem, in words an operator can act on ([`certificate_problem`]);
     /// logged as an error, not as an outage.
     #[error("{0}")]
@@ -74,6 +74,18 @@ pub enum NorthboundError {
     /// Sparkplug: the primary host went offline, so the node ends its session.
     #[error("the primary host went offline")]
     PrimaryHostOffline,
+}
+
+impl From<ClientError> for NorthboundError {
+    fn from(e: ClientError) -> Self {
+        NorthboundError::Client(Box::new(e))
+    }
+}
+
+impl From<ConnectionError> for NorthboundError {
+    fn from(e: ConnectionError) -> Self {
+        NorthboundError::Connection(Box::new(e))
+    }
 }
 
 /// How one connection of a publisher ended.

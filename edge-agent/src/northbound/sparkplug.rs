@@ -471,7 +471,7 @@ impl SparkplugPublisher {
                             if let Some(problem) = certificate_problem(&e, self.nb.tls.as_ref()) {
                                 return SessionEnd::Lost(NorthboundError::Certificate(problem));
                             }
-                            return SessionEnd::Lost(NorthboundError::Connection(e));
+                            return SessionEnd::Lost(NorthboundError::from(e));
                         }
                     };
                     if let Some(end) = self.on_event(client, link, s, event).await {
@@ -521,7 +521,7 @@ impl SparkplugPublisher {
                     ));
                 }
                 if let Err(e) = client.try_subscribe_many(filters) {
-                    return Some(SessionEnd::Lost(NorthboundError::Subscribe(e)));
+                    return Some(SessionEnd::Lost(NorthboundError::Subscribe(Box::new(e))));
                 }
                 match &self.host {
                     Some(host) => {

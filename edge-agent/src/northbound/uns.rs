@@ -484,7 +484,7 @@ impl Publisher {
         }
         match certificate_problem(&e, self.nb.tls.as_ref()) {
             Some(problem) => NorthboundError::Certificate(problem),
-            None => NorthboundError::Connection(e),
+            None => NorthboundError::from(e),
         }
     }
 
@@ -505,7 +505,7 @@ impl Publisher {
                     .now_or_never()
                 {
                     None => break,
-                    Some(Err(e)) => return Err(NorthboundError::Client(e)),
+                    Some(Err(e)) => return Err(e.into()),
                     Some(Ok(())) => {}
                 }
                 self.window.handed();
