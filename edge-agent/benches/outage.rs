@@ -836,7 +836,12 @@ async fn run(s: &Settings) -> anyhow::Result<bool> {
     ));
 
     let mut sub = Subscriber::start(broker.port(), format!("{}/+/_batch", common::ROOT)).await?;
-    let mut agent = AgentProcess::spawn(&s.agent_bin, &config, &[("RUST_LOG", AGENT_LOG)])?;
+    // The environment the systemd unit gives the agent.
+    let mut agent = AgentProcess::spawn(
+        &s.agent_bin,
+        &config,
+        &[("RUST_LOG", AGENT_LOG), ("MALLOC_ARENA_MAX", "2")],
+    )?;
     let pid = agent.pid();
 
     // Ready: every device connected and scanned at least once.

@@ -123,7 +123,12 @@ pub async fn start_agent(
         QoS::AtMostOnce,
     )
     .await?;
-    let agent = AgentProcess::spawn(&common::bin(), &config, &[("RUST_LOG", log)])?;
+    // The environment the systemd unit gives the agent.
+    let agent = AgentProcess::spawn(
+        &common::bin(),
+        &config,
+        &[("RUST_LOG", log), ("MALLOC_ARENA_MAX", "2")],
+    )?;
     Ok(Started {
         dir,
         data_dir,
