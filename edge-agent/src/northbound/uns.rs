@@ -390,6 +390,13 @@ impl Publisher {
                     self.drain(client, link, connected, drain, replay_below, acks).await;
                     return SessionEnd::Shutdown;
                 }
+                // Before the connection's events, which never run dry under load: an answer
+                // waits for nothing but the client.
+                answer = next_answer(answers) => {
+                    if let (Some(answer), Some(intake)) = (answer, self.intake.as_mut()) {
+                        intake.queue_answer(answer);
+                    }
+                }
                 event = link.next() => match event {
                     None => return SessionEnd::Lost(NorthboundError::LinkClosed),
                     Some(Ok(Event::Incoming(Incoming::ConnAck(ack)))) => {
@@ -402,11 +409,6 @@ impl Publisher {
                     Some(Ok(event)) => self.on_event(event, acks),
                     Some(Err(e)) => return SessionEnd::Lost(self.connection_lost(e)),
                 },
-                answer = next_answer(answers) => {
-                    if let (Some(answer), Some(intake)) = (answer, self.intake.as_mut()) {
-                        intake.queue_answer(answer);
-                    }
-                }
                 changed = head.changed(), if wants_records => {
                     if changed.is_err() {
                         // The store is gone: the agent is stopping.
