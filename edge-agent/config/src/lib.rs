@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 
 use toml::de::DeTable;
 
-pub use admin::AdminSettings;
+pub use admin::{hex, parse_users, AdminSettings, ConsoleUser, PasswordHash, Role, ServerTls};
 pub use board::{Board, DigitalInput, GpioLine, SerialParity, SerialPort};
 pub use broker_url::{BrokerUrl, BrokerUrlError};
 pub use device::{Device, Modbus, ModbusLink, ModbusTag, Protocol, Tag, TagAddress};
@@ -85,7 +85,7 @@ pub fn parse(src: &str, file: &Path, secrets: &dyn SecretSource) -> Result<Confi
         secrets,
     );
     let machines = machine::read_machines(&mut cx, &mut root, devices.as_deref());
-    let admin = admin::read_admin(&mut cx, &mut root);
+    let admin = admin::read_admin(&mut cx, &mut root, base_dir, secrets);
     let root_span = root.span();
     root.finish(&mut cx);
 

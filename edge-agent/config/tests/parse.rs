@@ -1313,11 +1313,69 @@ host = "127.0.0.1"
     }
 
     #[test]
-    fn an_explicit_listen_address_is_taken() {
-        let cfg = parse_with("[admin]\nlisten = \"0.0.0.0:9100\"\n").expect("valid");
-        assert_eq!(
-            cfg.admin.expect("admin on").listen.to_string(),
-            "0.0.0.0:9100"
+    fn an_explicit_loopback_listen_address_is_taken_with_the_console_on_and_editing_off() {
+        let cfg = parse_with("[admin]\nlisten = \"127.0.0.1:9100\"\n").expect("valid");
+        let admin = cfg.admin.expect("admin on");
+        assert_eq!(admin.listen.to_string(), "127.0.0.1:9100");
+        assert!(admin.console);
+        assert!(!admin.edit, "editing is off by default");
+        assert!(!admin.auth_required(), "loopback without users");
+    }
+
+    const USERS: &str = "anna:admin:pbkdf2-sha256$10000$00112233445566778899aabbccddeeff$000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f\n";
+
+    #[test]
+    fn beyond_loopback_without_users_is_an_error_at_listen() {
+        let errors = parse_with("[admin]\nlisten = \"0.0.0.0:9100\"\n").expect_err("no users");
+        let e = &errors.0[0];
+        assert!(e.message.contains("no users are configured"), "{errors}");
+        let listen_line = BASE.lines().count() + 3;
+        assert_eq!((e.line, e.column), (listen_line, 10), "{errors}");
+    }
+
+    #[test]
+    fn beyond_loopback_with_users_the_console_needs_credentials() {
+        let src =
+            format!("{BASE}\n[admin]\nlisten = \"0.0.0.0:9100\"\nusers_file = \"/etc/ea/users\"\n");
+        let secrets = FakeSecrets::default().with_file("/etc/ea/users", USERS);
+        let cfg = parse(&src, Path::new(FILE), &secrets).expect("valid");
+        let admin = cfg.admin.expect("admin on");
+        assert_eq!(admin.users.len(), 1);
+        assert!(admin.auth_required());
+    }
+
+    #[test]
+    fn only_the_probes_may_be_open_beyond_loopback_without_users() {
+        let cfg =
+            parse_with("[admin]\nlisten = \"0.0.0.0:9100\"\nconsole = false\nopen_probes = true\n")
+                .expect("valid: Prometheus only");
+        assert!(cfg.admin.expect("on").open_probes);
+        assert!(parse_with("[admin]\nlisten = \"0.0.0.0:9100\"\nopen_probes = true\n").is_err());
+    }
+
+    #[test]
+    fn a_users_file_that_is_missing_or_invalid_is_an_error_at_its_key() {
+        let errors = parse_with("[admin]\nusers_file = \"/nope\"\n").expect_err("missing");
+        assert!(
+            errors
+                .to_string()
+                .contains("cannot read the users file /nope"),
+            "{errors}"
+        );
+        let src = format!("{BASE}\n[admin]\nusers_file = \"/u\"\n");
+        let secrets = FakeSecrets::default().with_file("/u", "anna:root:x\n");
+        let errors = parse(&src, Path::new(FILE), &secrets).expect_err("invalid");
+        assert!(errors.to_string().contains("role `root`"), "{errors}");
+    }
+
+    #[test]
+    fn a_certificate_needs_its_key() {
+        let errors = parse_with("[admin]\ntls_cert = \"c.pem\"\n").expect_err("no key");
+        assert!(
+            errors
+                .to_string()
+                .contains("`tls_cert` and `tls_key` go together"),
+            "{errors}"
         );
     }
 
