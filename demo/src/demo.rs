@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
 use clap::Args;
-use edge_config::{BrokerUrl, Config, Modbus, ModbusLink, Protocol, SystemSecrets};
+use edge_config::{AdminSettings, BrokerUrl, Config, Modbus, ModbusLink, Protocol, SystemSecrets};
 use edge_modbus::codec::{decode_registers, encode_registers};
 use edge_modbus::{Area, ByteOrder};
 use edge_model::{DataType, Value};
@@ -21,6 +21,8 @@ use edge_sim::{Bank, ModbusSim};
 use rumqttc::{AsyncClient, Event, Incoming, MqttOptions, QoS};
 use tracing::{info, warn};
 
+use edge_agent::admin::console::{Console, LiveFeed};
+use edge_agent::admin::{AdminServer, AdminState};
 use edge_agent::daemon::runtime;
 
 /// The demo's board config, built into the binary so the demo works from any directory.
@@ -37,6 +39,9 @@ pub struct DemoArgs {
     /// Port of the simulated OPC UA server (default 4840, or a free port if taken).
     #[arg(long)]
     pub opcua_port: Option<u16>,
+    /// Port of the technician's console on 127.0.0.1 (default 9900, or a free port if taken).
+    #[arg(long)]
+    pub console_port: Option<u16>,
     /// Where the store lives (default: a fresh temporary directory, removed at exit).
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
@@ -317,6 +322,60 @@ fn auto_order(n: u64) -> String {
 
 /// Loads the demo config and points it at the simulator, the embedded broker and the data
 /// directory actually in use.
+/// The console on 127.0.0.1, editing off (the demo's config is built in memory); it shows
+/// the built-in config's text, written to the data directory.
+async fn start_console(
+    args: &DemoArgs,
+    cfg: &Config,
+    running: &runtime::Running,
+    feed: Arc<LiveFeed>,
+    data_dir: &Path,
+) -> anyhow::Result<AdminServer> {
+    let port = pick_port(args.console_port.unwrap_or(9900))?;
+    let text = match &args.config {
+        Some(path) => std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read {}", path.display()))?,
+        None => DEMO_CONFIG.to_owned(),
+    };
+    std::fs::create_dir_all(data_dir)?;
+    let shown = data_dir.join("board-config.toml");
+    std::fs::write(&shown, text)?;
+    let settings = AdminSettings {
+        listen: SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
+        console: true,
+        edit: false,
+        users_file: None,
+        users: Vec::new(),
+        tls: None,
+        open_probes: false,
+        history_bytes: AdminSettings::DEFAULT_HISTORY_BYTES,
+    };
+    // Editing is off: nothing is ever sent on the channel.
+    let (actions, _) = tokio::sync::mpsc::channel(1);
+    let console = Console::new(
+        cfg,
+        settings.clone(),
+        feed,
+        shown,
+        actions,
+        Some(running.learned()),
+    );
+    let state = AdminState::new(
+        running.store.clone(),
+        running.devices.clone(),
+        running.publishers.clone(),
+        running.command_stats.clone(),
+    )
+    .with_console(Arc::new(console));
+    let state = Arc::new(state);
+    state
+        .config_applied
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    AdminServer::start(settings.listen, state)
+        .await
+        .context("cannot start the console")
+}
+
 fn demo_config(
     args: &DemoArgs,
     plc: SocketAddr,
@@ -439,7 +498,9 @@ async fn run_async(args: DemoArgs) -> anyhow::Result<()> {
         .map(|n| n.topic_root.clone())
         .unwrap_or_else(|| cfg.gateway.uns.root());
 
-    let running = runtime::start(&cfg).await?;
+    let feed = LiveFeed::new(&cfg, AdminSettings::DEFAULT_HISTORY_BYTES);
+    let running = runtime::start_observed(&cfg, Some(feed.observer())).await?;
+    let console = start_console(&args, &cfg, &running, feed, &data_dir).await?;
     let seen = Arc::new(Mutex::new(Seen::default()));
     let viewer = tokio::spawn(watch_broker(mqtt_port, format!("{root}/#"), seen.clone()));
 
@@ -460,6 +521,10 @@ async fn run_async(args: DemoArgs) -> anyhow::Result<()> {
         ua.endpoint_url(),
         ua_devices.join("`, `"),
         ua.endpoint_url()
+    );
+    println!(
+        "  console         http://{}/  (open it in a browser)",
+        console.addr
     );
     println!("  MQTT broker     mqtt://127.0.0.1:{mqtt_port}  (embedded)");
     println!("  store           {}", data_dir.display());
@@ -512,6 +577,7 @@ async fn run_async(args: DemoArgs) -> anyhow::Result<()> {
     }
     println!("stopping…");
     viewer.abort();
+    console.stop().await;
     running.stop().await;
     sim.stop().await;
     ua.stop().await;

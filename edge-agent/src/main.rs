@@ -53,6 +53,18 @@ enum Command {
         #[command(subcommand)]
         command: OpcuaCommand,
     },
+    /// Print a line for the console's users file ([admin] users_file); the password is read
+    /// from standard input (one line).
+    ConsoleUser {
+        /// The user's name (letters, digits, `.`, `_`, `-`).
+        name: String,
+        /// `admin` (may change the config when editing is on) or `viewer` (looks only).
+        #[arg(long, default_value = "admin")]
+        role: String,
+        /// PBKDF2 rounds (at least 10000; the default follows OWASP's advice).
+        #[arg(long, default_value_t = edge_agent::admin::auth::NEW_HASH_ITERATIONS)]
+        iterations: u32,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -87,12 +99,48 @@ enum BufferCommand {
     Purge(buffer::PurgeArgs),
 }
 
+/// `edge-agent console-user`: one users-file line, checked as the config will read it.
+fn console_user(name: &str, role: &str, iterations: u32) -> i32 {
+    let mut password = String::new();
+    if std::io::stdin().read_line(&mut password).is_err() {
+        eprintln!("error: cannot read the password from standard input");
+        return 1;
+    }
+    let password = password.trim_end_matches(['\r', '\n']);
+    if password.len() < 8 {
+        eprintln!("error: the password must have at least 8 characters");
+        return edge_agent::EXIT_CONFIG;
+    }
+    if iterations < edge_config::PasswordHash::MIN_ITERATIONS {
+        eprintln!(
+            "error: at least {} rounds",
+            edge_config::PasswordHash::MIN_ITERATIONS
+        );
+        return edge_agent::EXIT_CONFIG;
+    }
+    let hash = edge_agent::admin::auth::hash_password(password, iterations);
+    let line = format!("{name}:{role}:{}", hash.encode());
+    if let Err(errors) = edge_config::parse_users(&line) {
+        for e in errors {
+            eprintln!("error: {}", e.trim_start_matches("line 1: "));
+        }
+        return edge_agent::EXIT_CONFIG;
+    }
+    println!("{line}");
+    0
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let style = logging::setup(cli.log_format, &format!("info,{}", logging::OPCUA_QUIET));
     edge_agent::init_tls();
     match cli.command {
         Command::Check { config } => ExitCode::from(check::run(&config) as u8),
+        Command::ConsoleUser {
+            name,
+            role,
+            iterations,
+        } => ExitCode::from(console_user(&name, &role, iterations) as u8),
         Command::Buffer {
             command: BufferCommand::Stats { config, json },
         } => ExitCode::from(check::buffer_stats(&config, json) as u8),

@@ -25,5 +25,5 @@ pub use events::{MesEncoder, MesEvent};
 pub use machine::{
     CounterSpec, CounterWidth, MachineSpec, MachineState, StateMapping, StateSpec, TagRef,
 };
-pub use rules::{CheckpointError, MesBridge};
+pub use rules::{CheckpointError, MachineStatus, MesBridge};
 pub use uns::{Batching, Catalog, Message, UnsEncoder};

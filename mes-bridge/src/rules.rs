@@ -136,6 +136,17 @@ struct MachineRules {
     memory: Memory,
 }
 
+/// One machine now: its state, its running order (with the parts counted for it) and the
+/// product last read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MachineStatus {
+    pub name: String,
+    pub device: String,
+    pub state: Option<StateInfo>,
+    pub order: Option<Order>,
+    pub product: Option<String>,
+}
+
 /// The MES rules of every configured machine, with the encoder of their events.
 #[derive(Debug, Clone)]
 pub struct MesBridge {
@@ -175,6 +186,20 @@ impl MesBridge {
     /// Whether batches of `device` concern any machine.
     pub fn watches(&self, device: &DeviceId) -> bool {
         self.by_device.contains_key(device)
+    }
+
+    /// What every machine is doing, as far as the batches seen so far tell.
+    pub fn status(&self) -> Vec<MachineStatus> {
+        self.machines
+            .iter()
+            .map(|m| MachineStatus {
+                name: m.spec.name.clone(),
+                device: m.spec.device.0.clone(),
+                state: m.memory.state.clone(),
+                order: m.memory.order.clone(),
+                product: m.memory.product.clone(),
+            })
+            .collect()
     }
 
     /// Forgets everything learnt: the next readings are baselines.

@@ -3,6 +3,7 @@
 //! health and `/metrics` read them while it runs.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Mutex;
 
 /// Counters a device task keeps for status lines, health and metrics.
 #[derive(Debug, Default)]
@@ -27,6 +28,27 @@ pub struct DeviceCounters {
     /// The device answers on the current connection; a connection it accepted but never
     /// answered on does not count.
     pub connected: AtomicBool,
+    /// Why the device last failed (connect refused, connection lost, no answer), in words,
+    /// with when (epoch ms); kept after it recovers, for the console.
+    last_error: Mutex<Option<(String, u64)>>,
+}
+
+impl DeviceCounters {
+    /// Records why the device failed just now.
+    pub fn set_error(&self, why: impl Into<String>) {
+        let at = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = Some((why.into(), at));
+    }
+
+    /// The last failure and when it was (epoch ms).
+    pub fn last_error(&self) -> Option<(String, u64)> {
+        self.last_error
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
 }
 
 /// Upper bounds of the read-latency buckets, microseconds: from a fast LAN PLC (about 1 ms) to

@@ -206,6 +206,7 @@ impl DevicePoller {
                         }
                     }
                     Err(e) => {
+                        counters.set_error(e.to_string());
                         retry_at = Instant::now() + link.unreachable(&spec, &e);
                         let batch = all_bad(&spec, &mut states);
                         if !send(&tx, batch, &counters).await {
@@ -530,6 +531,7 @@ impl LinkState {
     /// The connection was dropped because of `why`: how long to wait before the next attempt.
     fn lost(&mut self, spec: &DeviceSpec, counters: &DeviceCounters, why: &str) -> Duration {
         counters.connected.store(false, Ordering::Relaxed);
+        counters.set_error(why);
         self.answered = false;
         let retry = self.reconnect.failed();
         if retry.starts_outage {

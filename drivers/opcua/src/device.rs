@@ -251,6 +251,7 @@ impl OpcUaDevice {
                 Ok(conn) => conn,
                 Err(e) => {
                     counters.transport_errors.fetch_add(1, Ordering::Relaxed);
+                    counters.set_error(e.to_string());
                     let retry = task.reconnect.failed();
                     task.report_connect_failure(&e, retry);
                     if !task.all_bad().await {
@@ -267,6 +268,7 @@ impl OpcUaDevice {
                 End::Shutdown => break,
                 End::Lost(why) => {
                     counters.transport_errors.fetch_add(1, Ordering::Relaxed);
+                    counters.set_error(why.to_string());
                     // After data the first reconnect comes quickly (most losses are a server
                     // restart); a session that delivered nothing continues the outage.
                     let retry = task.reconnect.failed();

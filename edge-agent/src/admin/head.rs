@@ -12,6 +12,8 @@ pub struct HeadBuf {
     /// byte at a time costs linear time, not quadratic.
     searched: usize,
     state: HeadState,
+    /// What arrived after the blank line: the start of the body.
+    rest: Vec<u8>,
 }
 
 /// How far a request head has arrived.
@@ -19,7 +21,8 @@ pub struct HeadBuf {
 pub enum HeadState {
     #[default]
     Incomplete,
-    /// The blank line that ends the head arrived (anything after it is ignored).
+    /// The blank line that ends the head arrived (what came after it is kept as the body's
+    /// start).
     Complete,
     /// [`MAX_REQUEST`] bytes and no end in sight.
     TooLarge,
@@ -31,9 +34,9 @@ impl HeadBuf {
         if self.state != HeadState::Incomplete {
             return self.state;
         }
-        let room = MAX_REQUEST.saturating_sub(self.bytes.len());
-        self.bytes
-            .extend_from_slice(chunk.get(..chunk.len().min(room)).unwrap_or_default());
+        // The whole chunk is kept (a body may follow the head in it); the head itself must end
+        // within the limit. Chunks come from a bounded read buffer, so this stays bounded.
+        self.bytes.extend_from_slice(chunk);
         let from = self.searched.saturating_sub(3);
         let end = self
             .bytes
@@ -44,10 +47,11 @@ impl HeadBuf {
             .map(|at| from + at + 4);
         self.searched = self.bytes.len();
         self.state = match end {
-            Some(end) => {
-                self.bytes.truncate(end);
+            Some(end) if end <= MAX_REQUEST => {
+                self.rest = self.bytes.split_off(end);
                 HeadState::Complete
             }
+            Some(_) => HeadState::TooLarge,
             None if self.bytes.len() >= MAX_REQUEST => HeadState::TooLarge,
             None => HeadState::Incomplete,
         };
@@ -59,7 +63,18 @@ impl HeadBuf {
         self.state
     }
 
+    /// The head's bytes, up to and including the blank line once complete.
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    /// What arrived after the head (the start of a body).
+    pub fn take_rest(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.rest)
+    }
+
     /// The method and path of a complete head, if its request line is HTTP/1.
+    #[cfg(test)]
     pub fn request_line(&self) -> Option<(&str, &str)> {
         match self.state {
             HeadState::Complete => parse_request_line(&self.bytes),
@@ -70,6 +85,13 @@ impl HeadBuf {
 
 /// The method and path of a request head, if it is a complete HTTP/1 request line.
 pub fn parse_request_line(head: &[u8]) -> Option<(&str, &str)> {
+    let (method, target) = parse_request_target(head)?;
+    let path = target.split('?').next().unwrap_or(target);
+    Some((method, path))
+}
+
+/// The method and whole target (path and query) of a complete HTTP/1 request line.
+pub fn parse_request_target(head: &[u8]) -> Option<(&str, &str)> {
     let line_end = head.windows(2).position(|w| w == b"\r\n")?;
     let line = std::str::from_utf8(head.get(..line_end)?).ok()?;
     let mut parts = line.split(' ');
@@ -79,8 +101,7 @@ pub fn parse_request_line(head: &[u8]) -> Option<(&str, &str)> {
     if parts.next().is_some() || !version.starts_with("HTTP/1.") {
         return None;
     }
-    let path = target.split('?').next().unwrap_or(target);
-    Some((method, path))
+    Some((method, target))
 }
 
 #[cfg(test)]
@@ -177,14 +198,16 @@ mod tests {
     }
 
     #[test]
-    fn bytes_after_the_head_are_ignored() {
+    fn bytes_after_the_head_are_kept_as_the_start_of_the_body() {
         let mut h = HeadBuf::default();
         assert_eq!(
-            h.push(b"GET /live HTTP/1.1\r\n\r\nGET /metrics HTTP/1.1\r\n\r\n"),
+            h.push(b"POST /live HTTP/1.1\r\n\r\n{\"text\":1}"),
             HeadState::Complete
         );
         assert_eq!(h.push(b"more"), HeadState::Complete);
-        assert_eq!(h.request_line(), Some(("GET", "/live")));
+        assert_eq!(h.request_line(), Some(("POST", "/live")));
+        assert_eq!(h.bytes(), b"POST /live HTTP/1.1\r\n\r\n");
+        assert_eq!(h.take_rest(), b"{\"text\":1}");
     }
 
     #[test]
@@ -199,7 +222,7 @@ mod tests {
         }
         assert_eq!(state, HeadState::TooLarge);
         assert!(pushed >= MAX_REQUEST && pushed < MAX_REQUEST + filler.len());
-        assert!(h.bytes.len() <= MAX_REQUEST);
+        assert!(h.bytes.len() < MAX_REQUEST + filler.len());
         assert_eq!(h.push(b"\r\n\r\n"), HeadState::TooLarge);
         assert_eq!(h.request_line(), None);
     }

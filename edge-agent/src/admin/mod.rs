@@ -31,6 +31,16 @@
 //! - `head`: the request head as it arrives, and its request line (pure).
 //! - `server`: the listener and one task per connection.
 //! - `metrics`: the numbers gathered at one moment and their text exposition (pure).
+//! - `http`: one request as read (headers, query, body) and the answer's head (pure).
+//! - `auth`: passwords, sessions, Basic, and the cross-site checks.
+//! - `console`: the page and its JSON API; `overview` and `live` the numbers and the tag
+//!   values it shows.
+//!
+//! With `[admin]` the console is served beside the probes: its page and assets, the API,
+//! and one event stream per open page (at most [`server::MAX_STREAMS`] at once, each sending
+//! the overview every second, each write within the write deadline). Requests may carry a
+//! body of at most 1 MiB (a config being applied), read within the head's deadline plus
+//! [`server::BODY_LIMIT`].
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -43,8 +53,13 @@ use crate::northbound::safety::CommandStats;
 use crate::northbound::uns::PublisherStats;
 
 mod admission;
+pub mod auth;
+pub mod console;
 mod head;
+pub mod http;
+pub mod live;
 mod metrics;
+mod overview;
 mod server;
 
 pub use admission::DropReason;
@@ -53,7 +68,7 @@ pub use metrics::{
     escape_label, parse_statm, render, ConnectionMetrics, DeviceMetrics, Memory, MetricsInput,
     NorthboundMetrics,
 };
-pub use server::{AdminServer, ConnectionCounters};
+pub use server::{AdminServer, ConnectionCounters, BODY_LIMIT, MAX_STREAMS};
 
 /// What the endpoint reports on, shared with the agent's main loop.
 #[derive(Debug)]
@@ -72,6 +87,11 @@ pub struct AdminState {
     pub version: &'static str,
     /// The endpoint's own connections (kept by the server).
     pub connections: ConnectionCounters,
+    /// When the agent started (epoch ms).
+    pub started_ms: u64,
+    /// The console and its API, with the endpoint's authentication (`None`: probes only,
+    /// open, as in the unit tests of the server).
+    pub console: Option<Arc<console::Console>>,
 }
 
 impl AdminState {
@@ -96,7 +116,15 @@ impl AdminState {
             reloads_failed: AtomicU64::new(0),
             version: env!("CARGO_PKG_VERSION"),
             connections: ConnectionCounters::default(),
+            started_ms: edge_model::now_ms(),
+            console: None,
         }
+    }
+
+    /// With the console (and the authentication of `[admin]`).
+    pub fn with_console(mut self, console: Arc<console::Console>) -> AdminState {
+        self.console = Some(console);
+        self
     }
 
     /// `None` when ready, else every reason it is not.
@@ -151,6 +179,9 @@ impl AdminState {
         };
         let mut text = render(&input);
         text.push_str(&self.commands.render());
+        if let Some(c) = &self.console {
+            text.push_str(&console::runway_metric(c));
+        }
         text
     }
 }

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{oneshot, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::{JoinHandle, JoinSet};
@@ -14,7 +14,9 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use super::admission::{Admission, ConnId, DropReason, Table};
+use super::console::{gate, handle, Console};
 use super::head::{HeadBuf, HeadState};
+use super::http::{parse_head, write_response, Body, Request, Response, MAX_BODY, TEXT};
 use super::metrics::ConnectionMetrics;
 use super::{route, AdminState};
 
@@ -35,6 +37,12 @@ pub const METRICS_AT_ONCE: usize = 4;
 pub const METRICS_WAIT: Duration = Duration::from_secs(1);
 /// How long gathering the metrics may take before the request is answered 503.
 pub const GATHER_LIMIT: Duration = Duration::from_secs(2);
+/// Event streams (open pages following the gateway) at once.
+pub const MAX_STREAMS: usize = 16;
+/// How often a stream sends the overview.
+const STREAM_EVERY: Duration = Duration::from_secs(1);
+/// For a request's body, beyond the head's deadline.
+pub const BODY_LIMIT: Duration = Duration::from_secs(5);
 /// After a failed accept (out of descriptors and the like), before the next one.
 const ACCEPT_PAUSE: Duration = Duration::from_millis(50);
 
@@ -84,14 +92,25 @@ pub struct AdminServer {
 impl AdminServer {
     /// Binds `addr` and serves until [`AdminServer::stop`].
     pub async fn start(addr: SocketAddr, state: Arc<AdminState>) -> std::io::Result<AdminServer> {
+        let settings = state.console.as_ref().map(|c| c.settings.clone());
+        let tls = match settings.as_ref().and_then(|s| s.tls.as_ref()) {
+            Some(files) => Some(Tls(tls_acceptor(files)?)),
+            None => None,
+        };
         let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
-        if !addr.ip().is_loopback() {
-            warn!(%addr, "the admin endpoint listens beyond this machine: restrict access to it with a firewall");
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        match &settings {
+            Some(s) if s.console => {
+                info!(%addr, users = s.users.len(), edit = s.edit, "admin endpoint listening: the console at {scheme}://{addr}/, /live /ready /metrics")
+            }
+            _ => info!(%addr, "admin endpoint listening: /live /ready /metrics"),
         }
-        info!(%addr, "admin endpoint listening: /live /ready /metrics");
+        if !addr.ip().is_loopback() && tls.is_none() {
+            warn!(%addr, "the admin endpoint listens beyond this machine without TLS: passwords cross the network in clear; set tls_cert and tls_key");
+        }
         let (stop, stop_rx) = watch::channel(false);
-        let task = tokio::spawn(serve(listener, state, stop_rx));
+        let task = tokio::spawn(serve(listener, state, tls, stop_rx));
         Ok(AdminServer { addr, stop, task })
     }
 
@@ -108,6 +127,36 @@ impl AdminServer {
     }
 }
 
+/// The certificate chain and key of `[admin] tls_cert`/`tls_key`, as a TLS acceptor.
+fn tls_acceptor(files: &edge_config::ServerTls) -> std::io::Result<tokio_rustls::TlsAcceptor> {
+    use rustls::pki_types::pem::PemObject as _;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let bad = |what: &str, path: &std::path::Path, e: &dyn std::fmt::Display| {
+        std::io::Error::other(format!("{what} {}: {e}", path.display()))
+    };
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&files.cert)
+        .map_err(|e| bad("cannot read the certificate", &files.cert, &e))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| bad("cannot read the certificate", &files.cert, &e))?;
+    if certs.is_empty() {
+        return Err(bad("no certificate in", &files.cert, &"(empty)"));
+    }
+    let key = PrivateKeyDer::from_pem_file(&files.key)
+        .map_err(|e| bad("cannot read the private key", &files.key, &e))?;
+    crate::init_tls();
+    let config = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| {
+            bad(
+                "the certificate and key do not go together:",
+                &files.cert,
+                &e,
+            )
+        })?;
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+}
+
 /// What every connection task shares.
 #[derive(Debug)]
 struct Shared {
@@ -115,6 +164,20 @@ struct Shared {
     /// Dropping a waiting connection's sender closes that connection.
     table: Mutex<Table<oneshot::Sender<()>>>,
     metrics_slots: Arc<Semaphore>,
+    /// Open event streams.
+    streams: Arc<Semaphore>,
+    /// HTTPS, when `[admin]` names a certificate.
+    tls: Option<Tls>,
+}
+
+/// The TLS acceptor (which has no `Debug` of its own).
+#[derive(Clone)]
+struct Tls(tokio_rustls::TlsAcceptor);
+
+impl std::fmt::Debug for Tls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Tls")
+    }
 }
 
 impl Shared {
@@ -153,11 +216,18 @@ impl Drop for Place {
 /// Accepts without waiting for anything but the kernel: a connection never sits unseen in
 /// the backlog while idle ones hold the places. Each gets a task bounded by its deadlines;
 /// the table bounds how many there are, so the task set is bounded too.
-async fn serve(listener: TcpListener, state: Arc<AdminState>, mut stop: watch::Receiver<bool>) {
+async fn serve(
+    listener: TcpListener,
+    state: Arc<AdminState>,
+    tls: Option<Tls>,
+    mut stop: watch::Receiver<bool>,
+) {
     let shared = Arc::new(Shared {
         state,
         table: Mutex::new(Table::new(MAX_CONNECTIONS)),
         metrics_slots: Arc::new(Semaphore::new(METRICS_AT_ONCE)),
+        streams: Arc::new(Semaphore::new(MAX_STREAMS)),
+        tls,
     });
     let mut tasks = JoinSet::new();
     loop {
@@ -221,18 +291,43 @@ fn admit(shared: &Arc<Shared>, tasks: &mut JoinSet<()>, stream: TcpStream, peer:
 
 const FULL_ANSWER: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\nContent-Length: 5\r\nConnection: close\r\n\r\nfull\n";
 
-/// One connection: its head by `head_deadline` (or until evicted), then its answer, written
-/// within [`WRITE_LIMIT`].
+/// One connection: TLS when configured, its head by `head_deadline` (or until evicted), its
+/// body, then its answer, written within [`WRITE_LIMIT`] (an event stream: each event).
 async fn connection(
     place: Place,
-    mut stream: TcpStream,
+    stream: TcpStream,
     peer: SocketAddr,
     head_deadline: Instant,
     evicted: oneshot::Receiver<()>,
 ) {
+    let tls = place.shared.tls.clone();
+    match tls {
+        None => exchange(place, stream, peer, head_deadline, evicted, false).await,
+        Some(acceptor) => {
+            let handshake = tokio::time::timeout_at(head_deadline, acceptor.0.accept(stream));
+            match handshake.await {
+                Ok(Ok(s)) => exchange(place, s, peer, head_deadline, evicted, true).await,
+                Ok(Err(e)) => debug!(%peer, error = %e, "admin TLS handshake failed"),
+                Err(_) => {
+                    place.shared.dropped(DropReason::Idle);
+                    debug!(%peer, "admin TLS handshake not done in time; closed");
+                }
+            }
+        }
+    }
+}
+
+async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
+    place: Place,
+    mut stream: S,
+    peer: SocketAddr,
+    head_deadline: Instant,
+    evicted: oneshot::Receiver<()>,
+    tls: bool,
+) {
     let shared = place.shared.clone();
     let read = tokio::time::timeout_at(head_deadline, read_head(&mut stream));
-    let head = tokio::select! {
+    let mut head = tokio::select! {
         // Counted by the connection that took the place.
         _ = evicted => return,
         r = read => match r {
@@ -254,29 +349,46 @@ async fn connection(
         return;
     }
     // `_slot`: a `/metrics` slot, held until the answer is written.
-    let (status, content_type, body, head_only, _slot) = match head.state() {
+    let (answer, head_only, _slot) = match head.state() {
         HeadState::TooLarge => {
             shared.dropped(DropReason::BadRequest);
-            (431, TEXT, "request too large\n".to_owned(), false, None)
+            (Response::text(431, "request too large\n"), false, None)
         }
         HeadState::Incomplete => return,
-        HeadState::Complete => match head.request_line() {
+        HeadState::Complete => match parse_head(head.bytes()) {
             None => {
                 shared.dropped(DropReason::BadRequest);
-                (400, TEXT, "bad request\n".to_owned(), false, None)
+                (Response::text(400, "bad request\n"), false, None)
             }
-            Some((method, path)) => {
-                let head_only = method == "HEAD";
-                let ((status, content_type, body), slot) = if path == "/metrics" {
-                    metrics(&shared, method).await
-                } else {
-                    (route(&shared.state, method, path), None)
-                };
-                (status, content_type, body, head_only, slot)
+            Some(mut req) => {
+                let head_only = req.method == "HEAD";
+                let rest = head.take_rest();
+                match read_body(&mut stream, &mut req, rest, head_deadline + BODY_LIMIT).await {
+                    Err(answer) => {
+                        shared.dropped(DropReason::BadRequest);
+                        (answer, false, None)
+                    }
+                    Ok(()) => match answer(&shared, &req).await {
+                        Reply::Done(answer, slot) => (answer, head_only, slot),
+                        Reply::Stream(console, permit) => {
+                            events(
+                                &mut stream,
+                                &shared.state,
+                                &console,
+                                &req,
+                                tls,
+                                permit,
+                                peer,
+                            )
+                            .await;
+                            return;
+                        }
+                    },
+                }
             }
         },
     };
-    let write = write_response(&mut stream, status, content_type, &body, head_only);
+    let write = write_response(&mut stream, &answer, head_only, tls);
     match tokio::time::timeout(WRITE_LIMIT, write).await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => debug!(%peer, error = %e, "admin client gone before its answer"),
@@ -287,7 +399,143 @@ async fn connection(
     }
 }
 
-const TEXT: &str = "text/plain; charset=utf-8";
+/// What a request gets: an answer (with the `/metrics` slot it holds), or the event stream.
+enum Reply {
+    Done(Response, Option<OwnedSemaphorePermit>),
+    Stream(Arc<Console>, OwnedSemaphorePermit),
+}
+
+/// Reads the body `Content-Length` announces (at most [`MAX_BODY`]) by `deadline`.
+async fn read_body<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    req: &mut Request,
+    mut body: Vec<u8>,
+    deadline: Instant,
+) -> Result<(), Response> {
+    let length = match req.content_length() {
+        Err(v) => return Err(Response::text(400, format!("bad Content-Length `{v}`\n"))),
+        Ok(None) => return Ok(()),
+        Ok(Some(n)) => n,
+    };
+    if length > MAX_BODY {
+        return Err(Response::error(
+            413,
+            format!("the body is over {MAX_BODY} bytes"),
+        ));
+    }
+    let read = async {
+        let mut buf = [0u8; 8192];
+        while body.len() < length {
+            let n = stream.read(&mut buf).await?;
+            if n == 0 {
+                return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof));
+            }
+            body.extend_from_slice(buf.get(..n).unwrap_or_default());
+        }
+        Ok(())
+    };
+    match tokio::time::timeout_at(deadline, read).await {
+        Ok(Ok(())) => {
+            body.truncate(length);
+            req.body = body;
+            Ok(())
+        }
+        Ok(Err(_)) => Err(Response::text(400, "the body ended early\n")),
+        Err(_) => Err(Response::text(408, "the body did not arrive in time\n")),
+    }
+}
+
+/// Routes one request: the probes as before, the rest to the console behind its gate.
+async fn answer(shared: &Shared, req: &Request) -> Reply {
+    let console = shared.state.console.clone();
+    let who = match &console {
+        Some(c) => match gate(c, req) {
+            Ok(who) => Some(who),
+            Err(denied) => return Reply::Done(denied, None),
+        },
+        None => None,
+    };
+    let method = req.method.as_str();
+    match (req.path.as_str(), console, who) {
+        ("/metrics", _, _) => {
+            let ((status, content_type, body), slot) = metrics(shared, method).await;
+            Reply::Done(plain(status, content_type, body), slot)
+        }
+        ("/live" | "/ready", _, _) | (_, None, _) => {
+            let (status, content_type, body) = route(&shared.state, method, &req.path);
+            Reply::Done(plain(status, content_type, body), None)
+        }
+        ("/api/v1/events", Some(c), Some(_)) if method == "GET" => {
+            match shared.streams.clone().try_acquire_owned() {
+                Ok(permit) => Reply::Stream(c, permit),
+                Err(_) => {
+                    shared.dropped(DropReason::Busy);
+                    Reply::Done(
+                        Response::error(
+                            503,
+                            format!("at most {MAX_STREAMS} pages may follow the gateway at once"),
+                        ),
+                        None,
+                    )
+                }
+            }
+        }
+        (_, Some(c), Some(who)) => Reply::Done(handle(&shared.state, &c, req, &who).await, None),
+        (_, Some(_), None) => Reply::Done(Response::error(500, "no principal"), None),
+    }
+}
+
+fn plain(status: u16, content_type: &'static str, body: String) -> Response {
+    Response {
+        status,
+        content_type,
+        body: Body::Owned(body.into_bytes()),
+        headers: Vec::new(),
+    }
+}
+
+/// The overview every [`STREAM_EVERY`] as server-sent events, until the client goes, its
+/// session ends, or the endpoint stops.
+async fn events<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    state: &Arc<AdminState>,
+    console: &Console,
+    req: &Request,
+    tls: bool,
+    _permit: OwnedSemaphorePermit,
+    peer: SocketAddr,
+) {
+    let head = crate::admin::http::head(200, "text/event-stream", None, &[], tls);
+    if !matches!(
+        tokio::time::timeout(WRITE_LIMIT, stream.write_all(head.as_bytes())).await,
+        Ok(Ok(()))
+    ) {
+        return;
+    }
+    let mut tick = tokio::time::interval(STREAM_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        tick.tick().await;
+        if console.auth.required() && console.auth.principal(req).is_err() {
+            debug!(%peer, "event stream closed: its session ended");
+            return;
+        }
+        let overview = crate::admin::console::overview(state, console);
+        let event = format!("event: overview\ndata: {overview}\n\n");
+        let write = async {
+            stream.write_all(event.as_bytes()).await?;
+            stream.flush().await
+        };
+        match tokio::time::timeout(WRITE_LIMIT, write).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => return,
+            Err(_) => {
+                state.connections.dropped(DropReason::WriteTimeout);
+                return;
+            }
+        }
+    }
+}
 
 /// An answer: status, content type, body.
 type Answer = (u16, &'static str, String);
@@ -324,7 +572,7 @@ async fn metrics(shared: &Shared, method: &str) -> (Answer, Option<OwnedSemaphor
 }
 
 /// Reads until the head is complete or too large; `None` when the client closed first.
-async fn read_head(stream: &mut TcpStream) -> std::io::Result<Option<HeadBuf>> {
+async fn read_head<S: AsyncRead + Unpin>(stream: &mut S) -> std::io::Result<Option<HeadBuf>> {
     let mut head = HeadBuf::default();
     let mut buf = [0u8; 1024];
     loop {
@@ -336,33 +584,6 @@ async fn read_head(stream: &mut TcpStream) -> std::io::Result<Option<HeadBuf>> {
             return Ok(Some(head));
         }
     }
-}
-
-async fn write_response(
-    stream: &mut TcpStream,
-    status: u16,
-    content_type: &str,
-    body: &str,
-    head_only: bool,
-) -> std::io::Result<()> {
-    let reason = match status {
-        200 => "OK",
-        400 => "Bad Request",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        431 => "Request Header Fields Too Large",
-        500 => "Internal Server Error",
-        _ => "Service Unavailable",
-    };
-    let mut out = format!(
-        "HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
-    if !head_only {
-        out.push_str(body);
-    }
-    stream.write_all(out.as_bytes()).await?;
-    stream.shutdown().await
 }
 
 #[cfg(test)]

@@ -112,6 +112,14 @@ impl Health {
 
 /// Opens the store and starts every task of the agent.
 pub async fn start(cfg: &Config) -> anyhow::Result<Running> {
+    start_observed(cfg, None).await
+}
+
+/// [`start`], with `observer` told of every group the store writer commits.
+pub async fn start_observed(
+    cfg: &Config,
+    observer: Option<edge_store::CommitObserver>,
+) -> anyhow::Result<Running> {
     std::fs::create_dir_all(&cfg.gateway.data_dir).with_context(|| {
         format!(
             "cannot create the data directory {}",
@@ -137,7 +145,8 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Running> {
     );
 
     let (tx, rx) = mpsc::channel::<Batch>(BATCH_QUEUE);
-    let writer = edge_store::spawn_writer(store.clone(), rx, cfg.store.commit_interval);
+    let writer =
+        edge_store::spawn_writer_observed(store.clone(), rx, cfg.store.commit_interval, observer);
 
     let mut pollers = Vec::new();
     let mut devices = Vec::new();
@@ -416,6 +425,11 @@ impl Running {
             Err(_) => warn!("final store flush did not finish in time"),
         }
         info!("stopped");
+    }
+
+    /// The block sizes learned from the Modbus devices.
+    pub fn learned(&self) -> Arc<LimitStore> {
+        self.links.learned.clone()
     }
 
     /// Where commands send writes for `device`, whatever its protocol.

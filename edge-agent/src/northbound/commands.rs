@@ -31,7 +31,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tracing::{debug, error, info, warn};
 
-use crate::northbound::safety::{CommandStats, LogLimiter, Outcome};
+use crate::northbound::safety::{clip, CommandEntry, CommandStats, LogLimiter, Outcome};
 
 /// Commands waiting to be carried out, over all northbounds; beyond it a command is answered
 /// `failed` at once.
@@ -218,6 +218,33 @@ fn kind_of(body: &CommandBody) -> &'static str {
     }
 }
 
+/// The console's log line of a command and its answer.
+fn log_entry(req: &CommandRequest, answer: &Message) -> CommandEntry {
+    let reply: serde_json::Value = serde_json::from_slice(&answer.payload).unwrap_or_default();
+    let text = |key: &str| {
+        reply
+            .get(key)
+            .and_then(|v| v.as_str())
+            .unwrap_or("")
+            .to_owned()
+    };
+    let target = req
+        .topic
+        .strip_prefix(req.root.as_str())
+        .unwrap_or(&req.topic)
+        .trim_start_matches('/');
+    CommandEntry {
+        at_ms: edge_model::now_ms(),
+        northbound: req.northbound.clone(),
+        source: format!("{} (request {})", req.topic, text("request_id")),
+        kind: kind_of_topic(&req.topic).to_owned(),
+        target: target.to_owned(),
+        value: clip(&String::from_utf8_lossy(&req.payload)),
+        outcome: text("status"),
+        answer: clip(&String::from_utf8_lossy(&answer.payload)),
+    }
+}
+
 /// The kind of a command whose envelope could not be read, from its topic.
 fn kind_of_topic(topic: &str) -> &'static str {
     if topic.ends_with("/_set") {
@@ -267,7 +294,16 @@ impl Executor {
 
     /// The answer to one message on a command topic; `None` for messages that are no command
     /// and for retained commands without a request id (nobody to answer).
+    /// [`Executor::decide`], logged for the console.
     pub async fn handle(&mut self, req: &CommandRequest) -> Option<Message> {
+        let answer = self.decide(req).await;
+        if let Some(m) = &answer {
+            self.cx.stats.note(log_entry(req, m));
+        }
+        answer
+    }
+
+    async fn decide(&mut self, req: &CommandRequest) -> Option<Message> {
         let (nb, topic) = (req.northbound.as_str(), req.topic.as_str());
         let parsed = self.catalog.parse(&req.root, topic, &req.payload, req.len);
         if matches!(parsed, Parsed::Ignore) {

@@ -3,7 +3,7 @@
 //! writes, both for `/metrics`; and a log that stays readable under a command flood (a budget
 //! of lines per minute, then one summary line per minute of what was not logged).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::fmt::Write as _;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -31,6 +31,11 @@ impl Outcome {
         Outcome::Refused(r.reason())
     }
 
+    /// The outcome's name, as the `outcome` label and the console say it.
+    pub fn name(self) -> &'static str {
+        self.labels().0
+    }
+
     fn labels(self) -> (&'static str, &'static str) {
         match self {
             Outcome::Written => ("written", ""),
@@ -48,6 +53,38 @@ impl Outcome {
 pub struct CommandStats {
     counts: Mutex<BTreeMap<(String, &'static str, Outcome), u64>>,
     write_latency: LatencyHistogram,
+    /// The latest commands, newest last, for the console's command log.
+    recent: Mutex<VecDeque<CommandEntry>>,
+}
+
+/// Commands the console's log keeps.
+pub const RECENT_COMMANDS: usize = 200;
+/// The most of a command's payload or answer the log keeps.
+const ENTRY_TEXT: usize = 512;
+
+/// One command as the console's log shows it: who sent what, and the answer.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct CommandEntry {
+    pub at_ms: u64,
+    pub northbound: String,
+    /// Who sent it, as far as MQTT tells: the command topic (a client id is not carried by
+    /// MQTT 3.1.1 messages) and the request id.
+    pub source: String,
+    pub kind: String,
+    pub target: String,
+    pub value: String,
+    /// `written`, `duplicate`, `refused`, `rejected` or `failed`.
+    pub outcome: String,
+    pub answer: String,
+}
+
+/// `text` cut to at most [`ENTRY_TEXT`] bytes, on a character boundary.
+pub fn clip(text: &str) -> String {
+    let mut end = text.len().min(ENTRY_TEXT);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text.get(..end).unwrap_or_default().to_owned()
 }
 
 impl CommandStats {
@@ -56,6 +93,21 @@ impl CommandStats {
         *counts
             .entry((northbound.to_owned(), kind, outcome))
             .or_default() += 1;
+    }
+
+    /// Adds one command to the log, forgetting the oldest beyond [`RECENT_COMMANDS`].
+    pub fn note(&self, entry: CommandEntry) {
+        let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+        if recent.len() >= RECENT_COMMANDS {
+            recent.pop_front();
+        }
+        recent.push_back(entry);
+    }
+
+    /// The logged commands, newest first.
+    pub fn recent(&self) -> Vec<CommandEntry> {
+        let recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+        recent.iter().rev().cloned().collect()
     }
 
     /// How long the writes of one command took, first write to last answer.

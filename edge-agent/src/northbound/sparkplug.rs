@@ -721,6 +721,9 @@ impl SparkplugPublisher {
         s.markers_inflight = s.markers_inflight.saturating_sub(1);
         s.unproven_msgs = s.unproven_msgs.saturating_sub(msgs);
         self.stats.acked.fetch_add(msgs as u64, Ordering::Relaxed);
+        self.stats
+            .last_ack_ms
+            .store(edge_model::now_ms(), Ordering::Relaxed);
         if covers_below > self.delivered_below {
             self.stats
                 .records_acked

@@ -87,6 +87,8 @@ pub struct PublisherStats {
     /// Messages received on the command topics.
     pub commands: AtomicU64,
     pub last_error: Mutex<Option<String>>,
+    /// When the broker last acknowledged a message (epoch ms, 0: never).
+    pub last_ack_ms: AtomicU64,
 }
 
 impl PublisherStats {
@@ -469,6 +471,9 @@ impl Publisher {
             Event::Incoming(Incoming::PubAck(ack)) => {
                 if self.window.on_puback(ack.pkid) {
                     self.stats.acked.fetch_add(1, Ordering::Relaxed);
+                    self.stats
+                        .last_ack_ms
+                        .store(edge_model::now_ms(), Ordering::Relaxed);
                     self.release(acks);
                 }
             }

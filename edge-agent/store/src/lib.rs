@@ -25,4 +25,4 @@ pub use store::{
     Checkpoint, NorthboundStats, Purge, RecordId, Recovery, Store, StoreOptions, StoreStats,
     FIRST_SEQ,
 };
-pub use writer::{spawn_writer, MAX_GROUP_SAMPLES};
+pub use writer::{spawn_writer, spawn_writer_observed, CommitObserver, MAX_GROUP_SAMPLES};

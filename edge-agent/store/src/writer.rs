@@ -11,7 +11,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tracing::{error, warn};
 
-use crate::{Store, StoreError};
+use crate::{RecordId, Store, StoreError};
 
 /// A group stops growing at this many samples (a single larger batch still goes whole).
 pub const MAX_GROUP_SAMPLES: usize = 10_000;
@@ -27,13 +27,32 @@ const MAX_BACKOFF: Duration = Duration::from_millis(1600);
 /// the error: the samples it held are then not stored, and the agent must stop.
 pub fn spawn_writer(
     store: Store,
+    rx: mpsc::Receiver<Batch>,
+    max_delay: Duration,
+) -> JoinHandle<Result<(), StoreError>> {
+    spawn_writer_observed(store, rx, max_delay, None)
+}
+
+/// What is told of every group once it is durable (the console's live view of the tags).
+/// It runs on the writer's task between commits, so it must be quick.
+pub type CommitObserver = std::sync::Arc<dyn Fn(&[(RecordId, Batch)]) + Send + Sync>;
+
+/// [`spawn_writer`], telling `observer` each committed group. A group whose records were
+/// written but whose flush needed a retry is durable without being told (the view misses it;
+/// the store does not).
+pub fn spawn_writer_observed(
+    store: Store,
     mut rx: mpsc::Receiver<Batch>,
     max_delay: Duration,
+    observer: Option<CommitObserver>,
 ) -> JoinHandle<Result<(), StoreError>> {
     tokio::spawn(async move {
         while let Some(first) = rx.recv().await {
             let (group, closed) = gather(&mut rx, first, max_delay).await;
-            commit_with_retry(&store, group).await?;
+            let committed = commit_with_retry(&store, group).await?;
+            if let Some(observe) = &observer {
+                observe(&committed);
+            }
             if closed {
                 break;
             }
@@ -77,7 +96,12 @@ async fn gather(
     (group, false)
 }
 
-async fn commit_with_retry(store: &Store, group: Vec<Batch>) -> Result<(), StoreError> {
+/// The committed records, or none when the records were written but only a retried flush
+/// made them durable.
+async fn commit_with_retry(
+    store: &Store,
+    group: Vec<Batch>,
+) -> Result<Vec<(RecordId, Batch)>, StoreError> {
     // `Some` until the records are written; after that only the flush is retried, so that a
     // retry never stores them twice.
     let mut unwritten = Some(group);
@@ -85,18 +109,14 @@ async fn commit_with_retry(store: &Store, group: Vec<Batch>) -> Result<(), Store
     let mut backoff = Backoff::new(FIRST_BACKOFF, MAX_BACKOFF);
     loop {
         let result = match unwritten.take() {
-            Some(batches) => store
-                .commit_or_return(batches)
-                .await
-                .map(|_| ())
-                .map_err(|f| {
-                    unwritten = f.batches;
-                    f.error
-                }),
-            None => store.flush().await,
+            Some(batches) => store.commit_or_return(batches).await.map_err(|f| {
+                unwritten = f.batches;
+                f.error
+            }),
+            None => store.flush().await.map(|()| Vec::new()),
         };
         let error = match result {
-            Ok(()) => return Ok(()),
+            Ok(committed) => return Ok(committed),
             Err(error) => error,
         };
         if attempt >= MAX_ATTEMPTS {
