@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The project's test command: formatting, lints and every test of the workspace, including
 # the integration tests, which run real Mosquitto brokers of their own (never port 1883).
-# Installs Mosquitto when it is missing and the machine allows it; never skips tests.
+# Installs what the tests need when it is missing and the machine allows it (Mosquitto for the
+# broker tests; Chromium and chromedriver for the console's browser tests); never skips tests.
 #
 # Ends with a short chaos run (edge-chaos, two minutes of faults; scripts/chaos.sh runs longer ones) whose ledger it prints.
 #
@@ -24,34 +25,51 @@ have_mosquitto() {
     command -v mosquitto >/dev/null 2>&1 || test -x /usr/sbin/mosquitto
 }
 
-# Installs the mosquitto package with the given command prefix (empty, or `sudo -n`). The
-# package's own service may fail to start (port 1883 taken, no init system): that leaves the
+# Installs Debian packages with the given command prefix (empty, or `sudo -n`). A package's own
+# service may fail to start (Mosquitto's port 1883 taken, no init system): that leaves the
 # package half-configured but the binary in place, and the tests start their own brokers.
-install_mosquitto() {
-    "$@" apt-get update -qq
-    if ! "$@" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto; then
-        printf 'warning: apt-get reported an error installing mosquitto (often its service failing to start); continuing if the binary is there\n' >&2
+apt_install() {
+    local prefix=()
+    while [ "$1" != "--" ]; do prefix+=("$1"); shift; done
+    shift
+    "${prefix[@]}" apt-get update -qq
+    if ! "${prefix[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@"; then
+        printf 'warning: apt-get reported an error installing %s (often a service failing to start); continuing if the binaries are there\n' "$*" >&2
     fi
 }
 
-step "mosquitto (needed by the integration tests)"
-if ! have_mosquitto; then
-    if ! command -v apt-get >/dev/null 2>&1; then
-        die "mosquitto is not installed and apt-get is not available: install the Mosquitto MQTT broker so that \`mosquitto\` is on PATH or at /usr/sbin/mosquitto, then run scripts/test.sh again"
-    elif [ "$(id -u)" -eq 0 ]; then
-        install_mosquitto
-    elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
-        install_mosquitto sudo -n
-    else
-        die "mosquitto is not installed and this user cannot install packages: run \`sudo apt-get install mosquitto\`, then run scripts/test.sh again"
+# Installs `packages` unless `check` succeeds; fails saying what to install when it cannot.
+need() {
+    local what="$1" check="$2"; shift 2
+    if eval "$check"; then
+        return
     fi
-    have_mosquitto || die "installing the mosquitto package did not provide a mosquitto binary: run \`apt-get install mosquitto\` and check its output"
-fi
+    if ! command -v apt-get >/dev/null 2>&1; then
+        die "$what is not installed and apt-get is not available: install it ($*), then run scripts/test.sh again"
+    elif [ "$(id -u)" -eq 0 ]; then
+        apt_install -- "$@"
+    elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
+        apt_install sudo -n -- "$@"
+    else
+        die "$what is not installed and this user cannot install packages: run \`sudo apt-get install $*\`, then run scripts/test.sh again"
+    fi
+    eval "$check" || die "installing $* did not provide $what: run \`apt-get install $*\` and check its output"
+}
+
+step "mosquitto (needed by the integration tests)"
+need "the Mosquitto broker" have_mosquitto mosquitto
 if command -v mosquitto >/dev/null 2>&1; then
     echo "using $(command -v mosquitto)"
 else
     echo "using /usr/sbin/mosquitto"
 fi
+
+step "chromium and chromedriver (needed by the console's browser tests)"
+have_browser() {
+    test -x "${CHROMIUM:-/usr/bin/chromium}" && test -x "${CHROMEDRIVER:-/usr/bin/chromedriver}"
+}
+need "headless Chromium with chromedriver" have_browser chromium chromium-driver
+echo "using ${CHROMIUM:-/usr/bin/chromium} and ${CHROMEDRIVER:-/usr/bin/chromedriver}"
 
 cargo fmt --version >/dev/null 2>&1 || die "rustfmt is missing: run \`rustup component add rustfmt\`"
 cargo clippy --version >/dev/null 2>&1 || die "clippy is missing: run \`rustup component add clippy\`"

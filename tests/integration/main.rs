@@ -6,10 +6,12 @@
 mod support;
 
 mod admin_load;
+mod browser;
 mod buffer_tools;
 mod command_safety;
 mod common;
 mod config_errors;
+mod console;
 mod delivery;
 mod devices;
 mod lifecycle;
