@@ -61,7 +61,10 @@ use crate::support::Mosquitto;
 use crate::window::{mb, Window};
 
 const USAGE: &str = "usage: cargo bench -p edge-agent --bench neuron -- [--quick] \
-[--seconds N] [--warmup N] [--writes N] [SCENARIO...]
+[--seconds N] [--warmup N] [--writes N] [--console idle|open] [SCENARIO...]
+--console idle: the console on (its tag history kept), no page open;
+--console open: also one page following the gateway (overview, a page of 100 tags and one
+trend plot fetched every second, as the page does)
 scenarios (default: all): 10k@1s 50k@1s 100k@1s 1k@100ms 5k@100ms 10k@100ms
 env: NEURON_SECONDS, NEURON_WARMUP_S, NEURON_WRITES, NEURON_ENDURANCE_TB (default 96)";
 
@@ -177,6 +180,16 @@ struct Plan {
     warmup: Duration,
     writes: usize,
     endurance_bytes: f64,
+    console: Option<ConsoleMode>,
+}
+
+/// The console during a scenario.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+enum ConsoleMode {
+    /// On, nobody looking.
+    Idle,
+    /// On, one page open.
+    Open,
 }
 
 fn env_u64(name: &str) -> Result<Option<u64>, String> {
@@ -192,6 +205,7 @@ fn env_u64(name: &str) -> Result<Option<u64>, String> {
 fn parse_args() -> Result<Option<Plan>, String> {
     let mut quick = false;
     let mut scenarios = Vec::new();
+    let mut console = None;
     let (mut seconds, mut warmup, mut writes) = (
         env_u64("NEURON_SECONDS")?,
         env_u64("NEURON_WARMUP_S")?,
@@ -212,6 +226,13 @@ fn parse_args() -> Result<Option<Plan>, String> {
             "--seconds" => seconds = number("--seconds")?,
             "--warmup" => warmup = number("--warmup")?,
             "--writes" => writes = number("--writes")?,
+            "--console" => {
+                console = match args.next().as_deref() {
+                    Some("idle") => Some(ConsoleMode::Idle),
+                    Some("open") => Some(ConsoleMode::Open),
+                    _ => return Err(format!("--console takes idle or open\n{USAGE}")),
+                }
+            }
             "-h" | "--help" => {
                 println!("{USAGE}");
                 return Ok(None);
@@ -246,6 +267,7 @@ fn parse_args() -> Result<Option<Plan>, String> {
         warmup: Duration::from_secs(warmup),
         writes: writes.unwrap_or(100).clamp(1, 10_000) as usize,
         endurance_bytes: endurance_tb * 1e12,
+        console,
     }))
 }
 
@@ -298,6 +320,7 @@ struct Outcome {
     flash_years_records_only: f64,
     writes: Option<writes::Writes>,
     agent_warnings: Vec<String>,
+    console: Option<ConsoleLoad>,
     neuron_rss_mb: Option<f64>,
     neuron_cpu_pct: Option<f64>,
     rss_target_mb: Option<f64>,
@@ -428,7 +451,12 @@ async fn scenario(plan: &Plan, s: &Scenario) -> anyhow::Result<Outcome> {
             d
         })
         .collect();
-    let mut run = window::start_agent(broker.port(), &devices, AGENT_LOG).await?;
+    let admin_port = support::free_port();
+    let extra = match plan.console {
+        Some(_) => format!("\n[admin]\nlisten = \"127.0.0.1:{admin_port}\"\n"),
+        None => String::new(),
+    };
+    let mut run = window::start_agent_with(broker.port(), &devices, AGENT_LOG, &extra).await?;
     let reads = reads_per_scan(&run.toml, &run.config)?;
     let (agent, data_dir) = (&mut run.agent, &run.data_dir);
     window::wait_scanned(agent, data_dir, s.devices, TAGS_PER_DEVICE, READY_TIMEOUT).await?;
@@ -439,6 +467,8 @@ async fn scenario(plan: &Plan, s: &Scenario) -> anyhow::Result<Outcome> {
             anyhow::bail!("the agent exited during the warm-up; log:\n{}", agent.log());
         }
     }
+    let page =
+        (plan.console == Some(ConsoleMode::Open)).then(|| tokio::spawn(open_page(admin_port)));
     let w = window::measure(
         agent,
         data_dir,
@@ -447,6 +477,21 @@ async fn scenario(plan: &Plan, s: &Scenario) -> anyhow::Result<Outcome> {
         plan.measure,
     )
     .await?;
+    let console = match page {
+        Some(task) => {
+            task.abort();
+            let served = SERVED.load(std::sync::atomic::Ordering::Relaxed);
+            Some(ConsoleLoad {
+                mode: ConsoleMode::Open,
+                served_bytes_per_s: served as f64 / w.seconds,
+            })
+        }
+        None => plan.console.map(|mode| ConsoleLoad {
+            mode,
+            served_bytes_per_s: 0.0,
+        }),
+    };
+    SERVED.store(0, std::sync::atomic::Ordering::Relaxed);
     let writes = if s.writes {
         println!("  {} writes under load ...", plan.writes);
         Some(writes::run(broker.port(), WRITER, &sims, data_dir, plan.writes).await?)
@@ -458,7 +503,50 @@ async fn scenario(plan: &Plan, s: &Scenario) -> anyhow::Result<Outcome> {
     run.sub.stop().await;
     sims.stop();
     broker.stop().context("stopping Mosquitto")?;
-    Ok(outcome(plan, s, reads, &w, writes, warnings))
+    let mut o = outcome(plan, s, reads, &w, writes, warnings);
+    o.console = console;
+    Ok(o)
+}
+
+/// What the console cost during a scenario.
+#[derive(Debug, Clone, Serialize)]
+struct ConsoleLoad {
+    mode: ConsoleMode,
+    /// Bytes of answers one open page took per second.
+    served_bytes_per_s: f64,
+}
+
+/// Bytes the open page has been served.
+static SERVED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// What an open page fetches every second: the overview (the event stream's payload), a
+/// page of 100 tags and the history of one tag for its trend plot.
+async fn open_page(port: u16) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let paths = [
+        "/api/v1/overview".to_owned(),
+        "/api/v1/tags?offset=0&limit=100".to_owned(),
+        format!("/api/v1/history?device={WRITER}&tag=f0000"),
+    ];
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        for path in &paths {
+            let get = async {
+                let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+                s.write_all(
+                    format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n").as_bytes(),
+                )
+                .await?;
+                let mut out = Vec::new();
+                s.read_to_end(&mut out).await?;
+                anyhow::Ok(out.len())
+            };
+            if let Ok(Ok(n)) = tokio::time::timeout(Duration::from_secs(5), get).await {
+                SERVED.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+    }
 }
 
 /// Modbus reads per scan of the first device, from the read planner.
@@ -529,6 +617,7 @@ fn outcome(
         flash_years_records_only: years(record_per_s),
         writes,
         agent_warnings,
+        console: None,
         neuron_rss_mb: s.neuron.map(|n| n.0),
         neuron_cpu_pct: s.neuron.map(|n| n.1),
         rss_target_mb: s.rss_target_mb,
@@ -536,6 +625,12 @@ fn outcome(
 }
 
 fn print_outcome(o: &Outcome) {
+    if let Some(c) = &o.console {
+        println!(
+            "  console {:?}: one page served {:.0} B/s",
+            c.mode, c.served_bytes_per_s
+        );
+    }
     println!(
         "  RSS {:.1} / {:.1} / {:.1} MB (first / last / peak; high-water {:.1}, anonymous {:.1} \
          at the end); every second: {}",

@@ -530,6 +530,105 @@ async fn prometheus_alone_may_scrape_beyond_loopback_while_the_console_is_off() 
     agent.terminate().expect("stops");
 }
 
+/// With a certificate the console speaks HTTPS only: a client trusting its CA gets the page
+/// with HSTS and a `Secure` cookie; plain HTTP on the same port gets no answer.
+#[tokio::test]
+async fn with_a_certificate_the_console_is_served_over_tls_only() {
+    use std::sync::Arc;
+    let dir = TestDir::new();
+    let ca = crate::security::Ca::new("console test CA");
+    let ca_file = ca.write(&dir, "ca");
+    let (cert, key) = ca.issue_server(&dir, "console");
+    let users = dir.join("users");
+    std::fs::write(&users, user_line("anna", "admin", "anna-password-1")).expect("users");
+    let port = free_port();
+    let path = dir.join("board.toml");
+    std::fs::write(
+        &path,
+        config_with_admin(
+            &dir.join("data"),
+            &format!(
+                "listen = \"127.0.0.1:{port}\"\nusers_file = \"{}\"\ntls_cert = \"{}\"\ntls_key = \"{}\"",
+                users.display(),
+                cert.display(),
+                key.display()
+            ),
+        ),
+    )
+    .expect("config");
+    let mut agent = AgentProcess::spawn(&bin(), &path, &[]).expect("agent starts");
+    agent
+        .wait_log("the console at https://", Duration::from_secs(30))
+        .await
+        .expect("listening");
+
+    let mut roots = rustls::RootCertStore::empty();
+    let pem = std::fs::read(&ca_file).expect("ca");
+    for c in rustls_pemfile_certs(&pem) {
+        roots.add(c).expect("CA added");
+    }
+    edge_agent::init_tls();
+    let tls = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(tls));
+    let body = json!({"user": "anna", "password": "anna-password-1"}).to_string();
+    let request = format!(
+        "POST /api/v1/login HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let talk = async {
+        let tcp = TcpStream::connect(("127.0.0.1", port)).await?;
+        let name = rustls::pki_types::ServerName::try_from("127.0.0.1")?.to_owned();
+        let mut s = connector.connect(name, tcp).await?;
+        s.write_all(request.as_bytes()).await?;
+        let mut out = Vec::new();
+        s.read_to_end(&mut out).await?;
+        anyhow::Ok(String::from_utf8_lossy(&out).into_owned())
+    };
+    let answer = tokio::time::timeout(Duration::from_secs(20), talk)
+        .await
+        .expect("in time")
+        .expect("TLS works");
+    assert!(answer.starts_with("HTTP/1.1 200 "), "{answer}");
+    assert!(
+        answer.contains("Strict-Transport-Security: max-age="),
+        "{answer}"
+    );
+    let cookie = answer
+        .lines()
+        .find(|l| l.starts_with("Set-Cookie:"))
+        .expect("a cookie");
+    assert!(cookie.contains("; Secure"), "{cookie}");
+
+    // Plain HTTP to the TLS port: the handshake fails, no page is served.
+    let plain = async {
+        let mut s = TcpStream::connect(("127.0.0.1", port)).await?;
+        s.write_all(format!("GET / HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n").as_bytes())
+            .await?;
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out).await;
+        anyhow::Ok(String::from_utf8_lossy(&out).into_owned())
+    };
+    let text = tokio::time::timeout(Duration::from_secs(20), plain)
+        .await
+        .expect("in time")
+        .expect("talks");
+    assert!(
+        !text.contains("<html") && !text.contains("200 OK"),
+        "{text}"
+    );
+    agent.terminate().expect("stops");
+}
+
+/// The certificates of a PEM file.
+fn rustls_pemfile_certs(pem: &[u8]) -> Vec<rustls::pki_types::CertificateDer<'static>> {
+    use rustls::pki_types::pem::PemObject as _;
+    rustls::pki_types::CertificateDer::pem_slice_iter(pem)
+        .collect::<Result<_, _>>()
+        .expect("PEM certificates")
+}
+
 /// Every operation of docs/api/openapi.json, asked of the real server, answers with a status
 /// the document lists for it; and every route the server knows is in the document.
 #[tokio::test]

@@ -30,13 +30,13 @@ const RETRIES: usize = 3;
 const LISTENER_ATTEMPTS: usize = 4;
 
 /// A certificate authority made for one test.
-struct Ca {
+pub(crate) struct Ca {
     cert: Certificate,
     key: KeyPair,
 }
 
 impl Ca {
-    fn new(name: &str) -> Ca {
+    pub(crate) fn new(name: &str) -> Ca {
         let key = KeyPair::generate().expect("CA key");
         let mut params = CertificateParams::new(Vec::<String>::new()).expect("CA parameters");
         params.distinguished_name.push(DnType::CommonName, name);
@@ -51,7 +51,7 @@ impl Ca {
     }
 
     /// Writes the CA certificate as `{name}.pem` and returns its path.
-    fn write(&self, dir: &TestDir, name: &str) -> PathBuf {
+    pub(crate) fn write(&self, dir: &TestDir, name: &str) -> PathBuf {
         dir.write(&format!("{name}.pem"), self.cert.pem())
     }
 
@@ -84,7 +84,7 @@ impl Ca {
     }
 
     /// A broker certificate for 127.0.0.1 and localhost.
-    fn issue_server(&self, dir: &TestDir, file: &str) -> (PathBuf, PathBuf) {
+    pub(crate) fn issue_server(&self, dir: &TestDir, file: &str) -> (PathBuf, PathBuf) {
         self.issue(
             dir,
             file,

@@ -113,9 +113,20 @@ pub async fn start_agent(
     devices: &[DeviceToml],
     log: &str,
 ) -> anyhow::Result<Started> {
+    start_agent_with(broker_port, devices, log, "").await
+}
+
+/// [`start_agent`], with `extra` appended to the board config (an `[admin]` table).
+pub async fn start_agent_with(
+    broker_port: u16,
+    devices: &[DeviceToml],
+    log: &str,
+    extra: &str,
+) -> anyhow::Result<Started> {
     let dir = TestDir::new();
     let data_dir = dir.data_dir();
-    let toml = common::config_toml(&data_dir, broker_port, "per-device", "", devices);
+    let mut toml = common::config_toml(&data_dir, broker_port, "per-device", "", devices);
+    toml.push_str(extra);
     let config = dir.write_config(&toml);
     let sub = CountingSubscriber::start(
         broker_port,

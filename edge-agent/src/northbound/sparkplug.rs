@@ -37,7 +37,7 @@ use tracing::{debug, error, info, warn};
 use crate::daemon::clock::ClockStatus;
 use crate::northbound::acks::CursorWriter;
 use crate::northbound::link::Link;
-use crate::northbound::safety::{CommandStats, Outcome};
+use crate::northbound::safety::{clip, CommandEntry, CommandStats, Outcome};
 use crate::northbound::uns::PublisherStats;
 use crate::northbound::{
     certificate_problem, reconnect_wait, stopped, transport, CertificateReport, NorthboundError,
@@ -801,6 +801,14 @@ impl SparkplugPublisher {
         if let Err(r) = admit(&self.nb.commands, &arrival, sent) {
             self.command_stats
                 .count(&self.nb.name, kind, Outcome::refused(&r));
+            self.command_stats.note(command_entry(
+                &self.nb.name,
+                topic,
+                kind,
+                String::new(),
+                Outcome::refused(&r),
+                &r.to_string(),
+            ));
             warn!(northbound = %self.nb.name, topic, reason = r.reason(), "command refused: {r}");
             return None;
         }
@@ -820,10 +828,18 @@ impl SparkplugPublisher {
                     }
                 }
             }
-            Ok(Command::Write { device, writes }) => self.write(&device, writes),
+            Ok(Command::Write { device, writes }) => self.write(topic, &device, writes),
             Err(e) => {
                 self.command_stats
                     .count(&self.nb.name, kind, Outcome::Rejected);
+                self.command_stats.note(command_entry(
+                    &self.nb.name,
+                    topic,
+                    kind,
+                    String::new(),
+                    Outcome::Rejected,
+                    &e.to_string(),
+                ));
                 warn!(northbound = %self.nb.name, topic, error = %e, "command refused; nothing was written")
             }
         }
@@ -832,17 +848,36 @@ impl SparkplugPublisher {
 
     /// Checks every write of a DCMD against its tag (type, range, writable) and, if all pass,
     /// writes them in order on the device's connection, off the MQTT task.
-    fn write(&self, device: &str, writes: Vec<TagWrite>) {
+    fn write(&self, topic: &str, device: &str, writes: Vec<TagWrite>) {
         let stats = self.command_stats.clone();
+        let northbound = self.nb.name.clone();
+        let values = writes
+            .iter()
+            .map(|w| format!("{}={}", w.tag, w.value))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let topic = topic.to_owned();
+        let note = move |stats: &CommandStats, outcome: Outcome, answer: &str| {
+            stats.note(command_entry(
+                &northbound,
+                &topic,
+                "dcmd",
+                values.clone(),
+                outcome,
+                answer,
+            ));
+        };
         let northbound = self.nb.name.clone();
         let Some(handle) = self.handles.get(device).cloned() else {
             stats.count(&northbound, "dcmd", Outcome::Rejected);
+            note(&stats, Outcome::Rejected, "no write path for this device");
             warn!(northbound = %self.nb.name, device, "DCMD for a device without a write path; nothing was written");
             return;
         };
         for w in &writes {
             if let Err(e) = handle.check(&w.tag, &w.value) {
                 stats.count(&northbound, "dcmd", Outcome::Rejected);
+                note(&stats, Outcome::Rejected, &format!("{}: {e}", w.tag));
                 warn!(northbound = %self.nb.name, device, tag = %w.tag, value = %w.value, error = %e,
                     "DCMD refused; nothing was written");
                 return;
@@ -850,6 +885,7 @@ impl SparkplugPublisher {
         }
         let Ok(permit) = self.writes.clone().try_acquire_owned() else {
             stats.count(&northbound, "dcmd", Outcome::Failed);
+            note(&stats, Outcome::Failed, "too many DCMD writes in progress");
             warn!(northbound = %self.nb.name, device, "too many DCMD writes in progress; this one was refused and nothing was written");
             return;
         };
@@ -857,6 +893,7 @@ impl SparkplugPublisher {
         tokio::spawn(async move {
             let started = Instant::now();
             let mut outcome = Outcome::Written;
+            let mut answer = "written".to_owned();
             for w in writes {
                 match handle.write(&w.tag, &w.value, WRITE_TIMEOUT).await {
                     Ok(()) => {
@@ -865,6 +902,7 @@ impl SparkplugPublisher {
                     Err(e) => {
                         warn!(northbound = %northbound, device = %device, tag = %w.tag, value = %w.value, error = %e,
                             "DCMD write failed; the rest of the command is not written");
+                        answer = format!("{}: {e}", w.tag);
                         outcome = Outcome::Failed;
                         break;
                     }
@@ -874,6 +912,7 @@ impl SparkplugPublisher {
                 stats.observe_write(started.elapsed());
             }
             stats.count(&northbound, "dcmd", outcome);
+            note(&stats, outcome, &answer);
             drop(permit);
         });
     }
@@ -971,6 +1010,35 @@ impl SparkplugPublisher {
             .max(Duration::from_millis(500));
         self.goodbye(client, link, s, left.min(GOODBYE_TIMEOUT))
             .await;
+    }
+}
+
+/// The console's log line of a Sparkplug command (DCMD and NCMD carry no answer: the log
+/// says what became of it).
+fn command_entry(
+    northbound: &str,
+    topic: &str,
+    kind: &str,
+    value: String,
+    outcome: Outcome,
+    answer: &str,
+) -> CommandEntry {
+    CommandEntry {
+        at_ms: now_ms(),
+        northbound: northbound.to_owned(),
+        source: topic.to_owned(),
+        kind: kind.to_owned(),
+        target: topic
+            .rsplit('/')
+            .take(2)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect::<Vec<_>>()
+            .join("/"),
+        value: clip(&value),
+        outcome: outcome.name().to_owned(),
+        answer: clip(answer),
     }
 }
 

@@ -3,7 +3,8 @@
 //! Mosquitto. The page loads without a console error; a PLC's new value is on the page within
 //! 2 s; a stopped PLC shows offline with its reason within 5 s; the search finds one tag of
 //! 10,000; the trend plot draws; a config with an error shows it at its line, a valid one
-//! applies and its new tag appears, and rollback takes it away again. The overview and tag
+//! applies and its new tag appears, and rollback takes it away again; an MES command is in
+//! the command log with its answer. The overview and tag
 //! pages are saved as screenshots (`target/tmp/console/`).
 
 pub mod webdriver;
@@ -20,7 +21,8 @@ use serde_json::json;
 
 use crate::common::*;
 use crate::console::wait_listening;
-use crate::support::{free_port, AgentProcess, Mosquitto, TestDir};
+use crate::mes::agent_taking_commands;
+use crate::support::{free_port, Collector, Mosquitto, TestDir};
 use webdriver::Driver;
 
 /// Tags of the bulk PLC: the search must find one of them.
@@ -116,7 +118,10 @@ async fn a_technician_follows_the_line_finds_a_tag_plots_it_and_edits_the_config
                 extra: vec!["unit = \"mm\"".into(), "deadband = 0".into()],
                 ..tag("level", "hr:0", "u16")
             },
-            tag("flow", "hr:1", "u16"),
+            TagToml {
+                extra: vec!["writable = true".into()],
+                ..tag("flow", "hr:1", "u16")
+            },
         ],
     );
     let mut many = device("bulk", bulk.local_addr().port(), 1000, Vec::new());
@@ -133,8 +138,23 @@ async fn a_technician_follows_the_line_finds_a_tag_plots_it_and_edits_the_config
     );
     let path = dir.join("board.toml");
     std::fs::write(&path, &config).expect("config written");
-    let mut agent = AgentProcess::spawn(&bin(), &path, &[]).expect("agent starts");
+    let mut mqtt = Collector::start(
+        broker.port(),
+        "console-mes",
+        &[&format!("{ROOT}/plc/#"), &format!("{ROOT}/filler/#")],
+    )
+    .await
+    .expect("MES client connects");
+    let mut agent = agent_taking_commands(&mqtt, &path).await;
     wait_listening(port, "/live").await;
+    // A command from the MES, for the command log.
+    let answer = crate::mes::command(
+        &mqtt,
+        &format!("{ROOT}/plc/flow/_set"),
+        json!({"request_id": "console-log-1", "value": 55}).to_string(),
+    )
+    .await;
+    assert_eq!(answer["status"], json!("ok"), "{answer}");
     put(
         &plc,
         Area::HoldingRegister,
@@ -238,6 +258,18 @@ async fn a_technician_follows_the_line_finds_a_tag_plots_it_and_edits_the_config
         no_errors(&d, "on the tags page");
         save(&d, "tags.png");
 
+        // The MES command in the log, with who sent it and the answer.
+        d.goto(&format!("{url}#tools")).expect("tools view");
+        d.wait_for("the command in the log", Duration::from_secs(10), |d| {
+            let log = text(d, "#command-log")?;
+            Ok(
+                log.contains("console-log-1")
+                    && log.contains("plc/flow/_set")
+                    && log.contains("ok"),
+            )
+        })
+        .expect("the command log shows the command");
+
         // A stopped PLC is offline, with the reason, within 5 s.
         d.goto(&format!("{url}#overview")).expect("overview");
         let stopped = Instant::now();
@@ -324,6 +356,7 @@ async fn a_technician_follows_the_line_finds_a_tag_plots_it_and_edits_the_config
     agent.terminate().expect("agent stops");
     ua.stop().await;
     bulk.stop().await;
+    mqtt.stop().await;
     broker.stop().expect("broker stops");
     if let Err(e) = result {
         panic!(
