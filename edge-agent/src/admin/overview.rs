@@ -28,12 +28,26 @@ struct Moment {
     requests: HashMap<String, u64>,
 }
 
-/// A northbound's replay since it reconnected with a backlog.
+/// A connected northbound whose oldest unacknowledged record is this old is replaying a
+/// backlog (live data is acknowledged well within it).
+const REPLAY_AGE_MS: u64 = 5_000;
+
+/// A northbound's replay of a backlog.
 #[derive(Debug, Clone, Copy, Default)]
 struct Replay {
-    was_connected: bool,
-    /// The backlog when it reconnected; 0 when not replaying.
+    /// The largest backlog seen since the replay began; 0 when not replaying.
     total: u64,
+}
+
+impl Replay {
+    /// Follows one moment of the northbound: `(total, done)` records while it replays.
+    /// Replaying is being connected with a backlog older than what is normally in flight
+    /// ([`REPLAY_AGE_MS`]); the progress counts from the backlog when that began (or grew to).
+    fn step(&mut self, connected: bool, pending: u64, age_ms: Option<u64>) -> Option<(u64, u64)> {
+        let behind = connected && pending > 0 && age_ms.is_some_and(|a| a >= REPLAY_AGE_MS);
+        self.total = if behind { self.total.max(pending) } else { 0 };
+        behind.then(|| (self.total, self.total - pending))
+    }
 }
 
 /// Rates and replays between calls. Rates are taken over at least half a second, so that a
@@ -115,18 +129,12 @@ impl Sampler {
             let backlog = store.northbounds.iter().find(|s| s.name == nb.name);
             let pending = backlog.map_or(0, |b| b.pending_records);
             let connected = stats.is_some_and(|p| p.connected.load(Ordering::Relaxed));
+            let age_ms = backlog
+                .and_then(|b| b.oldest_pending_read_ts_ms)
+                .map(|t| now_ms.saturating_sub(t));
             let replay = self.replays.entry(nb.name.clone()).or_default();
-            if connected && !replay.was_connected {
-                replay.total = pending;
-            }
-            if pending == 0 {
-                replay.total = 0;
-            } else if replay.total > 0 && pending > replay.total {
-                // The backlog grew while replaying: the progress counts against the larger.
-                replay.total = pending;
-            }
-            replay.was_connected = connected;
-            let replaying = connected && replay.total > 0;
+            let progress = replay.step(connected, pending, age_ms);
+            let replaying = progress.is_some();
             let last_ack = stats.map_or(0, |p| p.last_ack_ms.load(Ordering::Relaxed));
             northbounds.push(json!({
                 "name": nb.name,
@@ -136,10 +144,10 @@ impl Sampler {
                 "last_error": stats.and_then(|p| p.last_error.lock().unwrap_or_else(|e| e.into_inner()).clone()),
                 "last_puback_age_ms": (last_ack > 0).then(|| now_ms.saturating_sub(last_ack)),
                 "backlog_records": pending,
-                "backlog_age_ms": backlog.and_then(|b| b.oldest_pending_read_ts_ms).map(|t| now_ms.saturating_sub(t)),
+                "backlog_age_ms": age_ms,
                 "replaying": replaying,
-                "replay_total_records": if replaying { replay.total } else { 0 },
-                "replay_done_records": if replaying { replay.total.saturating_sub(pending) } else { 0 },
+                "replay_total_records": progress.map_or(0, |(total, _)| total),
+                "replay_done_records": progress.map_or(0, |(_, done)| done),
                 "evicted_samples": store.lost.evicted,
                 "runway_s": self.runway_s,
                 "published": stats.map_or(0, |p| p.published.load(Ordering::Relaxed)),
@@ -226,5 +234,38 @@ impl Sampler {
             "devices": device_rows,
             "machines": machines,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_replay_is_a_connected_backlog_older_than_the_flight_and_counts_from_its_start() {
+        let mut r = Replay::default();
+        assert_eq!(
+            r.step(true, 4, Some(300)),
+            None,
+            "records in flight are no replay"
+        );
+        assert_eq!(
+            r.step(false, 900, Some(60_000)),
+            None,
+            "disconnected: buffering"
+        );
+        assert_eq!(
+            r.step(true, 1000, Some(61_000)),
+            Some((1000, 0)),
+            "back: replaying"
+        );
+        assert_eq!(r.step(true, 400, Some(30_000)), Some((1000, 600)));
+        assert_eq!(
+            r.step(true, 1200, Some(31_000)),
+            Some((1200, 0)),
+            "the backlog grew"
+        );
+        assert_eq!(r.step(true, 3, Some(200)), None, "caught up");
+        assert_eq!(r.total, 0);
     }
 }
