@@ -34,13 +34,13 @@ pub struct AdminSettings {
     /// `open_probes` (default false): `/metrics`, `/live` and `/ready` answer without
     /// credentials even when users are configured, so Prometheus on another host can scrape.
     pub open_probes: bool,
-    /// `history_bytes` (default 4 MiB): the memory all the console's trend plots share.
+    /// `history_bytes` (default 2 MiB): the memory all the console's trend plots share.
     pub history_bytes: u64,
 }
 
 impl AdminSettings {
     pub const DEFAULT_LISTEN: &'static str = "127.0.0.1:9900";
-    pub const DEFAULT_HISTORY_BYTES: u64 = 4 * 1024 * 1024;
+    pub const DEFAULT_HISTORY_BYTES: u64 = 2 * 1024 * 1024;
 
     /// Requests must carry credentials (the console and API; the probes unless `open_probes`).
     pub fn auth_required(&self) -> bool {

@@ -35,7 +35,11 @@ pub struct TagDef {
 
 #[derive(Debug)]
 struct Entry {
-    def: TagDef,
+    /// Index into the board's devices.
+    device: usize,
+    tag: String,
+    unit: Option<String>,
+    writable: bool,
     /// `None` until the first reading.
     value: Option<Value>,
     quality: Option<Quality>,
@@ -59,7 +63,8 @@ pub struct TagQuery {
 #[derive(Debug)]
 pub struct TagBoard {
     entries: Vec<Entry>,
-    index: HashMap<(String, String), usize>,
+    /// Device name, then tag name, to the entry (looked up by `&str`, no allocation).
+    index: HashMap<String, HashMap<String, usize>>,
     devices: Vec<String>,
     budget: u64,
     per_tag: usize,
@@ -81,33 +86,46 @@ impl TagBoard {
     /// The tags of a (reloaded) config, in its order; tags that stay keep their values and
     /// history.
     pub fn set_catalog(&mut self, defs: Vec<TagDef>) {
-        let mut old: HashMap<(String, String), Entry> = self
-            .entries
-            .drain(..)
-            .map(|e| ((e.def.device.clone(), e.def.tag.clone()), e))
-            .collect();
+        let mut old: HashMap<(String, String), Entry> = HashMap::new();
+        for e in self.entries.drain(..) {
+            let device = self.devices.get(e.device).cloned().unwrap_or_default();
+            old.insert((device, e.tag.clone()), e);
+        }
         self.index.clear();
         self.devices.clear();
         self.per_tag = points_per_tag(self.budget, defs.len());
         for def in defs {
-            if !self.devices.contains(&def.device) {
-                self.devices.push(def.device.clone());
-            }
-            let key = (def.device.clone(), def.tag.clone());
-            let mut e = old.remove(&key).unwrap_or_else(|| Entry {
-                def: def.clone(),
-                value: None,
-                quality: None,
-                source_ts_ms: None,
-                read_ts_ms: None,
-                history: VecDeque::new(),
-            });
-            e.def = def;
+            let device = match self.devices.iter().position(|d| *d == def.device) {
+                Some(i) => i,
+                None => {
+                    self.devices.push(def.device.clone());
+                    self.devices.len() - 1
+                }
+            };
+            let mut e = old
+                .remove(&(def.device.clone(), def.tag.clone()))
+                .unwrap_or_else(|| Entry {
+                    device,
+                    tag: def.tag.clone(),
+                    unit: None,
+                    writable: false,
+                    value: None,
+                    quality: None,
+                    source_ts_ms: None,
+                    read_ts_ms: None,
+                    history: VecDeque::new(),
+                });
+            e.device = device;
+            e.unit = def.unit;
+            e.writable = def.writable;
             while e.history.len() > self.per_tag {
                 e.history.pop_front();
             }
             e.history.shrink_to(self.per_tag);
-            self.index.insert(key, self.entries.len());
+            self.index
+                .entry(def.device)
+                .or_default()
+                .insert(def.tag, self.entries.len());
             self.entries.push(e);
         }
     }
@@ -115,9 +133,11 @@ impl TagBoard {
     /// Takes one committed batch. Samples of tags not in the catalogue are ignored.
     pub fn observe(&mut self, batch: &Batch) {
         let per_tag = self.per_tag;
+        let Some(tags) = self.index.get(batch.device.0.as_str()) else {
+            return;
+        };
         for s in &batch.samples {
-            let key = (batch.device.0.clone(), s.tag.0.clone());
-            let Some(&i) = self.index.get(&key) else {
+            let Some(&i) = tags.get(s.tag.0.as_str()) else {
                 continue;
             };
             let Some(e) = self.entries.get_mut(i) else {
@@ -132,6 +152,10 @@ impl TagBoard {
                 (Some(Value::Bool(b)), _) => f32::from(u8::from(*b)),
                 (Some(v), _) => v.as_f64().map_or(f32::NAN, |f| f as f32),
             };
+            if e.history.capacity() == 0 {
+                // The whole share at once: a growing deque would double past it.
+                e.history.reserve_exact(per_tag);
+            }
             if e.history.len() >= per_tag {
                 e.history.pop_front();
             }
@@ -166,11 +190,12 @@ impl TagBoard {
     /// One page of the tags the query selects, as the API answers it.
     pub fn page(&self, q: &TagQuery, now_ms: u64) -> serde_json::Value {
         let text = q.text.as_deref().map(str::to_lowercase);
+        let device_of = |e: &Entry| self.devices.get(e.device).map_or("", String::as_str);
         let selected = self.entries.iter().filter(|e| {
-            q.device.as_deref().is_none_or(|d| e.def.device == d)
+            q.device.as_deref().is_none_or(|d| device_of(e) == d)
                 && q.quality.is_none_or(|want| e.quality == Some(want))
                 && text.as_deref().is_none_or(|t| {
-                    e.def.tag.to_lowercase().contains(t) || e.def.device.to_lowercase().contains(t)
+                    e.tag.to_lowercase().contains(t) || device_of(e).to_lowercase().contains(t)
                 })
         });
         let limit = q.limit.clamp(1, MAX_PAGE);
@@ -179,15 +204,15 @@ impl TagBoard {
         for e in selected {
             if total >= q.offset && tags.len() < limit {
                 tags.push(json!({
-                    "device": e.def.device,
-                    "tag": e.def.tag,
+                    "device": device_of(e),
+                    "tag": e.tag,
                     "value": e.value,
-                    "unit": e.def.unit,
+                    "unit": e.unit,
                     "quality": e.quality.map(Quality::as_str),
                     "source_ts_ms": e.source_ts_ms,
                     "read_ts_ms": e.read_ts_ms,
                     "age_ms": e.read_ts_ms.map(|t| now_ms.saturating_sub(t)),
-                    "writable": e.def.writable,
+                    "writable": e.writable,
                 }));
             }
             total += 1;
@@ -203,7 +228,7 @@ impl TagBoard {
 
     /// The recent values of one tag, oldest first; `None` for a tag not configured.
     pub fn history(&self, device: &str, tag: &str) -> Option<serde_json::Value> {
-        let i = *self.index.get(&(device.to_owned(), tag.to_owned()))?;
+        let i = *self.index.get(device)?.get(tag)?;
         let e = self.entries.get(i)?;
         let points: Vec<serde_json::Value> = e
             .history
@@ -216,7 +241,7 @@ impl TagBoard {
         Some(json!({
             "device": device,
             "tag": tag,
-            "unit": e.def.unit,
+            "unit": e.unit,
             "points": points,
         }))
     }
@@ -262,8 +287,10 @@ mod tests {
 
     #[test]
     fn the_history_of_every_tag_stays_within_the_one_budget() {
-        let budget = 64 * 1024;
+        // 26 points a tag: a deque grown by doubling would hold 32.
+        let budget = 26 * POINT_BYTES * 1000;
         let mut board = TagBoard::new(budget, defs(10, 100));
+        assert_eq!(board.points_per_tag(), 26);
         assert_eq!(
             board.points_per_tag(),
             (budget / (POINT_BYTES * 1000)) as usize
