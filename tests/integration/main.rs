@@ -14,6 +14,7 @@ mod config_errors;
 mod console;
 mod delivery;
 mod devices;
+mod failover;
 mod lifecycle;
 mod logging;
 mod mes;
@@ -21,6 +22,9 @@ mod mixed;
 mod opcua;
 mod ops;
 mod packaging;
+#[allow(dead_code)]
+#[path = "../chaos/src/proxy.rs"]
+mod proxy;
 mod rtu;
 mod security;
 mod sparkplug;

@@ -19,9 +19,24 @@ pub struct Northbound {
     /// `name` (required): unique among the northbounds, letters, digits, `-` and `_`. Names
     /// this northbound in logs, metrics and `edge-agent buffer stats`.
     pub name: String,
-    /// `url` (required): `mqtt://host[:port]` (port 1883 by default) or `mqtts://host[:port]`
-    /// (TLS, port 8883 by default). IPv6 addresses go in brackets: `mqtt://[fd00::5]:1883`.
+    /// `url`, or `urls` (one of the two is required): `mqtt://host[:port]` (port 1883 by
+    /// default) or `mqtts://host[:port]` (TLS, port 8883 by default). IPv6 addresses go in
+    /// brackets: `mqtt://[fd00::5]:1883`. With `urls`, the first is the preferred broker and
+    /// `url` holds it; the others are in `fallbacks`, tried in order when it is lost.
     pub url: BrokerUrl,
+    /// `replay_records_per_s` and `replay_bytes_per_s` (optional; default: no cap): the most a
+    /// replay after an outage sends per second, records (a device's scan) or payload bytes.
+    /// Live data goes on behind the backlog, in order. Without a cap a gateway drains its
+    /// backlog as fast as the broker acknowledges (bounded by `max_inflight`), so the MES is
+    /// current soonest; a fleet whose gateways all return after a broker restart caps it.
+    pub replay_records_per_s: Option<u32>,
+    pub replay_bytes_per_s: Option<u64>,
+    /// The brokers after the first of `urls` (empty with `url`): the northbound walks the
+    /// list on a loss, with backoff after each full walk, and comes back to the first.
+    pub fallbacks: Vec<BrokerUrl>,
+    /// `return_to_preferred_s` (default 60, 0: never): while on a fallback broker, how often
+    /// the preferred one is tried; once it accepts a connection the northbound moves back.
+    pub return_to_preferred: Option<Duration>,
     /// `client_id` (1 to 64 characters, default `edge-{gateway id}-{name}`): the MQTT client
     /// id. It must be stable and unique on the broker, because the broker keeps the session
     /// (unacknowledged messages) under it across reconnects.
@@ -203,6 +218,28 @@ pub(crate) fn read_northbounds(
     let mut all = Some(Vec::with_capacity(tables.len()));
     for mut t in tables {
         let northbound = read_northbound(cx, &mut t, gateway, base_dir, secrets, &mut names);
+        // A broker keeps one session per client id: two northbounds under one id on one
+        // broker would throw each other off, endlessly.
+        if let (Some(n), Some(all)) = (&northbound, all.as_ref()) {
+            let shared = all.iter().find(|o: &&Northbound| {
+                o.client_id == n.client_id && o.brokers().any(|b| n.brokers().any(|c| c == b))
+            });
+            if let Some(o) = shared {
+                let span = t
+                    .value_span("client_id")
+                    .or_else(|| t.value_span("urls"))
+                    .or_else(|| t.value_span("url"))
+                    .unwrap_or_else(|| t.span());
+                cx.error(
+                    &span,
+                    format!(
+                        "northbounds `{}` and `{}` use client id `{}` on the same broker: the broker would drop one whenever the other connects",
+                        o.name, n.name, n.client_id
+                    ),
+                    Some("give each northbound its own client_id".to_owned()),
+                );
+            }
+        }
         t.finish(cx);
         match (northbound, all.as_mut()) {
             (Some(n), Some(all)) => all.push(n),
@@ -210,6 +247,13 @@ pub(crate) fn read_northbounds(
         }
     }
     all
+}
+
+impl Northbound {
+    /// `url`, then the fallbacks.
+    pub fn brokers(&self) -> impl Iterator<Item = &BrokerUrl> {
+        std::iter::once(&self.url).chain(&self.fallbacks)
+    }
 }
 
 fn read_northbound(
@@ -228,9 +272,8 @@ fn read_northbound(
                 && names.insert(cx, span, name)
         });
 
-    let url = t
-        .string(cx, "url")
-        .and_then(|url, span| match url.parse::<BrokerUrl>() {
+    let parse_url =
+        |cx: &mut Diagnostics<'_>, url: &str, span: &Span| match url.parse::<BrokerUrl>() {
             Ok(url) => Some(url),
             Err(e @ BrokerUrlError::UserInfo) => {
                 cx.error_masked(span, e.to_string(), None);
@@ -240,8 +283,78 @@ fn read_northbound(
                 cx.error(span, e.to_string(), None);
                 None
             }
-        });
-    let url = t.require(cx, "url", url, "url = \"mqtt://127.0.0.1:1883\"");
+        };
+    let one = t
+        .string(cx, "url")
+        .and_then(|url, span| parse_url(cx, url, span));
+    let list = t.strings(cx, "urls").and_then(|urls, span| {
+        if urls.is_empty() {
+            cx.error(
+                span,
+                "`urls` names no broker",
+                Some("urls = [\"mqtt://broker-a:1883\", \"mqtt://broker-b:1883\"]".to_owned()),
+            );
+            return None;
+        }
+        let mut parsed = Vec::new();
+        let mut ok = true;
+        for (u, s) in &urls {
+            match parse_url(cx, u, s) {
+                Some(b) if parsed.iter().any(|(p, _): &(BrokerUrl, Span)| *p == b) => {
+                    cx.error(s, format!("`{u}` is in `urls` twice"), None);
+                    ok = false;
+                }
+                Some(b) => parsed.push((b, s.clone())),
+                None => ok = false,
+            }
+        }
+        ok.then_some(parsed)
+    });
+    let (url, fallbacks) = match (one, list) {
+        (Val::Present(_, span), Val::Present(_, _)) => {
+            cx.error(
+                &span,
+                "give either `url` or `urls`, not both",
+                Some("keep `urls`; its first broker is the preferred one".to_owned()),
+            );
+            (None, Some(Vec::new()))
+        }
+        (Val::Invalid, _) | (_, Val::Invalid) => (None, None),
+        (Val::Present(u, span), Val::Absent) => (Some((u, span)), Some(Vec::new())),
+        (Val::Absent, Val::Present(mut list, _)) => {
+            let first = list.remove(0);
+            (
+                Some(first),
+                Some(list.into_iter().map(|(u, _)| u).collect::<Vec<_>>()),
+            )
+        }
+        (Val::Absent, Val::Absent) => {
+            let url = t.require(
+                cx,
+                "url",
+                Val::<BrokerUrl>::Absent,
+                "url = \"mqtt://127.0.0.1:1883\" (or urls = [...] for a broker cluster)",
+            );
+            (url, Some(Vec::new()))
+        }
+    };
+    let return_s = t
+        .integer::<u64>(cx, "return_to_preferred_s", 0..=86_400)
+        .or(60);
+    let replay_records = t
+        .integer::<u32>(cx, "replay_records_per_s", 1..=10_000_000)
+        .optional();
+    let replay_bytes = t
+        .integer::<u64>(cx, "replay_bytes_per_s", 1024..=1 << 34)
+        .optional();
+    // One TLS setting (ca_file, client certificate) serves every broker of the list.
+    if let (Some((first, _)), Some(rest)) = (&url, &fallbacks) {
+        if rest.iter().any(|b| b.tls != first.tls) {
+            if let Some(span) = t.value_span("urls") {
+                cx.error(&span, "`urls` mixes mqtt:// and mqtts:// brokers", Some("one TLS setting serves the whole list: make them all mqtts:// (or all mqtt://)".to_owned()));
+            }
+        }
+    }
 
     let client_id = t.string(cx, "client_id").and_then(|id, span| {
         let chars = id.chars().count();
@@ -292,6 +405,27 @@ fn read_northbound(
     let sparkplug = SparkplugKeys::read(cx, t);
     let format = match format {
         Val::Present(Kind::SparkplugB, _) => {
+            for key in ["replay_records_per_s", "replay_bytes_per_s"] {
+                if let Some(span) = t.value_span(key) {
+                    cx.error(
+                        &span,
+                        format!("`{key}` applies to uns-json northbounds"),
+                        Some(
+                            "a Sparkplug replay is paced by max_inflight; remove this key"
+                                .to_owned(),
+                        ),
+                    );
+                }
+            }
+            if fallbacks.as_ref().is_some_and(|f| !f.is_empty()) {
+                if let Some(span) = t.value_span("urls") {
+                    cx.error(
+                        &span,
+                        "a sparkplug-b northbound has one broker: broker lists (`urls`) are for uns-json northbounds",
+                        Some("give one `url`".to_owned()),
+                    );
+                }
+            }
             for (key, span) in [
                 ("topic_root", topic_root.span()),
                 ("batching", batching.span()),
@@ -369,6 +503,10 @@ fn read_northbound(
     Some(Northbound {
         name: name.to_owned(),
         url: url?.0,
+        fallbacks: fallbacks?,
+        replay_records_per_s: replay_records?.map(|(v, _)| v),
+        replay_bytes_per_s: replay_bytes?.map(|(v, _)| v),
+        return_to_preferred: return_s.map(|s| (s > 0).then(|| Duration::from_secs(s)))?,
         client_id,
         credentials: credentials?,
         tls: tls?,

@@ -302,6 +302,37 @@ impl<'t, 'i> TableReader<'t, 'i> {
         }
     }
 
+    /// An array of strings, each with its span.
+    pub fn strings(
+        &mut self,
+        cx: &mut Diagnostics<'_>,
+        key: &'static str,
+    ) -> Val<Vec<(&'t str, Span)>> {
+        let Some(node) = self.take(key) else {
+            return Val::Absent;
+        };
+        let DeValue::Array(a) = node.get_ref() else {
+            Self::wrong_type(cx, node, "an array of strings");
+            return Val::Invalid;
+        };
+        let mut out = Vec::with_capacity(a.len());
+        let mut ok = true;
+        for item in a.iter() {
+            match item.get_ref() {
+                DeValue::String(s) => out.push((s.as_ref(), item.span())),
+                _ => {
+                    Self::wrong_type(cx, item, "a string");
+                    ok = false;
+                }
+            }
+        }
+        if ok {
+            Val::Present(out, node.span())
+        } else {
+            Val::Invalid
+        }
+    }
+
     /// An array of tables (`[[device]]`); each table is named `name` in messages.
     pub fn tables(
         &mut self,

@@ -221,6 +221,10 @@ heartbeat_s = 120
                     host: "broker.acme.example".into(),
                     port: 8883,
                 },
+                fallbacks: Vec::new(),
+                return_to_preferred: Some(Duration::from_secs(60)),
+                replay_records_per_s: None,
+                replay_bytes_per_s: None,
                 client_id: "edge-gw-line1-mes".into(),
                 credentials: Some(Credentials {
                     username: "edge".into(),
@@ -252,6 +256,10 @@ heartbeat_s = 120
                     host: "fd00::7".into(),
                     port: 1884,
                 },
+                fallbacks: Vec::new(),
+                return_to_preferred: Some(Duration::from_secs(60)),
+                replay_records_per_s: None,
+                replay_bytes_per_s: None,
                 client_id: "historian-gw1".into(),
                 credentials: None,
                 tls: None,
@@ -1554,4 +1562,121 @@ fn command_safety_keys_set_the_northbounds_policy_and_default_to_timed_commands_
         e.to_string().contains("command_max_age_ms"),
         "the key is named in the error: {e}"
     );
+}
+
+mod broker_lists {
+    use super::*;
+
+    const BASE: &str = r#"
+[gateway]
+id = "gw"
+data_dir = "/var/lib/edge-agent"
+enterprise = "acme"
+site = "plant1"
+area = "packaging"
+line = "line1"
+
+[[northbound]]
+name = "mes"
+URLS
+
+[[device]]
+name = "press"
+protocol = "modbus-tcp"
+host = "127.0.0.1"
+  [[device.tag]]
+  name = "count"
+  address = "hr:0"
+  type = "u16"
+"#;
+
+    fn with(urls: &str) -> Result<Config, edge_config::ConfigErrors> {
+        let src = BASE.replace("URLS", urls);
+        parse(&src, Path::new(FILE), &FakeSecrets::default())
+    }
+
+    #[test]
+    fn the_first_of_urls_is_preferred_and_the_rest_are_fallbacks_in_order() {
+        let cfg = with("urls = [\"mqtt://a:1883\", \"mqtt://b:1884\", \"mqtt://c\"]\nreturn_to_preferred_s = 0")
+            .expect("valid");
+        let nb = &cfg.northbounds[0];
+        assert_eq!(nb.url.host, "a");
+        let rest: Vec<String> = nb
+            .fallbacks
+            .iter()
+            .map(|b| format!("{}:{}", b.host, b.port))
+            .collect();
+        assert_eq!(rest, ["b:1884", "c:1883"]);
+        assert_eq!(nb.return_to_preferred, None, "0 never returns");
+        let one = with("url = \"mqtt://a\"").expect("valid");
+        assert!(one.northbounds[0].fallbacks.is_empty());
+        assert_eq!(
+            one.northbounds[0].return_to_preferred,
+            Some(Duration::from_secs(60))
+        );
+    }
+
+    #[test]
+    fn a_malformed_url_in_the_list_is_an_error_at_its_own_position() {
+        let errors = with("urls = [\"mqtt://a\", \"http://b\"]").expect_err("invalid");
+        let e = &errors.0[0];
+        let line = BASE.lines().position(|l| l == "URLS").expect("the line") + 1;
+        assert_eq!((e.line, e.column), (line, 21), "{errors}");
+    }
+
+    #[test]
+    fn url_and_urls_together_a_repeated_broker_or_a_mixed_scheme_are_errors() {
+        assert!(with("url = \"mqtt://a\"\nurls = [\"mqtt://b\"]").is_err());
+        let twice = with("urls = [\"mqtt://a\", \"mqtt://a:1883\"]").expect_err("twice");
+        assert!(twice.to_string().contains("twice"), "{twice}");
+        let mixed =
+            with("urls = [\"mqtt://a\", \"mqtts://b\"]\nca_file = \"/ca.pem\"").expect_err("mixed");
+        assert!(
+            mixed.to_string().contains("mixes mqtt:// and mqtts://"),
+            "{mixed}"
+        );
+        assert!(with("urls = []").is_err());
+    }
+
+    #[test]
+    fn two_northbounds_with_one_client_id_on_a_common_broker_are_an_error_at_the_second() {
+        let src = BASE.replace(
+            "URLS",
+            "urls = [\"mqtt://a\", \"mqtt://b\"]\nclient_id = \"gw-1\"\n\n[[northbound]]\nname = \"historian\"\nurl = \"mqtt://b\"\nclient_id = \"gw-1\"",
+        );
+        let errors = parse(&src, Path::new(FILE), &FakeSecrets::default()).expect_err("shared id");
+        let e = &errors.0[0];
+        assert!(
+            e.message
+                .contains("use client id `gw-1` on the same broker"),
+            "{errors}"
+        );
+        let line = src
+            .lines()
+            .collect::<Vec<_>>()
+            .iter()
+            .rposition(|l| *l == "client_id = \"gw-1\"")
+            .expect("line")
+            + 1;
+        assert_eq!(e.line, line, "{errors}");
+        // Other brokers, or other ids: fine.
+        let apart = BASE.replace(
+            "URLS",
+            "url = \"mqtt://a\"\nclient_id = \"gw-1\"\n\n[[northbound]]\nname = \"historian\"\nurl = \"mqtt://b\"\nclient_id = \"gw-1\"",
+        );
+        assert!(parse(&apart, Path::new(FILE), &FakeSecrets::default()).is_ok());
+    }
+
+    #[test]
+    fn a_sparkplug_northbound_takes_one_broker() {
+        let errors =
+            with("urls = [\"mqtt://a\", \"mqtt://b\"]\nformat = \"sparkplug-b\"\ngroup_id = \"g\"")
+                .expect_err("one broker");
+        assert!(
+            errors
+                .to_string()
+                .contains("a sparkplug-b northbound has one broker"),
+            "{errors}"
+        );
+    }
 }

@@ -179,6 +179,17 @@ impl AdminState {
         };
         let mut text = render(&input);
         text.push_str(&self.commands.render());
+        text.push_str("# HELP edge_agent_northbound_broker The broker each northbound is connected to, or tries (1).\n# TYPE edge_agent_northbound_broker gauge\n");
+        for (name, p) in &self.publishers {
+            let broker = p.broker();
+            if !broker.is_empty() {
+                text.push_str(&format!(
+                    "edge_agent_northbound_broker{{northbound=\"{}\",url=\"{}\"}} 1\n",
+                    escape_label(name),
+                    escape_label(&broker)
+                ));
+            }
+        }
         if let Some(c) = &self.console {
             text.push_str(&console::runway_metric(c));
         }

@@ -139,7 +139,7 @@ impl Sampler {
             northbounds.push(json!({
                 "name": nb.name,
                 "format": match nb.format { Format::UnsJson => "uns", Format::SparkplugB(_) => "sparkplug-b" },
-                "url": nb.url.to_string(),
+                "url": stats.map(|p| p.broker()).filter(|b| !b.is_empty()).unwrap_or_else(|| nb.url.to_string()),
                 "connected": connected,
                 "last_error": stats.and_then(|p| p.last_error.lock().unwrap_or_else(|e| e.into_inner()).clone()),
                 "last_puback_age_ms": (last_ack > 0).then(|| now_ms.saturating_sub(last_ack)),

@@ -141,6 +141,9 @@ pub struct NorthboundSnapshot {
     pub resent: u64,
     pub inflight: u64,
     pub last_error: Option<String>,
+    /// The broker in use (with a broker list, the one of the current connection).
+    #[serde(default)]
+    pub broker: Option<String>,
 }
 
 pub fn snapshot(
@@ -208,6 +211,7 @@ pub fn snapshot(
                             .unwrap_or_else(|e| e.into_inner())
                             .clone()
                     }),
+                    broker: p.map(|p| p.broker()).filter(|b| !b.is_empty()),
                 }
             })
             .collect(),

@@ -11,6 +11,7 @@ pub mod acks;
 pub mod commands;
 pub mod encode;
 pub mod link;
+pub mod pace;
 pub mod safety;
 pub mod sparkplug;
 pub mod uns;
@@ -93,6 +94,8 @@ impl From<ConnectionError> for NorthboundError {
 pub enum SessionEnd {
     Shutdown,
     Lost(NorthboundError),
+    /// Left a fallback broker on purpose: the preferred one is back.
+    BackToPreferred,
 }
 
 fn read_file(what: &'static str, path: &std::path::Path) -> Result<Vec<u8>, TransportError> {

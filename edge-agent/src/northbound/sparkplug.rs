@@ -328,11 +328,14 @@ impl SparkplugPublisher {
             }
             let started = Instant::now();
             let connects = self.stats.connects.load(Ordering::Relaxed);
+            *self.stats.broker.lock().unwrap_or_else(|p| p.into_inner()) = self.nb.url.to_string();
             let outcome = self.session(transport.clone(), shutdown, drain).await;
             self.stats.connected.store(false, Ordering::Relaxed);
             self.stats.inflight.store(0, Ordering::Relaxed);
             match outcome {
                 SessionEnd::Shutdown => return,
+                // A Sparkplug northbound has one broker (`urls` is refused for it).
+                SessionEnd::BackToPreferred => {}
                 SessionEnd::Lost(NorthboundError::Certificate(reason)) => {
                     let wait = reconnect_wait(&mut backoff, started.elapsed());
                     if self.stats.connects.load(Ordering::Relaxed) > connects {

@@ -23,7 +23,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use edge_config::Northbound;
+use edge_config::{BrokerUrl, Northbound};
 use edge_driver::Backoff;
 use edge_store::{RecordId, Store};
 use futures::FutureExt;
@@ -44,8 +44,9 @@ use crate::daemon::clock::ClockStatus;
 use crate::northbound::acks::CursorWriter;
 use crate::northbound::commands::CommandRequest;
 pub use crate::northbound::encode::EncoderSlot;
-use crate::northbound::encode::RecordEncoder;
+use crate::northbound::encode::{Encoded, RecordEncoder};
 use crate::northbound::link::{self, Link};
+use crate::northbound::pace::{Cap, Pacer};
 use crate::northbound::window::{Budget, Window};
 pub use crate::northbound::TransportError as PublisherError;
 use crate::northbound::{
@@ -89,12 +90,93 @@ pub struct PublisherStats {
     pub last_error: Mutex<Option<String>>,
     /// When the broker last acknowledged a message (epoch ms, 0: never).
     pub last_ack_ms: AtomicU64,
+    /// The broker of the current (or last) connection, as its URL.
+    pub broker: Mutex<String>,
 }
 
 impl PublisherStats {
     pub fn set_error(&self, e: String) {
         *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
     }
+
+    /// The broker in use, as its URL (empty before the first attempt).
+    pub fn broker(&self) -> String {
+        self.broker
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+}
+
+/// Tries the preferred broker every so often while a fallback broker is in use: a full MQTT
+/// connection (TLS and credentials as the northbound's, a clean session under the client id
+/// with `-probe` appended, so the real session is not disturbed), CONNECT to CONNACK, then
+/// DISCONNECT. A port that merely accepts TCP (a broker starting, or hung) is not "back".
+#[derive(Debug)]
+struct PreferredProbe {
+    back: tokio::sync::oneshot::Receiver<()>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// How long one probe may take, CONNECT to CONNACK.
+const PROBE_LIMIT: Duration = Duration::from_secs(3);
+
+impl PreferredProbe {
+    fn start(options: MqttOptions, every: Duration) -> PreferredProbe {
+        let (tx, back) = tokio::sync::oneshot::channel();
+        let task = tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                if broker_answers(options.clone()).await {
+                    let _ = tx.send(());
+                    return;
+                }
+            }
+        });
+        PreferredProbe { back, task }
+    }
+
+    /// Resolves once the preferred broker accepted a connection; never without a probe.
+    async fn back(probe: &mut Option<PreferredProbe>) {
+        match probe {
+            Some(p) => {
+                if (&mut p.back).await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            }
+            None => std::future::pending().await,
+        }
+    }
+}
+
+impl Drop for PreferredProbe {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Whether the broker of `options` accepts an MQTT connection within [`PROBE_LIMIT`].
+async fn broker_answers(options: MqttOptions) -> bool {
+    let (client, mut eventloop) = AsyncClient::new(options, 4);
+    let connack = async {
+        loop {
+            match eventloop.poll().await {
+                Ok(Event::Incoming(Incoming::ConnAck(ack))) => {
+                    return ack.code == ConnectReturnCode::Success
+                }
+                Ok(_) => {}
+                Err(_) => return false,
+            }
+        }
+    };
+    let ok = tokio::time::timeout(PROBE_LIMIT, connack)
+        .await
+        .unwrap_or(false);
+    if ok {
+        let _ = client.try_disconnect();
+        let _ = tokio::time::timeout(Duration::from_millis(500), eventloop.poll()).await;
+    }
+    ok
 }
 
 /// What the gateway says about itself on the status topic.
@@ -129,6 +211,13 @@ pub struct Publisher {
     /// The next connection starts a clean session: the broker kept sending a message this
     /// client cannot read, and only a new session makes it drop it.
     clean_next: bool,
+    /// `url`, then the fallbacks of `urls`; `at` is the one in use.
+    brokers: Vec<BrokerUrl>,
+    at: usize,
+    /// The replay's pace, and a backlog record read and encoded that waits for it.
+    pacer: Pacer,
+    held: Option<(RecordId, Encoded)>,
+    paced_until: Option<std::time::Instant>,
 }
 
 impl Publisher {
@@ -138,7 +227,19 @@ impl Publisher {
             messages: usize::from(nb.max_inflight),
             bytes: nb.max_inflight_bytes,
         };
+        let brokers = std::iter::once(nb.url.clone())
+            .chain(nb.fallbacks.iter().cloned())
+            .collect();
+        let pacer = Pacer::new(Cap {
+            records_per_s: nb.replay_records_per_s,
+            bytes_per_s: nb.replay_bytes_per_s,
+        });
         Publisher {
+            brokers,
+            at: 0,
+            pacer,
+            held: None,
+            paced_until: None,
             start_next_id,
             never_failed: true,
             window: Window::new(0, budget),
@@ -201,7 +302,12 @@ impl Publisher {
         drain: Duration,
         acks: &CursorWriter,
     ) {
-        let transport = match transport(&self.nb.url, self.nb.tls.as_ref()) {
+        let transports: Result<Vec<Transport>, _> = self
+            .brokers
+            .iter()
+            .map(|b| transport(b, self.nb.tls.as_ref()))
+            .collect();
+        let transports = match transports {
             Ok(t) => t,
             Err(e) => {
                 error!(northbound = %self.nb.name, error = %e, "cannot set up TLS; this northbound stays offline");
@@ -214,29 +320,48 @@ impl Publisher {
         // One warning per outage; the retries after it are logged at debug level.
         let mut outage_reported = false;
         let mut certificates = CertificateReport::default();
+        // Brokers tried since the last connection that came up.
+        let mut walked = 0;
         loop {
             if *shutdown.borrow() {
                 return;
             }
             let started = Instant::now();
             let connects = self.stats.connects.load(Ordering::Relaxed);
-            let outcome = self.session(transport.clone(), shutdown, drain, acks).await;
+            let transport = transports.get(self.at).cloned().unwrap_or(Transport::Tcp);
+            *self.stats.broker.lock().unwrap_or_else(|p| p.into_inner()) =
+                self.broker().to_string();
+            let outcome = self.session(transport, shutdown, drain, acks).await;
             self.stats.connected.store(false, Ordering::Relaxed);
             self.stats.inflight.store(0, Ordering::Relaxed);
             let reason = match outcome {
                 SessionEnd::Shutdown => return,
+                SessionEnd::BackToPreferred => {
+                    info!(northbound = %self.nb.name, from = %self.broker(), to = %self.nb.url,
+                        "the preferred broker is back: moving to it (unacknowledged messages go again, in order)");
+                    self.at = 0;
+                    walked = 0;
+                    continue;
+                }
                 SessionEnd::Lost(reason) => reason,
             };
             self.never_failed = false;
-            let wait = reconnect_wait(&mut backoff, started.elapsed());
+            if self.stats.connects.load(Ordering::Relaxed) > connects {
+                walked = 0;
+            }
+            walked += 1;
+            let lost = self.broker().clone();
+            // With several brokers, the next one is tried at once; the backoff waits only
+            // after every broker of the list failed in a row.
+            let next = (self.at + 1) % self.brokers.len();
+            let wait = if self.brokers.len() > 1 && walked < self.brokers.len() {
+                self.nb.reconnect_min
+            } else {
+                walked = 0;
+                reconnect_wait(&mut backoff, started.elapsed())
+            };
             if let NorthboundError::Certificate(problem) = &reason {
-                certificates.report(
-                    &self.nb.name,
-                    &self.nb.url,
-                    self.nb.tls.as_ref(),
-                    problem,
-                    wait,
-                );
+                certificates.report(&self.nb.name, &lost, self.nb.tls.as_ref(), problem, wait);
                 // A broker that was reachable: the next plain failure is a new outage.
                 outage_reported = false;
             } else {
@@ -244,15 +369,19 @@ impl Publisher {
                     outage_reported = false;
                     certificates.clear();
                 }
-                if outage_reported {
+                if self.brokers.len() > 1 {
+                    warn!(northbound = %self.nb.name, url = %lost, reason = %reason, next = %self.brokers[next], retry_in = ?wait,
+                        "broker lost or refused; trying the next broker of the list (samples stay in the store)");
+                } else if outage_reported {
                     debug!(northbound = %self.nb.name, reason = %reason, retry_in = ?wait, "broker still unreachable");
                 } else {
-                    warn!(northbound = %self.nb.name, url = %self.nb.url, reason = %reason, retry_in = ?wait,
+                    warn!(northbound = %self.nb.name, url = %lost, reason = %reason, retry_in = ?wait,
                         "broker unreachable; samples stay in the store until it is back");
                     outage_reported = true;
                 }
             }
-            self.stats.set_error(reason.to_string());
+            self.stats.set_error(format!("{lost}: {reason}"));
+            self.at = next;
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
                 _ = stopped(shutdown) => return,
@@ -260,8 +389,30 @@ impl Publisher {
         }
     }
 
+    /// The options of a probe of the preferred broker (see [`PreferredProbe`]).
+    fn probe_options(&self) -> MqttOptions {
+        let url = &self.nb.url;
+        let mut o = MqttOptions::new(format!("{}-probe", self.nb.client_id), &url.host, url.port);
+        o.set_clean_session(true);
+        o.set_keep_alive(Duration::from_secs(5));
+        if let Ok(t) = transport(url, self.nb.tls.as_ref()) {
+            o.set_transport(t);
+        }
+        if let Some(c) = &self.nb.credentials {
+            let password = c.password.as_ref().map(|p| p.expose()).unwrap_or("");
+            o.set_credentials(c.username.clone(), password);
+        }
+        o
+    }
+
+    /// The broker in use.
+    fn broker(&self) -> &BrokerUrl {
+        self.brokers.get(self.at).unwrap_or(&self.nb.url)
+    }
+
     fn options(&self, transport: Transport) -> MqttOptions {
-        let mut o = MqttOptions::new(&self.nb.client_id, &self.nb.url.host, self.nb.url.port);
+        let broker = self.broker();
+        let mut o = MqttOptions::new(&self.nb.client_id, &broker.host, broker.port);
         // A persistent session keeps our subscriptions across reconnects; our own outgoing
         // messages are resent from the window, not from the session.
         // Untimed commands are only safe on a session the broker does not keep: nothing can be
@@ -375,6 +526,11 @@ impl Publisher {
         let mut connected = false;
         // Records below this are a backlog (set when the connection comes up).
         let mut replay_below = 0;
+        // On a fallback broker: told when the preferred one accepts connections again.
+        let mut preferred_back = match (self.at, self.nb.return_to_preferred) {
+            (0, _) | (_, None) => None,
+            (_, Some(every)) => Some(PreferredProbe::start(self.probe_options(), every)),
+        };
 
         loop {
             if connected {
@@ -386,6 +542,7 @@ impl Publisher {
                 }
             }
             let wants_records = connected && self.window.wants_record();
+            let paced = self.paced_until.filter(|_| connected);
             tokio::select! {
                 biased;
                 _ = stopped(shutdown) => {
@@ -417,6 +574,18 @@ impl Publisher {
                         return SessionEnd::Shutdown;
                     }
                 }
+                _ = tokio::time::sleep_until(tokio::time::Instant::from_std(paced.unwrap_or_else(std::time::Instant::now))), if paced.is_some() => {
+                    self.paced_until = None;
+                }
+                _ = PreferredProbe::back(&mut preferred_back), if connected => {
+                    // A clean DISCONNECT: no last will (an offline status) on the way out.
+                    let _ = client.try_disconnect();
+                    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+                        while let Some(Ok(_)) = link.next().await {}
+                    })
+                    .await;
+                    return SessionEnd::BackToPreferred;
+                }
             }
         }
     }
@@ -440,7 +609,7 @@ impl Publisher {
         self.stats.ever_connected.store(true, Ordering::Relaxed);
         self.stats.connects.fetch_add(1, Ordering::Relaxed);
         let backlog = replay_below.saturating_sub(self.window.cursor());
-        info!(northbound = %self.nb.name, url = %self.nb.url, session_present,
+        info!(northbound = %self.nb.name, url = %self.broker(), session_present,
             backlog_records = backlog, "connected to broker");
         let online = self.encoder.uns().status_online(
             &self.gateway.id,
@@ -524,14 +693,29 @@ impl Publisher {
             if !self.window.wants_record() {
                 break;
             }
-            let Some((id, batch)) = self.reader.next(&self.store, &self.nb.name)? else {
-                break;
+            let (id, encoded) = match self.held.take() {
+                Some(held) => held,
+                None => {
+                    let Some((id, batch)) = self.reader.next(&self.store, &self.nb.name)? else {
+                        break;
+                    };
+                    let encoded = self.encoder.encode(&batch, id < replay_below);
+                    drop(batch);
+                    self.stats
+                        .mes_events
+                        .fetch_add(encoded.mes_events as u64, Ordering::Relaxed);
+                    (id, encoded)
+                }
             };
-            let encoded = self.encoder.encode(&batch, id < replay_below);
-            drop(batch);
-            self.stats
-                .mes_events
-                .fetch_add(encoded.mes_events as u64, Ordering::Relaxed);
+            if id < replay_below && self.pacer.is_capped() {
+                let bytes = encoded.messages.iter().map(|m| m.payload.len()).sum();
+                if let Err(at) = self.pacer.admit(std::time::Instant::now(), bytes) {
+                    // Held, encoded, until the pace allows it: nothing after it goes first.
+                    self.held = Some((id, encoded));
+                    self.paced_until = Some(at);
+                    break;
+                }
+            }
             self.window.push(id, encoded.messages, encoded.checkpoint);
             // A record with nothing to say counts as delivered once those before it are.
             self.release(acks);
