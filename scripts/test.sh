@@ -2,7 +2,8 @@
 # The project's test command: formatting, lints and every test of the workspace, including
 # the integration tests, which run real Mosquitto brokers of their own (never port 1883).
 # Installs what the tests need when it is missing and the machine allows it (Mosquitto for the
-# broker tests; Chromium and chromedriver for the console's browser tests); never skips tests.
+# broker tests; RabbitMQ for the broker cluster test; Chromium and chromedriver for the
+# console's browser tests); never skips tests.
 #
 # Ends with a short chaos run (edge-chaos, two minutes of faults; scripts/chaos.sh runs longer ones) whose ledger it prints.
 #
@@ -63,6 +64,13 @@ if command -v mosquitto >/dev/null 2>&1; then
 else
     echo "using /usr/sbin/mosquitto"
 fi
+
+step "rabbitmq-server (needed by the broker cluster test)"
+have_rabbitmq() {
+    test -x /usr/sbin/rabbitmq-server && test -x /usr/sbin/rabbitmqctl
+}
+need "RabbitMQ" have_rabbitmq rabbitmq-server
+echo "using /usr/sbin/rabbitmq-server (the test starts a cluster of its own on free ports)"
 
 step "chromium and chromedriver (needed by the console's browser tests)"
 have_browser() {

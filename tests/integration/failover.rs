@@ -1,12 +1,14 @@
 //! A northbound with a list of brokers: two real Mosquitto instances, the first stopped while
 //! the agent publishes; the agent goes on with the second, says so in its status, and returns
 //! to the first once it is back. A subscriber on each broker: together they saw every `seq` of
-//! every device, and each saw them in order.
+//! every device, and each saw them in order. The same with a three-node RabbitMQ cluster
+//! (its MQTT plugin), one node killed with SIGKILL while the agent publishes to it.
 
 use std::time::{Duration, Instant};
 
 use crate::common::*;
 use crate::proxy::{FaultProxy, Mode};
+use crate::support::rabbitmq::RabbitCluster;
 use crate::support::seqcheck;
 use crate::support::{AgentProcess, Collector, Mosquitto, TestDir};
 
@@ -227,4 +229,69 @@ async fn a_capped_replay_holds_its_pace_and_drains_the_backlog_in_order() {
     c.stop().await;
     plc.stop().await;
     drop(broker);
+}
+
+/// A three-node RabbitMQ cluster, the agent preferring node 1, the subscriber on node 3: node 1
+/// is killed (SIGKILL) while the agent publishes to it; the agent goes on with node 2 and the
+/// subscriber sees every `seq`, in order. (RabbitMQ acknowledges a QoS 1 publish once the
+/// queues it is routed to have it, so a killed node loses nothing it acknowledged.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rabbitmq_cluster_node_killed_while_publishing_loses_nothing() {
+    let mut cluster = tokio::task::spawn_blocking(|| RabbitCluster::start(3))
+        .await
+        .expect("joins")
+        .expect("a three-node RabbitMQ cluster starts");
+    let ports: Vec<u16> = cluster.nodes.iter().map(|n| n.mqtt_port).collect();
+    let c = Collector::start(ports[2], "rabbit-sub", &[&format!("{ROOT}/#")])
+        .await
+        .expect("subscriber on node 3");
+    let plc = start_plc().await;
+    let _program = counting(&plc, Duration::from_millis(50));
+    let dir = TestDir::new();
+    let data = dir.join("data");
+    let urls = ports
+        .iter()
+        .map(|p| format!("\"mqtt://127.0.0.1:{p}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let config = config_toml(
+        &data,
+        ports[0],
+        "per-tag",
+        "",
+        &[device("plc", plc.local_addr().port(), 50, counter_tags())],
+    )
+    .replace(
+        &format!("url = \"mqtt://127.0.0.1:{}\"", ports[0]),
+        &format!("urls = [{urls}]\nreturn_to_preferred_s = 0"),
+    );
+    let path = dir.join("board.toml");
+    std::fs::write(&path, &config).expect("config written");
+    let mut agent = AgentProcess::spawn(&bin(), &path, &[]).expect("agent starts");
+    c.wait_for(|m| m.len() > 40, WAIT)
+        .await
+        .expect("data through node 1");
+    wait_broker(&data, &format!("mqtt://127.0.0.1:{}", ports[0])).await;
+    cluster.nodes[0].kill().expect("node 1 killed");
+    agent
+        .wait_log("trying the next broker of the list", WAIT)
+        .await
+        .expect("the walk");
+    wait_broker(&data, &format!("mqtt://127.0.0.1:{}", ports[1])).await;
+    let before = c.len();
+    c.wait_for(|m| m.len() > before + 40, WAIT)
+        .await
+        .expect("data through node 2");
+    agent.terminate().expect("agent stops");
+    let seen = telemetry(&c);
+    let report = seqcheck::check(ROOT, &seen);
+    assert!(!report.is_empty());
+    for (device, r) in report {
+        assert!(r.malformed.is_empty(), "{device}: {:?}", r.malformed);
+        assert!(r.gaps.is_empty(), "{device}: lost {:?}", r.gaps);
+        assert!(r.is_ordered(), "{device}: {r:?}");
+        assert!(r.distinct > 60, "{device}: {r:?}");
+    }
+    plc.stop().await;
+    drop(cluster);
 }

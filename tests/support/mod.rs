@@ -24,6 +24,7 @@ pub mod mosquitto;
 pub mod mqtt;
 pub mod ports;
 mod process;
+pub mod rabbitmq;
 pub mod seqcheck;
 pub mod testdir;
 
