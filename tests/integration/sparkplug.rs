@@ -1054,3 +1054,116 @@ async fn after_a_broker_outage_the_backlog_is_replayed_historical_in_order_with_
     assert!(agent.is_running());
     agent.terminate().expect("clean stop");
 }
+
+/// The bdSeq of the last message of `kind` in `msgs`.
+fn last_bd_seq(msgs: &[Received], kind: &str) -> Option<u64> {
+    decode_all(msgs)
+        .iter()
+        .rev()
+        .find(|m| m.kind == kind)
+        .and_then(Sp::bd_seq)
+}
+
+/// A server set of two Mosquitto brokers and a primary host simulated on both: when the host
+/// goes offline on the node's server, the node ends its session there with NDEATH and is born
+/// on the next server; `Node Control/Next Server` moves it back. Each NDEATH carries the bdSeq
+/// of its NBIRTH, and every new session the next bdSeq.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_node_walks_its_server_set_when_the_host_goes_offline_and_on_next_server() {
+    let a = Mosquitto::start().expect("server A starts");
+    let b = Mosquitto::start().expect("server B starts");
+    let plc = start_plc().await;
+    let _p = counting(&plc, Duration::from_millis(50));
+    let dir = TestDir::new();
+    let config = sparkplug_config(
+        &dir.data_dir(),
+        a.port(),
+        "primary_host_id = \"scada-host\"",
+        &[device(
+            "mixer",
+            plc.local_addr().port(),
+            100,
+            counter_tags(),
+        )],
+    )
+    .replace(
+        &format!("url = \"mqtt://127.0.0.1:{}\"", a.port()),
+        &format!(
+            "urls = [\"mqtt://127.0.0.1:{}\", \"mqtt://127.0.0.1:{}\"]",
+            a.port(),
+            b.port()
+        ),
+    );
+    assert!(config.contains("urls = ["), "{config}");
+    let host_a = Collector::start(a.port(), "host-a", &["spBv1.0/#"])
+        .await
+        .expect("host on A");
+    let host_b = Collector::start(b.port(), "host-b", &["spBv1.0/#"])
+        .await
+        .expect("host on B");
+    let state = "spBv1.0/STATE/scada-host";
+    let t0 = edge_model::now_ms();
+    let set_state = |online: bool, ts: u64| {
+        format!("{{\"online\": {online}, \"timestamp\": {ts}}}").into_bytes()
+    };
+    for host in [&host_a, &host_b] {
+        host.publish(state, set_state(true, t0), QoS::AtLeastOnce, true)
+            .await
+            .expect("STATE online");
+    }
+    let mut agent =
+        AgentProcess::spawn(&bin(), &dir.write_config(&config), &[]).expect("agent starts");
+    let bd0 = wait_nbirth(&host_a, 1).await;
+    host_a
+        .wait_for(|m| count(m, "DDATA", None) >= 3, WAIT)
+        .await
+        .expect("data on A");
+    assert_eq!(
+        count(&host_b.messages(), "NBIRTH", None),
+        0,
+        "born on A only"
+    );
+
+    // The host goes offline on A: NDEATH there, born on B.
+    host_a
+        .publish(state, set_state(false, t0 + 1), QoS::AtLeastOnce, true)
+        .await
+        .expect("STATE offline on A");
+    host_a
+        .wait_for(|m| count(m, "NDEATH", None) >= 1, WAIT)
+        .await
+        .expect("NDEATH on A");
+    assert_eq!(last_bd_seq(&host_a.messages(), "NDEATH"), Some(bd0));
+    let bd1 = wait_nbirth(&host_b, 1).await;
+    assert_eq!(bd1, (bd0 + 1) % 256, "a new session, the next bdSeq");
+    host_b
+        .wait_for(|m| count(m, "DDATA", None) >= 3, WAIT)
+        .await
+        .expect("data on B");
+
+    // Back online on A, then Next Server from the host on B: NDEATH on B, born on A.
+    host_a
+        .publish(state, set_state(true, t0 + 2), QoS::AtLeastOnce, true)
+        .await
+        .expect("STATE online on A");
+    let next = Metric {
+        name: Some("Node Control/Next Server".into()),
+        datatype: Some(11),
+        value: Some(metric::Value::BooleanValue(true)),
+        ..Metric::default()
+    };
+    publish_cmd(&host_b, &format!("spBv1.0/{GROUP}/NCMD/{NODE}"), vec![next]).await;
+    host_b
+        .wait_for(|m| count(m, "NDEATH", None) >= 1, WAIT)
+        .await
+        .expect("NDEATH on B");
+    assert_eq!(last_bd_seq(&host_b.messages(), "NDEATH"), Some(bd1));
+    let bd2 = wait_nbirth(&host_a, 2).await;
+    assert_eq!(bd2, (bd1 + 1) % 256);
+    agent
+        .wait_log("Node Control/Next Server: NDEATH, disconnect", WAIT)
+        .await
+        .expect("logged");
+    agent.terminate().expect("agent stops");
+    plc.stop().await;
+}

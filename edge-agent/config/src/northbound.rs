@@ -417,15 +417,6 @@ fn read_northbound(
                     );
                 }
             }
-            if fallbacks.as_ref().is_some_and(|f| !f.is_empty()) {
-                if let Some(span) = t.value_span("urls") {
-                    cx.error(
-                        &span,
-                        "a sparkplug-b northbound has one broker: broker lists (`urls`) are for uns-json northbounds",
-                        Some("give one `url`".to_owned()),
-                    );
-                }
-            }
             for (key, span) in [
                 ("topic_root", topic_root.span()),
                 ("batching", batching.span()),

@@ -1668,15 +1668,10 @@ host = "127.0.0.1"
     }
 
     #[test]
-    fn a_sparkplug_northbound_takes_one_broker() {
-        let errors =
+    fn a_sparkplug_northbound_takes_a_server_set() {
+        let cfg =
             with("urls = [\"mqtt://a\", \"mqtt://b\"]\nformat = \"sparkplug-b\"\ngroup_id = \"g\"")
-                .expect_err("one broker");
-        assert!(
-            errors
-                .to_string()
-                .contains("a sparkplug-b northbound has one broker"),
-            "{errors}"
-        );
+                .expect("a server set");
+        assert_eq!(cfg.northbounds[0].fallbacks.len(), 1);
     }
 }

@@ -75,6 +75,9 @@ pub enum NorthboundError {
     /// Sparkplug: the primary host went offline, so the node ends its session.
     #[error("the primary host went offline")]
     PrimaryHostOffline,
+    /// Sparkplug: the primary host sent `Node Control/Next Server`.
+    #[error("the primary host asked for the next server (Node Control/Next Server)")]
+    NextServer,
 }
 
 impl From<ClientError> for NorthboundError {
@@ -94,7 +97,7 @@ impl From<ConnectionError> for NorthboundError {
 pub enum SessionEnd {
     Shutdown,
     Lost(NorthboundError),
-    /// Left a fallback broker on purpose: the preferred one is back.
+    /// Left a fallback broker on purpose: the preferred one is back (UNS).
     BackToPreferred,
 }
 

@@ -229,6 +229,9 @@ pub struct SparkplugPublisher {
     /// Messages published at once: at least the window, plus births and their deaths.
     channel_capacity: usize,
     mark_every: usize,
+    /// `url`, then the other servers of `urls`; `at` is the one in use.
+    brokers: Vec<edge_config::BrokerUrl>,
+    at: usize,
 }
 
 impl SparkplugPublisher {
@@ -250,6 +253,8 @@ impl SparkplugPublisher {
         let cursor = store.cursor(&nb.name);
         let max = usize::from(nb.max_inflight);
         SparkplugPublisher {
+            brokers: nb.brokers().cloned().collect(),
+            at: 0,
             handles: handles.into_iter().map(|h| (h.name.clone(), h)).collect(),
             stats: Arc::new(PublisherStats::default()),
             command_stats: Arc::new(CommandStats::default()),
@@ -308,7 +313,12 @@ impl SparkplugPublisher {
     }
 
     async fn sessions(&mut self, shutdown: &mut watch::Receiver<bool>, drain: Duration) {
-        let transport = match transport(&self.nb.url, self.nb.tls.as_ref()) {
+        let transports: Result<Vec<Transport>, _> = self
+            .brokers
+            .iter()
+            .map(|b| transport(b, self.nb.tls.as_ref()))
+            .collect();
+        let transports = match transports {
             Ok(t) => t,
             Err(e) => {
                 error!(northbound = %self.nb.name, error = %e, "cannot set up TLS; this northbound stays offline");
@@ -319,53 +329,71 @@ impl SparkplugPublisher {
         };
         info!(northbound = %self.nb.name, group = %self.settings.group_id, edge_node = %self.settings.edge_node_id,
             metrics = self.node.metric_count(), devices = self.node.device_count(),
-            primary_host = ?self.settings.primary_host_id, "Sparkplug B edge node configured");
+            primary_host = ?self.settings.primary_host_id, servers = self.brokers.len(),
+            "Sparkplug B edge node configured");
         let mut backoff = Backoff::new(self.nb.reconnect_min, self.nb.reconnect_max);
         let mut certificates = CertificateReport::default();
+        // Servers tried since the last session that came up.
+        let mut walked = 0;
         loop {
             if *shutdown.borrow() {
                 return;
             }
             let started = Instant::now();
             let connects = self.stats.connects.load(Ordering::Relaxed);
-            *self.stats.broker.lock().unwrap_or_else(|p| p.into_inner()) = self.nb.url.to_string();
-            let outcome = self.session(transport.clone(), shutdown, drain).await;
+            let server = self.broker().clone();
+            *self.stats.broker.lock().unwrap_or_else(|p| p.into_inner()) = server.to_string();
+            let transport = transports.get(self.at).cloned().unwrap_or(Transport::Tcp);
+            let outcome = self.session(transport, shutdown, drain).await;
             self.stats.connected.store(false, Ordering::Relaxed);
             self.stats.inflight.store(0, Ordering::Relaxed);
-            match outcome {
+            let reason = match outcome {
                 SessionEnd::Shutdown => return,
-                // A Sparkplug northbound has one broker (`urls` is refused for it).
-                SessionEnd::BackToPreferred => {}
-                SessionEnd::Lost(NorthboundError::Certificate(reason)) => {
-                    let wait = reconnect_wait(&mut backoff, started.elapsed());
-                    if self.stats.connects.load(Ordering::Relaxed) > connects {
-                        certificates.clear();
-                    }
-                    certificates.report(
-                        &self.nb.name,
-                        &self.nb.url,
-                        self.nb.tls.as_ref(),
-                        &reason,
-                        wait,
-                    );
-                    self.set_error(reason);
-                    tokio::select! {
-                        _ = tokio::time::sleep(wait) => {}
-                        _ = stopped(shutdown) => return,
-                    }
-                }
-                SessionEnd::Lost(reason) => {
-                    let wait = reconnect_wait(&mut backoff, started.elapsed());
-                    warn!(northbound = %self.nb.name, url = %self.nb.url, reason = %reason, retry_in = ?wait,
-                        "Sparkplug session ended; samples stay in the store until they are proven delivered");
-                    self.set_error(reason.to_string());
-                    tokio::select! {
-                        _ = tokio::time::sleep(wait) => {}
-                        _ = stopped(shutdown) => return,
-                    }
+                // Only UNS northbounds return to a preferred broker.
+                SessionEnd::BackToPreferred => continue,
+                SessionEnd::Lost(reason) => reason,
+            };
+            if self.stats.connects.load(Ordering::Relaxed) > connects {
+                walked = 0;
+            }
+            walked += 1;
+            // The server set is walked in order: the next server at once (the primary host's
+            // STATE offline here, or Next Server, or a lost connection), the backoff only
+            // after every server failed in a row.
+            let several = self.brokers.len() > 1;
+            let wait = if several && walked < self.brokers.len() {
+                self.nb.reconnect_min
+            } else {
+                walked = 0;
+                reconnect_wait(&mut backoff, started.elapsed())
+            };
+            if several {
+                self.at = (self.at + 1) % self.brokers.len();
+                if let Some(host) = self.host.as_mut() {
+                    host.forget();
                 }
             }
+            if let NorthboundError::Certificate(problem) = &reason {
+                if self.stats.connects.load(Ordering::Relaxed) > connects {
+                    certificates.clear();
+                }
+                certificates.report(&self.nb.name, &server, self.nb.tls.as_ref(), problem, wait);
+                self.set_error(problem.clone());
+            } else {
+                warn!(northbound = %self.nb.name, url = %server, reason = %reason, next = %self.broker(), retry_in = ?wait,
+                    "Sparkplug session ended; samples stay in the store until they are proven delivered");
+                self.set_error(format!("{server}: {reason}"));
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = stopped(shutdown) => return,
+            }
         }
+    }
+
+    /// The server in use.
+    fn broker(&self) -> &edge_config::BrokerUrl {
+        self.brokers.get(self.at).unwrap_or(&self.nb.url)
     }
 
     fn set_error(&self, e: String) {
@@ -377,7 +405,8 @@ impl SparkplugPublisher {
     }
 
     fn options(&self, transport: Transport) -> MqttOptions {
-        let mut o = MqttOptions::new(&self.nb.client_id, &self.nb.url.host, self.nb.url.port);
+        let server = self.broker();
+        let mut o = MqttOptions::new(&self.nb.client_id, &server.host, server.port);
         // Sparkplug requires a clean session: everything unacknowledged is resent from the
         // store, marked historical.
         o.set_clean_session(true);
@@ -509,7 +538,7 @@ impl SparkplugPublisher {
                 self.stats.connected.store(true, Ordering::Relaxed);
                 self.stats.ever_connected.store(true, Ordering::Relaxed);
                 self.stats.connects.fetch_add(1, Ordering::Relaxed);
-                info!(northbound = %self.nb.name, url = %self.nb.url, bd_seq = self.node.bd_seq(),
+                info!(northbound = %self.nb.name, url = %self.broker(), bd_seq = self.node.bd_seq(),
                     backlog_records = self.store.next_id().saturating_sub(s.reader.position()),
                     "connected to broker as a Sparkplug edge node");
                 // Subscribed before any birth; the broker handles them in this order.
@@ -772,8 +801,14 @@ impl SparkplugPublisher {
                     }
                     Ok(HostChange::Offline) if s.born => {
                         warn!(northbound = %self.nb.name, host = %topic,
-                            "primary host offline: NDEATH, disconnect, and wait for it on a new connection");
+                            "primary host offline: NDEATH, disconnect, and wait for it on a new connection (the next server of the list, if there is one)");
                         self.goodbye(client, link, s, GOODBYE_TIMEOUT).await;
+                        Some(SessionEnd::Lost(NorthboundError::PrimaryHostOffline))
+                    }
+                    Ok(HostChange::Offline) if !s.born && self.brokers.len() > 1 => {
+                        info!(northbound = %self.nb.name, host = %topic, url = %self.broker(),
+                            "the primary host is offline on this server: trying the next one");
+                        let _ = client.try_disconnect();
                         Some(SessionEnd::Lost(NorthboundError::PrimaryHostOffline))
                     }
                     Ok(change) => {
@@ -832,6 +867,28 @@ impl SparkplugPublisher {
                 }
             }
             Ok(Command::Write { device, writes }) => self.write(topic, &device, writes),
+            Ok(Command::NextServer) if self.brokers.len() > 1 => {
+                info!(northbound = %self.nb.name, from = %self.broker(),
+                    "Node Control/Next Server: NDEATH, disconnect, and the next server of the list");
+                self.command_stats
+                    .count(&self.nb.name, kind, Outcome::Written);
+                self.command_stats.note(command_entry(
+                    &self.nb.name,
+                    topic,
+                    kind,
+                    "Node Control/Next Server".to_owned(),
+                    Outcome::Written,
+                    "moving to the next server",
+                ));
+                self.goodbye(client, link, s, GOODBYE_TIMEOUT).await;
+                return Some(SessionEnd::Lost(NorthboundError::NextServer));
+            }
+            Ok(Command::NextServer) => {
+                self.command_stats
+                    .count(&self.nb.name, kind, Outcome::Rejected);
+                warn!(northbound = %self.nb.name, topic,
+                    "Node Control/Next Server refused: this edge node has one MQTT server (give urls = [...])");
+            }
             Err(e) => {
                 self.command_stats
                     .count(&self.nb.name, kind, Outcome::Rejected);

@@ -19,6 +19,9 @@ pub enum Command {
     /// NCMD `Node Control/Rebirth` = true: publish every birth again. `ignored` names other
     /// metrics of the same NCMD this node has no use for.
     Rebirth { ignored: Vec<String> },
+    /// NCMD `Node Control/Next Server` = true: leave this MQTT server for the next one of the
+    /// node's list (the publisher knows whether it has one).
+    NextServer,
     /// DCMD: values for writable tags of one device, every one already validated against the
     /// metric's datatype.
     Write {
@@ -76,8 +79,6 @@ pub enum CommandError {
     BadValue { tag: String, error: ValueError },
     #[error("metric `{0}` appears twice in one command")]
     Repeated(String),
-    #[error("this edge node has one MQTT server, so `Node Control/Next Server` does not apply")]
-    NextServer,
     #[error("the node command has nothing this edge node does: {0:?}")]
     NothingToDo(Vec<String>),
 }
@@ -234,7 +235,7 @@ fn node_command(payload: &Payload) -> Result<Command, CommandError> {
         match (name, &m.value) {
             (REBIRTH, Some(metric::Value::BooleanValue(true))) => rebirth = true,
             (NEXT_SERVER, Some(metric::Value::BooleanValue(true))) => {
-                return Err(CommandError::NextServer)
+                return Ok(Command::NextServer)
             }
             _ => ignored.push(if name.is_empty() {
                 format!("alias {}", m.alias.unwrap_or(0))
@@ -290,6 +291,13 @@ impl PrimaryHost {
             last_timestamp: None,
             online: false,
         }
+    }
+
+    /// Forgets what the host said: on another server of a server set, the host's STATE there
+    /// is its own (its timestamps are not comparable with this server's).
+    pub fn forget(&mut self) {
+        self.last_timestamp = None;
+        self.online = false;
     }
 
     /// The STATE topic to subscribe to.
@@ -623,7 +631,7 @@ mod tests {
         };
         assert_eq!(
             n.decode_command(NCMD, &cmd(vec![next])),
-            Err(CommandError::NextServer)
+            Ok(Command::NextServer)
         );
     }
 
