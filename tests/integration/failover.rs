@@ -295,3 +295,59 @@ async fn a_rabbitmq_cluster_node_killed_while_publishing_loses_nothing() {
     plc.stop().await;
     drop(cluster);
 }
+
+/// A first broker that accepts TCP but never answers CONNECT (a hung broker, or something else
+/// on the port): the agent gives up on it after `connect_timeout_ms`, says why, and publishes
+/// through the second.
+#[tokio::test]
+async fn a_broker_that_never_answers_connect_is_walked_past_with_the_reason() {
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("a silent listener");
+    let silent_port = silent.local_addr().expect("addr").port();
+    // Accepts and holds every connection, never writes a byte.
+    let _holder = std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for s in silent.incoming().take(32).flatten() {
+            held.push(s);
+        }
+    });
+    let b = Mosquitto::start().expect("broker B starts");
+    let on_b = Collector::start(b.port(), "silent-b", &[&format!("{ROOT}/#")])
+        .await
+        .expect("subscriber on B");
+    let plc = start_plc().await;
+    let _program = counting(&plc, Duration::from_millis(50));
+    let dir = TestDir::new();
+    let data = dir.join("data");
+    let config = config_toml(
+        &data,
+        silent_port,
+        "per-tag",
+        "",
+        &[device("plc", plc.local_addr().port(), 50, counter_tags())],
+    )
+    .replace(
+        &format!("url = \"mqtt://127.0.0.1:{silent_port}\""),
+        &format!(
+            "urls = [\"mqtt://127.0.0.1:{silent_port}\", \"mqtt://127.0.0.1:{}\"]\nreturn_to_preferred_s = 0\nconnect_timeout_ms = 1000",
+            b.port()
+        ),
+    );
+    assert!(config.contains("connect_timeout_ms = 1000"), "{config}");
+    let path = dir.join("board.toml");
+    std::fs::write(&path, &config).expect("config written");
+    let mut agent = AgentProcess::spawn(&bin(), &path, &[]).expect("agent starts");
+    on_b.wait_for(|m| m.len() > 20, WAIT)
+        .await
+        .expect("data through B");
+    wait_broker(&data, &format!("mqtt://127.0.0.1:{}", b.port())).await;
+    let log = agent.log();
+    let walked = log
+        .lines()
+        .find(|l| {
+            l.contains("trying the next broker of the list") && l.contains(&silent_port.to_string())
+        })
+        .unwrap_or_else(|| panic!("no walk past the silent broker in the log:\n{log}"));
+    assert!(walked.contains("reason="), "the reason is given: {walked}");
+    agent.terminate().expect("agent stops");
+    plc.stop().await;
+}
