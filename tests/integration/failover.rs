@@ -214,11 +214,13 @@ async fn a_capped_replay_holds_its_pace_and_drains_the_backlog_in_order() {
         .last()
         .zip(times.first())
         .map_or(0.0, |(l, f)| l.duration_since(*f).as_secs_f64());
-    // One second's worth may go at once; the rest at the cap.
-    let least = (n - CAP - 1.0) / CAP;
+    // One second's worth may go at once; the rest at the cap. Arrival times are the
+    // subscriber's: a loaded machine can hold back the first arrivals, which shortens the span
+    // seen by that delay; a second of it is allowed (uncapped, the span is milliseconds).
+    let least = (n - CAP - 1.0) / CAP - 1.0;
     assert!(
-        took >= least * 0.9,
-        "{n} replayed records took {took:.2} s; the cap allows no less than {least:.2} s"
+        took >= least,
+        "{n} replayed records took {took:.2} s; the cap allows no less than {least:.2} s (with 1 s of delivery delay)"
     );
     let seen = telemetry(&c);
     for (device, r) in seqcheck::check(ROOT, &seen) {
