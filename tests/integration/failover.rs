@@ -29,6 +29,39 @@ fn broker_in_status(data: &std::path::Path) -> Option<String> {
         .map(str::to_owned)
 }
 
+/// A board config whose northbound lists the brokers on `ports` (plus `extra` keys), one
+/// counting PLC polled every 50 ms; writes it in `dir` and starts the agent on it.
+fn agent_on_brokers(
+    dir: &TestDir,
+    plc: &edge_sim::ModbusSim,
+    ports: &[u16],
+    extra: &str,
+) -> AgentProcess {
+    let urls = ports
+        .iter()
+        .map(|p| format!("\"mqtt://127.0.0.1:{p}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let config = config_toml(
+        &dir.join("data"),
+        ports[0],
+        "per-tag",
+        "",
+        &[device("plc", plc.local_addr().port(), 50, counter_tags())],
+    )
+    .replace(
+        &format!("url = \"mqtt://127.0.0.1:{}\"", ports[0]),
+        &format!("urls = [{urls}]\n{extra}"),
+    );
+    assert!(
+        config.contains("urls = [") && config.contains(extra),
+        "{config}"
+    );
+    let path = dir.join("board.toml");
+    std::fs::write(&path, &config).expect("config written");
+    AgentProcess::spawn(&bin(), &path, &[]).expect("agent starts")
+}
+
 async fn wait_broker(data: &std::path::Path, want: &str) {
     let deadline = Instant::now() + WAIT;
     while broker_in_status(data).as_deref() != Some(want) {
@@ -56,25 +89,12 @@ async fn a_stopped_broker_is_walked_past_to_the_next_and_returned_to_with_every_
     let _program = counting(&plc, Duration::from_millis(50));
     let dir = TestDir::new();
     let data = dir.join("data");
-    let config = config_toml(
-        &data,
-        a.port(),
-        "per-tag",
-        "",
-        &[device("plc", plc.local_addr().port(), 50, counter_tags())],
-    )
-    .replace(
-        &format!("url = \"mqtt://127.0.0.1:{}\"", a.port()),
-        &format!(
-            "urls = [\"mqtt://127.0.0.1:{}\", \"mqtt://127.0.0.1:{}\"]\nreturn_to_preferred_s = 1",
-            a.port(),
-            b.port()
-        ),
+    let mut agent = agent_on_brokers(
+        &dir,
+        &plc,
+        &[a.port(), b.port()],
+        "return_to_preferred_s = 1",
     );
-    assert!(config.contains("urls = ["), "{config}");
-    let path = dir.join("board.toml");
-    std::fs::write(&path, &config).expect("config written");
-    let mut agent = AgentProcess::spawn(&bin(), &path, &[]).expect("agent starts");
     let url_a = format!("mqtt://127.0.0.1:{}", a.port());
     let url_b = format!("mqtt://127.0.0.1:{}", b.port());
 
@@ -251,25 +271,7 @@ async fn a_rabbitmq_cluster_node_killed_while_publishing_loses_nothing() {
     let _program = counting(&plc, Duration::from_millis(50));
     let dir = TestDir::new();
     let data = dir.join("data");
-    let urls = ports
-        .iter()
-        .map(|p| format!("\"mqtt://127.0.0.1:{p}\""))
-        .collect::<Vec<_>>()
-        .join(", ");
-    let config = config_toml(
-        &data,
-        ports[0],
-        "per-tag",
-        "",
-        &[device("plc", plc.local_addr().port(), 50, counter_tags())],
-    )
-    .replace(
-        &format!("url = \"mqtt://127.0.0.1:{}\"", ports[0]),
-        &format!("urls = [{urls}]\nreturn_to_preferred_s = 0"),
-    );
-    let path = dir.join("board.toml");
-    std::fs::write(&path, &config).expect("config written");
-    let mut agent = AgentProcess::spawn(&bin(), &path, &[]).expect("agent starts");
+    let mut agent = agent_on_brokers(&dir, &plc, &ports, "return_to_preferred_s = 0");
     c.wait_for(|m| m.len() > 40, WAIT)
         .await
         .expect("data through node 1");
@@ -320,24 +322,12 @@ async fn a_broker_that_never_answers_connect_is_walked_past_with_the_reason() {
     let _program = counting(&plc, Duration::from_millis(50));
     let dir = TestDir::new();
     let data = dir.join("data");
-    let config = config_toml(
-        &data,
-        silent_port,
-        "per-tag",
-        "",
-        &[device("plc", plc.local_addr().port(), 50, counter_tags())],
-    )
-    .replace(
-        &format!("url = \"mqtt://127.0.0.1:{silent_port}\""),
-        &format!(
-            "urls = [\"mqtt://127.0.0.1:{silent_port}\", \"mqtt://127.0.0.1:{}\"]\nreturn_to_preferred_s = 0\nconnect_timeout_ms = 1000",
-            b.port()
-        ),
+    let mut agent = agent_on_brokers(
+        &dir,
+        &plc,
+        &[silent_port, b.port()],
+        "return_to_preferred_s = 0\nconnect_timeout_ms = 1000",
     );
-    assert!(config.contains("connect_timeout_ms = 1000"), "{config}");
-    let path = dir.join("board.toml");
-    std::fs::write(&path, &config).expect("config written");
-    let mut agent = AgentProcess::spawn(&bin(), &path, &[]).expect("agent starts");
     on_b.wait_for(|m| m.len() > 20, WAIT)
         .await
         .expect("data through B");

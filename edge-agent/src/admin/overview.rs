@@ -177,13 +177,14 @@ impl Sampler {
                 .learned()
                 .and_then(|l| l.get(&d.name, BlockKind::Registers));
             let latency = counters.map_or(0, |c| c.last_latency_us.load(Ordering::Relaxed));
+            let last_error = counters.and_then(|c| c.last_error());
             device_rows.push(json!({
                 "name": d.name,
                 "protocol": protocol,
                 "address": address,
                 "connected": counters.is_some_and(|c| c.connected.load(Ordering::Relaxed)),
-                "last_error": counters.and_then(|c| c.last_error()).map(|(e, _)| e),
-                "last_error_ms": counters.and_then(|c| c.last_error()).map(|(_, at)| at),
+                "last_error": last_error.as_ref().map(|(e, _)| e),
+                "last_error_ms": last_error.as_ref().map(|(_, at)| at),
                 "scan_ms": (latency > 0).then(|| latency as f64 / 1000.0),
                 "requests_per_s": self.requests_per_s.get(&d.name).copied().unwrap_or(0.0),
                 "block_size": block,

@@ -15,6 +15,7 @@ pub mod pace;
 pub mod safety;
 pub mod sparkplug;
 pub mod uns;
+pub mod walk;
 pub mod window;
 
 use std::collections::VecDeque;
@@ -89,6 +90,14 @@ impl From<ClientError> for NorthboundError {
 impl From<ConnectionError> for NorthboundError {
     fn from(e: ConnectionError) -> Self {
         NorthboundError::Connection(Box::new(e))
+    }
+}
+
+/// The northbound's username and password on `o`, when it has them.
+pub fn set_credentials(o: &mut rumqttc::MqttOptions, nb: &edge_config::Northbound) {
+    if let Some(c) = &nb.credentials {
+        let password = c.password.as_ref().map(|p| p.expose()).unwrap_or("");
+        o.set_credentials(c.username.clone(), password);
     }
 }
 

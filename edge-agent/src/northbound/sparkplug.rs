@@ -39,9 +39,10 @@ use crate::northbound::acks::CursorWriter;
 use crate::northbound::link::Link;
 use crate::northbound::safety::{clip, CommandEntry, CommandStats, Outcome};
 use crate::northbound::uns::PublisherStats;
+use crate::northbound::walk::BrokerWalk;
 use crate::northbound::{
-    certificate_problem, reconnect_wait, stopped, transport, CertificateReport, NorthboundError,
-    SessionEnd, StoreReader, READ_CHUNK,
+    certificate_problem, reconnect_wait, set_credentials, stopped, transport, CertificateReport,
+    NorthboundError, SessionEnd, StoreReader, READ_CHUNK,
 };
 
 /// How long a DCMD write may wait for the device's answer.
@@ -229,9 +230,8 @@ pub struct SparkplugPublisher {
     /// Messages published at once: at least the window, plus births and their deaths.
     channel_capacity: usize,
     mark_every: usize,
-    /// `url`, then the other servers of `urls`; `at` is the one in use.
-    brokers: Vec<edge_config::BrokerUrl>,
-    at: usize,
+    /// `url`, then the other servers of `urls` (the Sparkplug server set), and the one in use.
+    walk: BrokerWalk,
 }
 
 impl SparkplugPublisher {
@@ -253,8 +253,7 @@ impl SparkplugPublisher {
         let cursor = store.cursor(&nb.name);
         let max = usize::from(nb.max_inflight);
         SparkplugPublisher {
-            brokers: nb.brokers().cloned().collect(),
-            at: 0,
+            walk: BrokerWalk::new(&nb),
             handles: handles.into_iter().map(|h| (h.name.clone(), h)).collect(),
             stats: Arc::new(PublisherStats::default()),
             command_stats: Arc::new(CommandStats::default()),
@@ -314,7 +313,8 @@ impl SparkplugPublisher {
 
     async fn sessions(&mut self, shutdown: &mut watch::Receiver<bool>, drain: Duration) {
         let transports: Result<Vec<Transport>, _> = self
-            .brokers
+            .walk
+            .all()
             .iter()
             .map(|b| transport(b, self.nb.tls.as_ref()))
             .collect();
@@ -329,12 +329,10 @@ impl SparkplugPublisher {
         };
         info!(northbound = %self.nb.name, group = %self.settings.group_id, edge_node = %self.settings.edge_node_id,
             metrics = self.node.metric_count(), devices = self.node.device_count(),
-            primary_host = ?self.settings.primary_host_id, servers = self.brokers.len(),
+            primary_host = ?self.settings.primary_host_id, servers = self.walk.all().len(),
             "Sparkplug B edge node configured");
         let mut backoff = Backoff::new(self.nb.reconnect_min, self.nb.reconnect_max);
         let mut certificates = CertificateReport::default();
-        // Servers tried since the last session that came up.
-        let mut walked = 0;
         loop {
             if *shutdown.borrow() {
                 return;
@@ -343,7 +341,10 @@ impl SparkplugPublisher {
             let connects = self.stats.connects.load(Ordering::Relaxed);
             let server = self.broker().clone();
             *self.stats.broker.lock().unwrap_or_else(|p| p.into_inner()) = server.to_string();
-            let transport = transports.get(self.at).cloned().unwrap_or(Transport::Tcp);
+            let transport = transports
+                .get(self.walk.index())
+                .cloned()
+                .unwrap_or(Transport::Tcp);
             let outcome = self.session(transport, shutdown, drain).await;
             self.stats.connected.store(false, Ordering::Relaxed);
             self.stats.inflight.store(0, Ordering::Relaxed);
@@ -353,22 +354,17 @@ impl SparkplugPublisher {
                 SessionEnd::BackToPreferred => continue,
                 SessionEnd::Lost(reason) => reason,
             };
-            if self.stats.connects.load(Ordering::Relaxed) > connects {
-                walked = 0;
-            }
-            walked += 1;
             // The server set is walked in order: the next server at once (the primary host's
             // STATE offline here, or Next Server, or a lost connection), the backoff only
             // after every server failed in a row.
-            let several = self.brokers.len() > 1;
-            let wait = if several && walked < self.brokers.len() {
-                self.nb.reconnect_min
-            } else {
-                walked = 0;
+            let came_up = self.stats.connects.load(Ordering::Relaxed) > connects;
+            let wait = if self.walk.lost(came_up) {
                 reconnect_wait(&mut backoff, started.elapsed())
+            } else {
+                self.nb.reconnect_min
             };
-            if several {
-                self.at = (self.at + 1) % self.brokers.len();
+            if self.walk.several() {
+                // The host's STATE on the next server is its own.
                 if let Some(host) = self.host.as_mut() {
                     host.forget();
                 }
@@ -393,7 +389,7 @@ impl SparkplugPublisher {
 
     /// The server in use.
     fn broker(&self) -> &edge_config::BrokerUrl {
-        self.brokers.get(self.at).unwrap_or(&self.nb.url)
+        self.walk.current()
     }
 
     fn set_error(&self, e: String) {
@@ -422,10 +418,7 @@ impl SparkplugPublisher {
             QoS::AtLeastOnce,
             false,
         ));
-        if let Some(c) = &self.nb.credentials {
-            let password = c.password.as_ref().map(|p| p.expose()).unwrap_or("");
-            o.set_credentials(c.username.clone(), password);
-        }
+        set_credentials(&mut o, &self.nb);
         o
     }
 
@@ -805,7 +798,7 @@ impl SparkplugPublisher {
                         self.goodbye(client, link, s, GOODBYE_TIMEOUT).await;
                         Some(SessionEnd::Lost(NorthboundError::PrimaryHostOffline))
                     }
-                    Ok(HostChange::Offline) if !s.born && self.brokers.len() > 1 => {
+                    Ok(HostChange::Offline) if !s.born && self.walk.several() => {
                         info!(northbound = %self.nb.name, host = %topic, url = %self.broker(),
                             "the primary host is offline on this server: trying the next one");
                         let _ = client.try_disconnect();
@@ -867,7 +860,7 @@ impl SparkplugPublisher {
                 }
             }
             Ok(Command::Write { device, writes }) => self.write(topic, &device, writes),
-            Ok(Command::NextServer) if self.brokers.len() > 1 => {
+            Ok(Command::NextServer) if self.walk.several() => {
                 info!(northbound = %self.nb.name, from = %self.broker(),
                     "Node Control/Next Server: NDEATH, disconnect, and the next server of the list");
                 self.command_stats

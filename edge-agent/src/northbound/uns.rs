@@ -47,11 +47,12 @@ pub use crate::northbound::encode::EncoderSlot;
 use crate::northbound::encode::{Encoded, RecordEncoder};
 use crate::northbound::link::{self, Link};
 use crate::northbound::pace::{Cap, Pacer};
+use crate::northbound::walk::BrokerWalk;
 use crate::northbound::window::{Budget, Window};
 pub use crate::northbound::TransportError as PublisherError;
 use crate::northbound::{
-    certificate_problem, reconnect_wait, stopped, transport, CertificateReport, NorthboundError,
-    SessionEnd, StoreReader,
+    certificate_problem, reconnect_wait, set_credentials, stopped, transport, CertificateReport,
+    NorthboundError, SessionEnd, StoreReader,
 };
 
 /// Answers to commands waiting for room in the MQTT client; beyond it the oldest is dropped
@@ -211,9 +212,8 @@ pub struct Publisher {
     /// The next connection starts a clean session: the broker kept sending a message this
     /// client cannot read, and only a new session makes it drop it.
     clean_next: bool,
-    /// `url`, then the fallbacks of `urls`; `at` is the one in use.
-    brokers: Vec<BrokerUrl>,
-    at: usize,
+    /// `url`, then the fallbacks of `urls`, and the one in use.
+    walk: BrokerWalk,
     /// The replay's pace, and a backlog record read and encoded that waits for it.
     pacer: Pacer,
     held: Option<(RecordId, Encoded)>,
@@ -227,16 +227,12 @@ impl Publisher {
             messages: usize::from(nb.max_inflight),
             bytes: nb.max_inflight_bytes,
         };
-        let brokers = std::iter::once(nb.url.clone())
-            .chain(nb.fallbacks.iter().cloned())
-            .collect();
         let pacer = Pacer::new(Cap {
             records_per_s: nb.replay_records_per_s,
             bytes_per_s: nb.replay_bytes_per_s,
         });
         Publisher {
-            brokers,
-            at: 0,
+            walk: BrokerWalk::new(&nb),
             pacer,
             held: None,
             paced_until: None,
@@ -303,7 +299,8 @@ impl Publisher {
         acks: &CursorWriter,
     ) {
         let transports: Result<Vec<Transport>, _> = self
-            .brokers
+            .walk
+            .all()
             .iter()
             .map(|b| transport(b, self.nb.tls.as_ref()))
             .collect();
@@ -320,15 +317,16 @@ impl Publisher {
         // One warning per outage; the retries after it are logged at debug level.
         let mut outage_reported = false;
         let mut certificates = CertificateReport::default();
-        // Brokers tried since the last connection that came up.
-        let mut walked = 0;
         loop {
             if *shutdown.borrow() {
                 return;
             }
             let started = Instant::now();
             let connects = self.stats.connects.load(Ordering::Relaxed);
-            let transport = transports.get(self.at).cloned().unwrap_or(Transport::Tcp);
+            let transport = transports
+                .get(self.walk.index())
+                .cloned()
+                .unwrap_or(Transport::Tcp);
             *self.stats.broker.lock().unwrap_or_else(|p| p.into_inner()) =
                 self.broker().to_string();
             let outcome = self.session(transport, shutdown, drain, acks).await;
@@ -339,26 +337,18 @@ impl Publisher {
                 SessionEnd::BackToPreferred => {
                     info!(northbound = %self.nb.name, from = %self.broker(), to = %self.nb.url,
                         "the preferred broker is back: moving to it (unacknowledged messages go again, in order)");
-                    self.at = 0;
-                    walked = 0;
+                    self.walk.to_preferred();
                     continue;
                 }
                 SessionEnd::Lost(reason) => reason,
             };
             self.never_failed = false;
-            if self.stats.connects.load(Ordering::Relaxed) > connects {
-                walked = 0;
-            }
-            walked += 1;
             let lost = self.broker().clone();
-            // With several brokers, the next one is tried at once; the backoff waits only
-            // after every broker of the list failed in a row.
-            let next = (self.at + 1) % self.brokers.len();
-            let wait = if self.brokers.len() > 1 && walked < self.brokers.len() {
-                self.nb.reconnect_min
-            } else {
-                walked = 0;
+            let came_up = self.stats.connects.load(Ordering::Relaxed) > connects;
+            let wait = if self.walk.lost(came_up) {
                 reconnect_wait(&mut backoff, started.elapsed())
+            } else {
+                self.nb.reconnect_min
             };
             if let NorthboundError::Certificate(problem) = &reason {
                 certificates.report(&self.nb.name, &lost, self.nb.tls.as_ref(), problem, wait);
@@ -369,8 +359,8 @@ impl Publisher {
                     outage_reported = false;
                     certificates.clear();
                 }
-                if self.brokers.len() > 1 {
-                    warn!(northbound = %self.nb.name, url = %lost, reason = %reason, next = %self.brokers[next], retry_in = ?wait,
+                if self.walk.several() {
+                    warn!(northbound = %self.nb.name, url = %lost, reason = %reason, next = %self.broker(), retry_in = ?wait,
                         "broker lost or refused; trying the next broker of the list (samples stay in the store)");
                 } else if outage_reported {
                     debug!(northbound = %self.nb.name, reason = %reason, retry_in = ?wait, "broker still unreachable");
@@ -381,7 +371,6 @@ impl Publisher {
                 }
             }
             self.stats.set_error(format!("{lost}: {reason}"));
-            self.at = next;
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
                 _ = stopped(shutdown) => return,
@@ -398,16 +387,13 @@ impl Publisher {
         if let Ok(t) = transport(url, self.nb.tls.as_ref()) {
             o.set_transport(t);
         }
-        if let Some(c) = &self.nb.credentials {
-            let password = c.password.as_ref().map(|p| p.expose()).unwrap_or("");
-            o.set_credentials(c.username.clone(), password);
-        }
+        set_credentials(&mut o, &self.nb);
         o
     }
 
     /// The broker in use.
     fn broker(&self) -> &BrokerUrl {
-        self.brokers.get(self.at).unwrap_or(&self.nb.url)
+        self.walk.current()
     }
 
     fn options(&self, transport: Transport) -> MqttOptions {
@@ -432,10 +418,7 @@ impl Publisher {
             QoS::AtLeastOnce,
             true,
         ));
-        if let Some(c) = &self.nb.credentials {
-            let password = c.password.as_ref().map(|p| p.expose()).unwrap_or("");
-            o.set_credentials(c.username.clone(), password);
-        }
+        set_credentials(&mut o, &self.nb);
         o
     }
 
@@ -527,7 +510,7 @@ impl Publisher {
         // Records below this are a backlog (set when the connection comes up).
         let mut replay_below = 0;
         // On a fallback broker: told when the preferred one accepts connections again.
-        let mut preferred_back = match (self.at, self.nb.return_to_preferred) {
+        let mut preferred_back = match (self.walk.index(), self.nb.return_to_preferred) {
             (0, _) | (_, None) => None,
             (_, Some(every)) => Some(PreferredProbe::start(self.probe_options(), every)),
         };
