@@ -78,6 +78,7 @@ impl Answer {
             // A struct of strings and an enum: serialising cannot fail.
             payload: serde_json::to_vec(self).unwrap_or_default(),
             retain: false,
+            keys: Default::default(),
         }
     }
 }

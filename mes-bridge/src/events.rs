@@ -20,7 +20,7 @@ use edge_model::DeviceId;
 use serde::{Deserialize, Serialize};
 
 use crate::machine::MachineState;
-use crate::uns::Message;
+use crate::uns::{Keys, Message};
 
 /// What every event says about where it came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -349,6 +349,12 @@ impl MesEncoder {
             topic: self.topic(&o.machine, event.kind()),
             payload,
             retain: event.retained(),
+            keys: Keys {
+                device: Some(o.device.0.clone()),
+                seq: Some((o.seq, o.seq)),
+                machine: Some(o.machine.clone()),
+                event_id: Some(event.event_id()),
+            },
         }
     }
 

@@ -22,6 +22,9 @@
 //! 7. Sent before the gateway's current connection to the broker was made (beyond the skew
 //!    tolerance): it waited in the broker's session while the gateway was away, whatever the
 //!    age limit says.
+//! 8. MQTT 5: its message expiry passed before the gateway came to carry it out (it waited
+//!    behind other commands): [`expired`], judged when the command is taken, not when it
+//!    arrived.
 
 use std::fmt;
 
@@ -65,6 +68,9 @@ pub struct Arrival {
     pub connected_ms: u64,
     /// Whether the gateway's clock can be trusted to judge ages.
     pub clock_synchronised: bool,
+    /// MQTT 5: when the message expires (the gateway's clock: arrival plus the expiry the
+    /// broker forwarded, which is what was left of the sender's).
+    pub expires_ms: Option<u64>,
 }
 
 /// Why a command is refused before its content is looked at.
@@ -77,6 +83,7 @@ pub enum Refusal {
     Future { ahead_ms: u64 },
     Expired { age_ms: u64 },
     QueuedBeforeConnect { before_ms: u64 },
+    MessageExpired { late_ms: u64 },
 }
 
 impl Refusal {
@@ -101,6 +108,7 @@ impl Refusal {
             Refusal::Future { .. } => "future",
             Refusal::Expired { .. } => "expired",
             Refusal::QueuedBeforeConnect { .. } => "queued_before_connect",
+            Refusal::MessageExpired { .. } => "expired",
         }
     }
 }
@@ -115,6 +123,7 @@ impl fmt::Display for Refusal {
             Refusal::Future { ahead_ms } => write!(f, "the command's timestamp is {ahead_ms} ms ahead of the gateway's clock, more than the clock skew allowed; check the sender's clock"),
             Refusal::Expired { age_ms } => write!(f, "expired: the command is {age_ms} ms old, older than this northbound's age limit"),
             Refusal::QueuedBeforeConnect { before_ms } => write!(f, "expired: the command was sent {before_ms} ms before the gateway connected, so it waited in the broker while the gateway was away"),
+            Refusal::MessageExpired { late_ms } => write!(f, "expired: the command's MQTT message expiry passed {late_ms} ms before the gateway could carry it out; nothing was written"),
         }
     }
 }
@@ -167,6 +176,17 @@ pub fn admit(
     Ok(())
 }
 
+/// Rule 8: whether a command's MQTT 5 message expiry has passed at `now_ms`, when the
+/// gateway is about to carry it out.
+pub fn expired(arrival: &Arrival, now_ms: u64) -> Result<(), Refusal> {
+    match arrival.expires_ms {
+        Some(at) if now_ms >= at => Err(Refusal::MessageExpired {
+            late_ms: now_ms - at,
+        }),
+        _ => Ok(()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -180,7 +200,27 @@ mod tests {
             received_ms: NOW,
             connected_ms: NOW - 60_000,
             clock_synchronised: true,
+            expires_ms: None,
         }
+    }
+
+    #[test]
+    fn a_command_whose_message_expiry_passed_while_it_waited_is_refused() {
+        let timed = Arrival {
+            expires_ms: Some(NOW + 1000),
+            ..live()
+        };
+        assert_eq!(expired(&timed, NOW + 999), Ok(()));
+        assert_eq!(
+            expired(&timed, NOW + 1500),
+            Err(Refusal::MessageExpired { late_ms: 500 })
+        );
+        assert_eq!(
+            expired(&live(), NOW + 3_600_000),
+            Ok(()),
+            "no expiry, no deadline"
+        );
+        assert_eq!(Refusal::MessageExpired { late_ms: 1 }.reason(), "expired");
     }
 
     fn policy() -> CommandPolicy {
@@ -321,6 +361,7 @@ mod tests {
                 received_ms: received,
                 connected_ms: received.saturating_sub(connected_back),
                 clock_synchronised: true,
+                expires_ms: None,
             };
             if admit(&policy, &arrival, Some(sent)).is_ok() {
                 prop_assert!(sent <= received + skew);

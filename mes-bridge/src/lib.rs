@@ -26,4 +26,4 @@ pub use machine::{
     CounterSpec, CounterWidth, MachineSpec, MachineState, StateMapping, StateSpec, TagRef,
 };
 pub use rules::{CheckpointError, MachineStatus, MesBridge};
-pub use uns::{Batching, Catalog, Message, UnsEncoder};
+pub use uns::{Batching, Catalog, Keys, Message, UnsEncoder};

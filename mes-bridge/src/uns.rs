@@ -13,6 +13,24 @@ pub struct Message {
     pub topic: String,
     pub payload: Vec<u8>,
     pub retain: bool,
+    /// What a data message is about, for protocols that carry it beside the payload.
+    pub keys: Keys,
+}
+
+/// What a data message is about, sent beside the payload as MQTT 5 user properties so that a
+/// broker-to-Kafka bridge can key records by device (and deduplicate MES events) without
+/// reading the JSON. Empty on status messages and command answers, and on telemetry unless
+/// the encoder is asked for keys ([`UnsEncoder::with_keys`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Keys {
+    /// The device the message's samples were read from.
+    pub device: Option<String>,
+    /// The seq of the message's sample, or the first and the last of its batch.
+    pub seq: Option<(u64, u64)>,
+    /// The machine of an MES event.
+    pub machine: Option<String>,
+    /// An MES event's `event_id`.
+    pub event_id: Option<String>,
 }
 
 /// How telemetry is grouped on the wire.
@@ -48,6 +66,8 @@ pub struct UnsEncoder {
     batching: Batching,
     units: HashMap<String, HashMap<String, String>>,
     topics: HashMap<String, HashMap<String, String>>,
+    /// Telemetry messages carry their [`Keys`].
+    keys: bool,
 }
 
 #[derive(Serialize)]
@@ -103,7 +123,14 @@ impl UnsEncoder {
             batching,
             units,
             topics: HashMap::new(),
+            keys: false,
         }
+    }
+
+    /// Telemetry messages carry their [`Keys`] (for an MQTT 5 northbound).
+    pub fn with_keys(mut self) -> UnsEncoder {
+        self.keys = true;
+        self
     }
 
     pub fn root(&self) -> &str {
@@ -172,6 +199,18 @@ impl UnsEncoder {
             topic,
             payload: to_json(&payload),
             retain: false,
+            keys: self.keys_of(device, sample.seq, sample.seq),
+        }
+    }
+
+    fn keys_of(&self, device: &DeviceId, first: u64, last: u64) -> Keys {
+        if !self.keys {
+            return Keys::default();
+        }
+        Keys {
+            device: Some(device.0.clone()),
+            seq: Some((first, last)),
+            ..Keys::default()
         }
     }
 
@@ -195,6 +234,10 @@ impl UnsEncoder {
             topic: format!("{}/{}/_batch", self.root, batch.device.0),
             payload: to_json(&payload),
             retain: false,
+            keys: match (batch.samples.first(), batch.samples.last()) {
+                (Some(first), Some(last)) => self.keys_of(&batch.device, first.seq, last.seq),
+                _ => Keys::default(),
+            },
         }
     }
 
@@ -216,6 +259,7 @@ impl UnsEncoder {
             topic: self.status_topic(gateway_id),
             payload: payload.to_string().into_bytes(),
             retain: true,
+            keys: Default::default(),
         }
     }
 
@@ -226,6 +270,7 @@ impl UnsEncoder {
             topic: self.status_topic(gateway_id),
             payload: payload.to_string().into_bytes(),
             retain: true,
+            keys: Default::default(),
         }
     }
 }

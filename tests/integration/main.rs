@@ -19,6 +19,7 @@ mod lifecycle;
 mod logging;
 mod mes;
 mod mixed;
+mod mqtt5;
 mod opcua;
 mod ops;
 mod packaging;

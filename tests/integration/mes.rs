@@ -83,18 +83,24 @@ pub(crate) fn write_config(
     poll_ms: u64,
     counter: &str,
 ) -> std::path::PathBuf {
-    let base = config_toml(
-        &dir.path().join("data"),
-        broker,
-        "per-tag",
-        "",
-        &[device(
-            "filler",
-            plc.local_addr().port(),
-            poll_ms,
-            filler_tags(counter),
-        )],
-    );
+    write_config_on(dir, broker, plc.local_addr().port(), poll_ms, counter, 300)
+}
+
+/// [`write_config`] with the PLC at `plc_port` (a proxy in front of it, say) and the device's
+/// request timeout.
+pub(crate) fn write_config_on(
+    dir: &TestDir,
+    broker: u16,
+    plc_port: u16,
+    poll_ms: u64,
+    counter: &str,
+    timeout_ms: u64,
+) -> std::path::PathBuf {
+    let filler = DeviceToml {
+        timeout_ms,
+        ..device("filler", plc_port, poll_ms, filler_tags(counter))
+    };
+    let base = config_toml(&dir.path().join("data"), broker, "per-tag", "", &[filler]);
     dir.write_config(&format!("{base}{MACHINE}"))
 }
 

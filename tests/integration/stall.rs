@@ -115,6 +115,7 @@ async fn a_broker_that_pauses_with_the_sockets_full_costs_no_reconnect_and_no_me
         id: cfg.gateway.id.clone(),
         version: "test".into(),
         started_ms: edge_model::now_ms(),
+        isa95: edge_agent::northbound::mqtt::Isa95::new(&cfg.gateway.uns),
     };
     let publisher = Publisher::new(nb.clone(), store.clone(), encoder, gateway);
     let stats = publisher.stats();

@@ -143,6 +143,7 @@ pub async fn run(p: Params) -> anyhow::Result<Outcome> {
         id: cfg.gateway.id.clone(),
         version: env!("CARGO_PKG_VERSION").to_owned(),
         started_ms: edge_model::now_ms(),
+        isa95: edge_agent::northbound::mqtt::Isa95::new(&cfg.gateway.uns),
     };
     let publisher = Publisher::new(nb, store.clone(), encoder, gateway);
     let stats = publisher.stats();

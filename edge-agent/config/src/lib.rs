@@ -29,7 +29,9 @@ pub use error::{ConfigError, ConfigErrors};
 pub use gateway::{Gateway, StoreSettings, UnsPath};
 pub use machine::{Dispatch, DispatchParameter, Machine, StateEntry, TagRef};
 pub use mes_bridge::MachineState;
-pub use northbound::{Batching, Credentials, Format, Northbound, SparkplugSettings, TlsFiles};
+pub use northbound::{
+    Batching, Credentials, Format, MqttVersion, Northbound, SparkplugSettings, TlsFiles,
+};
 pub use opcua::{OpcUa, OpcUaTag};
 pub use secret::{Secret, SecretSource, SystemSecrets, UnresolvedSecrets};
 

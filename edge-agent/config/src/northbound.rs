@@ -99,6 +99,36 @@ pub struct Northbound {
     ///   northbound's MQTT session is then clean, so that no command queued while the gateway
     ///   was away is ever delivered.
     pub commands: CommandPolicy,
+    /// `protocol` (4 or 5, default 4): the MQTT version, by its protocol level. 4 is MQTT
+    /// 3.1.1; 5 is MQTT 5, for uns-json northbounds: data messages carry user properties
+    /// (`device`, `seq`, `event_id`, the ISA-95 levels), commands honour message expiry and
+    /// are answered on the request's response topic with its correlation data, and the
+    /// broker's reason codes and limits are logged in words.
+    pub protocol: MqttVersion,
+    /// `session_expiry_s` (MQTT 5 only; 0 to 604,800, default 300): how long the broker keeps
+    /// the session (subscriptions, commands queued at QoS 1) after the connection is lost.
+    /// The publisher sends everything unacknowledged again itself and subscribes at every
+    /// connect, so a short expiry loses nothing; it bounds what a broker of a fleet keeps for
+    /// gateways that are gone. 0 with `allow_untimed_commands` (a clean session each time).
+    pub session_expiry: Duration,
+}
+
+/// The MQTT version of a northbound.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MqttVersion {
+    /// MQTT 3.1.1 (protocol level 4).
+    V311,
+    /// MQTT 5.0.
+    V5,
+}
+
+impl MqttVersion {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            MqttVersion::V311 => "3.1.1",
+            MqttVersion::V5 => "5",
+        }
+    }
 }
 
 /// A user name and, optionally, its password.
@@ -186,6 +216,7 @@ impl Northbound {
     pub const DEFAULT_RECONNECT_MIN_MS: u64 = 500;
     pub const DEFAULT_RECONNECT_MAX_MS: u64 = 30_000;
     pub const MAX_CLIENT_ID_CHARS: usize = 64;
+    pub const DEFAULT_SESSION_EXPIRY_S: u32 = 300;
 }
 
 pub(crate) fn read_northbounds(
@@ -465,6 +496,32 @@ fn read_northbound(
         .integer(cx, "command_clock_skew_ms", 0..=60_000)
         .or(CommandPolicy::DEFAULT_CLOCK_SKEW_MS);
     let allow_untimed = t.boolean(cx, "allow_untimed_commands").or(false);
+    let protocol = t.integer::<u8>(cx, "protocol", 4..=5);
+    let session_expiry_s = t.integer::<u32>(cx, "session_expiry_s", 0..=604_800);
+    let protocol = match protocol {
+        Val::Present(5, span) => {
+            if matches!(format, Some(Format::SparkplugB(_))) {
+                cx.error(
+                    &span,
+                    "a sparkplug-b northbound speaks MQTT 3.1.1",
+                    Some("Sparkplug's STATE and bdSeq rules are written for MQTT 3.1.1 sessions; remove `protocol` here, or use a uns-json northbound for MQTT 5".to_owned()),
+                );
+                None
+            } else {
+                Some(MqttVersion::V5)
+            }
+        }
+        Val::Present(_, _) | Val::Absent => Some(MqttVersion::V311),
+        Val::Invalid => None,
+    };
+    if let (Some(MqttVersion::V311), Some(span)) = (protocol, session_expiry_s.span()) {
+        cx.error(
+            &span,
+            "`session_expiry_s` applies to protocol = 5",
+            Some("an MQTT 3.1.1 session lasts as long as the broker's own setting (Mosquitto: persistent_client_expiration); add protocol = 5 or remove this key".to_owned()),
+        );
+    }
+    let session_expiry_s = session_expiry_s.or(Northbound::DEFAULT_SESSION_EXPIRY_S);
 
     let (name, name_span) = name?;
     let client_id = match client_id {
@@ -516,6 +573,8 @@ fn read_northbound(
             clock_skew_ms: clock_skew_ms?,
             allow_untimed: allow_untimed?,
         },
+        protocol: protocol?,
+        session_expiry: Duration::from_secs(u64::from(session_expiry_s?)),
     })
 }
 

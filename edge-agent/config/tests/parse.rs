@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use edge_config::{
     load, parse, Batching, BrokerUrl, Config, ConfigError, ConfigErrors, Credentials, Device,
-    Format, Gateway, Modbus, ModbusLink, ModbusTag, Northbound, Protocol, Secret, SecretSource,
-    SparkplugSettings, StoreSettings, Tag, TagAddress, TlsFiles, UnsPath,
+    Format, Gateway, Modbus, ModbusLink, ModbusTag, MqttVersion, Northbound, Protocol, Secret,
+    SecretSource, SparkplugSettings, StoreSettings, Tag, TagAddress, TlsFiles, UnsPath,
 };
 use edge_modbus::{Address, Area, ByteOrder};
 use edge_model::DataType;
@@ -248,6 +248,8 @@ heartbeat_s = 120
                 reconnect_min: ms(500),
                 reconnect_max: ms(10_000),
                 commands: CommandPolicy::default(),
+                protocol: MqttVersion::V311,
+                session_expiry: Duration::from_secs(300),
             },
             Northbound {
                 name: "historian".into(),
@@ -273,6 +275,8 @@ heartbeat_s = 120
                 reconnect_min: ms(500),
                 reconnect_max: ms(30_000),
                 commands: CommandPolicy::default(),
+                protocol: MqttVersion::V311,
+                session_expiry: Duration::from_secs(300),
             },
         ],
         devices: vec![Device {
@@ -1665,6 +1669,32 @@ host = "127.0.0.1"
             "url = \"mqtt://a\"\nclient_id = \"gw-1\"\n\n[[northbound]]\nname = \"historian\"\nurl = \"mqtt://b\"\nclient_id = \"gw-1\"",
         );
         assert!(parse(&apart, Path::new(FILE), &FakeSecrets::default()).is_ok());
+    }
+
+    #[test]
+    fn mqtt_5_is_chosen_per_northbound_with_a_session_expiry_that_is_never_infinite() {
+        let three = with("url = \"mqtt://a\"").expect("valid");
+        assert_eq!(
+            three.northbounds[0].protocol,
+            MqttVersion::V311,
+            "the default"
+        );
+        let five = with("url = \"mqtt://a\"\nprotocol = 5").expect("valid");
+        assert_eq!(five.northbounds[0].protocol, MqttVersion::V5);
+        assert_eq!(five.northbounds[0].session_expiry, Duration::from_secs(300));
+        let set = with("url = \"mqtt://a\"\nprotocol = 5\nsession_expiry_s = 60").expect("valid");
+        assert_eq!(set.northbounds[0].session_expiry, Duration::from_secs(60));
+        for bad in [
+            "url = \"mqtt://a\"\nprotocol = 3",
+            "url = \"mqtt://a\"\nsession_expiry_s = 60",
+            "url = \"mqtt://a\"\nprotocol = 5\nsession_expiry_s = 4294967295",
+        ] {
+            assert!(with(bad).is_err(), "{bad}");
+        }
+        let spb =
+            with("url = \"mqtt://a\"\nformat = \"sparkplug-b\"\ngroup_id = \"g\"\nprotocol = 5")
+                .expect_err("sparkplug over MQTT 5");
+        assert!(spb.to_string().contains("speaks MQTT 3.1.1"), "{spb}");
     }
 
     #[test]

@@ -182,6 +182,7 @@ pub async fn start_observed(
         id: cfg.gateway.id.clone(),
         version: env!("CARGO_PKG_VERSION").to_owned(),
         started_ms: edge_model::now_ms(),
+        isa95: crate::northbound::mqtt::Isa95::new(&cfg.gateway.uns),
     };
     let cat = catalog(cfg);
     let machines = commands::machine_specs(cfg);

@@ -23,7 +23,7 @@ use mes_bridge::command::{
     request_id_of, Answer, CommandBody, CommandCatalog, DispatchParameter, DispatchSpec, Parsed,
     PlannedWrite, Request, Status, TagInfo, Target,
 };
-use mes_bridge::gate::{admit, precheck, Arrival, CommandPolicy, Refusal};
+use mes_bridge::gate::{admit, expired, precheck, Arrival, CommandPolicy, Refusal};
 use mes_bridge::{
     CounterSpec, CounterWidth, MachineSpec, Message, StateMapping, StateSpec, TagRef,
 };
@@ -54,7 +54,64 @@ pub struct CommandRequest {
     /// The payload's full length.
     pub len: usize,
     /// Where the answer goes: the publisher of the northbound it arrived on.
-    pub reply: mpsc::Sender<Message>,
+    pub reply: mpsc::Sender<Reply>,
+    /// MQTT 5: the request's response topic and correlation data, when it gave them.
+    pub reply_to: Option<ReplyTo>,
+}
+
+/// MQTT 5 request/response: where the sender wants the answer and what to answer with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplyTo {
+    /// The response topic; `None` keeps the standard `.../_response` topic.
+    pub topic: Option<String>,
+    pub correlation: Option<bytes::Bytes>,
+}
+
+impl ReplyTo {
+    /// The request/response properties of a received command, if it had any. A response
+    /// topic that is no topic name (empty, or with `+` or `#`) is not used: the answer goes to
+    /// the standard topic, with the correlation data.
+    pub fn of(p: &crate::northbound::mqtt::Received, northbound: &str) -> Option<ReplyTo> {
+        let topic = p.response_topic.as_ref().and_then(|t| {
+            let usable = !t.is_empty() && !t.contains(['+', '#', '\0']);
+            if !usable {
+                warn!(northbound, topic = %p.topic, response_topic = %t,
+                    "a command's response topic is not a topic name; its answer goes to the standard response topic");
+            }
+            usable.then(|| t.clone())
+        });
+        (topic.is_some() || p.correlation.is_some()).then(|| ReplyTo {
+            topic,
+            correlation: p.correlation.clone(),
+        })
+    }
+}
+
+/// An answer on its way to the publisher: the message, on the request's response topic when
+/// it gave one, and the correlation data it goes with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    pub message: Message,
+    pub correlation: Option<bytes::Bytes>,
+}
+
+impl Reply {
+    /// The answer `message` to `req`, addressed as the request asked.
+    pub fn to(req: &CommandRequest, mut message: Message) -> Reply {
+        let Some(to) = &req.reply_to else {
+            return Reply {
+                message,
+                correlation: None,
+            };
+        };
+        if let Some(topic) = &to.topic {
+            message.topic = topic.clone();
+        }
+        Reply {
+            message,
+            correlation: to.correlation.clone(),
+        }
+    }
 }
 
 /// The bridge's view of the configured machines; their tags may come from any devices.
@@ -272,7 +329,7 @@ impl Executor {
             let Some(answer) = self.handle(&req).await else {
                 continue;
             };
-            if let Err(e) = req.reply.try_send(answer) {
+            if let Err(e) = req.reply.try_send(Reply::to(&req, answer)) {
                 // The answer is remembered: a retry with the same request id gets it.
                 warn!(topic = %req.topic, error = %e, "cannot hand a command's answer to its publisher");
             }
@@ -360,6 +417,12 @@ impl Executor {
             self.log(|| warn!(northbound = nb, topic, request_id = %request.request_id, reason = r.reason(), "command refused: {r}"));
             return Some(Answer::rejected(Some(&request.request_id), r.to_string()).message(topic));
         }
+        // Judged now, when the command is taken: it may have waited behind others.
+        if let Err(r) = expired(&req.arrival, edge_model::now_ms()) {
+            self.cx.stats.count(nb, kind, Outcome::refused(&r));
+            self.log(|| warn!(northbound = nb, topic, request_id = %request.request_id, reason = r.reason(), "command refused: {r}"));
+            return Some(Answer::rejected(Some(&request.request_id), r.to_string()).message(topic));
+        }
         let key = request.key();
         let now = edge_model::now_ms();
         match self.cx.store.command_answer(&key, now) {
@@ -370,6 +433,7 @@ impl Executor {
                     topic: mes_bridge::command::response_topic(topic),
                     payload: answer,
                     retain: false,
+                    keys: Default::default(),
                 });
             }
             Ok(Some(Remembered::Started { .. })) => {

@@ -32,11 +32,37 @@ pub fn packet_ids(max_inflight: u16, others: usize) -> u16 {
         .min(u16::MAX - 1)
 }
 
-/// The I/O task of one connection and the events it reports.
+/// The I/O task of one connection and the events it reports (MQTT 3.1.1 by default; MQTT 5
+/// with [`Link::start_v5`]).
 #[derive(Debug)]
-pub struct Link {
-    events: mpsc::Receiver<Result<Event, ConnectionError>>,
+pub struct Link<T = Result<Event, ConnectionError>> {
+    events: mpsc::Receiver<T>,
     task: JoinHandle<()>,
+}
+
+impl Link<Result<rumqttc::v5::Event, rumqttc::v5::ConnectionError>> {
+    /// Runs an MQTT 5 `eventloop` until its first error or until the link is dropped.
+    pub fn start_v5(mut eventloop: rumqttc::v5::EventLoop) -> Self {
+        let (tx, events) = mpsc::channel(EVENTS);
+        let task = tokio::spawn(async move {
+            loop {
+                let event = eventloop.poll().await;
+                let failed = event.is_err();
+                if tx.send(event).await.is_err() || failed {
+                    return;
+                }
+            }
+        });
+        Link { events, task }
+    }
+}
+
+impl<T> Link<T> {
+    /// The next event of the connection; `None` once the I/O task has ended after reporting
+    /// its error. Safe to cancel: nothing is lost when another branch of a `select!` wins.
+    pub async fn next(&mut self) -> Option<T> {
+        self.events.recv().await
+    }
 }
 
 impl Link {
@@ -65,15 +91,9 @@ impl Link {
         });
         Link { events, task }
     }
-
-    /// The next event of the connection; `None` once the I/O task has ended after reporting
-    /// its error. Safe to cancel: nothing is lost when another branch of a `select!` wins.
-    pub async fn next(&mut self) -> Option<Result<Event, ConnectionError>> {
-        self.events.recv().await
-    }
 }
 
-impl Drop for Link {
+impl<T> Drop for Link<T> {
     fn drop(&mut self) {
         self.task.abort();
     }

@@ -11,6 +11,7 @@ pub mod acks;
 pub mod commands;
 pub mod encode;
 pub mod link;
+pub mod mqtt;
 pub mod pace;
 pub mod safety;
 pub mod sparkplug;
@@ -25,9 +26,7 @@ use edge_config::{BrokerUrl, TlsFiles};
 use edge_driver::Backoff;
 use edge_model::Batch;
 use edge_store::{RecordId, Store, StoreError};
-use rumqttc::{
-    ClientError, ConnectReturnCode, ConnectionError, TlsConfiguration, TlsError, Transport,
-};
+use rumqttc::{ClientError, ConnectionError, TlsConfiguration, TlsError, Transport};
 use rustls::{AlertDescription, CertificateError};
 use tokio::sync::watch;
 use tracing::{debug, error};
@@ -60,13 +59,31 @@ pub enum NorthboundError {
     #[error("cannot read the store: {0}")]
     Store(#[from] StoreError),
     #[error("MQTT client refused a publish: {0}")]
-    Client(Box<ClientError>),
+    Client(Box<mqtt::ClientError>),
     #[error("cannot subscribe: {0}")]
     Subscribe(Box<ClientError>),
-    #[error("broker refused the connection: {0:?}")]
-    Refused(ConnectReturnCode),
+    /// The broker refused the connection, in words.
+    #[error("broker refused the connection: {0}")]
+    Refused(String),
     #[error(transparent)]
     Connection(Box<ConnectionError>),
+    #[error(transparent)]
+    Mqtt5(Box<rumqttc::v5::ConnectionError>),
+    /// MQTT 5: the broker ended the connection with DISCONNECT, in words.
+    #[error("the broker disconnected: {0}")]
+    ServerDisconnect(String),
+    /// MQTT 5: the broker answered a PUBACK with a failure; the message stays unacknowledged
+    /// and goes again on the next connection.
+    #[error("the broker did not take a message on {topic}: {why}")]
+    MessageRefused { topic: String, why: String },
+    /// MQTT 5: a message is larger than the broker's maximum packet size; it stays in the
+    /// store, unacknowledged, until the broker's limit or the northbound's batching changes.
+    #[error("a message on {topic} is {bytes} bytes, more than the broker's maximum packet size of {max} bytes; it stays in the store (raise the broker's limit, or use batching = \"per-tag\")")]
+    TooLargeForBroker {
+        topic: String,
+        bytes: usize,
+        max: u32,
+    },
     /// A TLS certificate problem, in words an operator can act on ([`certificate_problem`]);
     /// logged as an error, not as an outage.
     #[error("{0}")]
@@ -83,13 +100,24 @@ pub enum NorthboundError {
 
 impl From<ClientError> for NorthboundError {
     fn from(e: ClientError) -> Self {
+        NorthboundError::Client(Box::new(mqtt::ClientError::from(e)))
+    }
+}
+
+impl From<mqtt::ClientError> for NorthboundError {
+    fn from(e: mqtt::ClientError) -> Self {
         NorthboundError::Client(Box::new(e))
     }
 }
 
 impl From<ConnectionError> for NorthboundError {
     fn from(e: ConnectionError) -> Self {
-        NorthboundError::Connection(Box::new(e))
+        match e {
+            ConnectionError::ConnectionRefused(code) => {
+                NorthboundError::Refused(mqtt::connect_refusal_v4(code).to_owned())
+            }
+            e => NorthboundError::Connection(Box::new(e)),
+        }
     }
 }
 
@@ -146,14 +174,27 @@ pub fn transport(url: &BrokerUrl, tls: Option<&TlsFiles>) -> Result<Transport, T
 /// certificate, which file, what is wrong with it), or `None` for any other failure. Waiting
 /// for the broker does not fix these, so they are logged as errors, not as an outage.
 pub fn certificate_problem(e: &ConnectionError, tls: Option<&TlsFiles>) -> Option<String> {
+    match e {
+        ConnectionError::Tls(t) => certificate_problem_of(Some(t), None, tls),
+        ConnectionError::Io(io) => certificate_problem_of(None, Some(io), tls),
+        _ => None,
+    }
+}
+
+/// [`certificate_problem`] of the TLS or I/O error of either MQTT client.
+pub fn certificate_problem_of(
+    tls_error: Option<&TlsError>,
+    io: Option<&std::io::Error>,
+    tls: Option<&TlsFiles>,
+) -> Option<String> {
     let tls = tls?;
     let ca = tls.ca_file.display();
-    let tls_error = match e {
-        ConnectionError::Tls(t) => t,
+    let tls_error = match (tls_error, io) {
+        (Some(t), _) => t,
         // A handshake that fails after the TCP connection carries rustls' error inside the
         // I/O error (tokio-rustls), whichever layer returned it.
-        ConnectionError::Io(io) => return rustls_inner(io).and_then(|r| rustls_problem(r, tls)),
-        _ => return None,
+        (None, Some(io)) => return rustls_inner(io).and_then(|r| rustls_problem(r, tls)),
+        (None, None) => return None,
     };
     match tls_error {
         TlsError::Io(io) => rustls_inner(io).and_then(|r| rustls_problem(r, tls)),

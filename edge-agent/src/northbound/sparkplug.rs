@@ -524,7 +524,9 @@ impl SparkplugPublisher {
             Event::Incoming(Incoming::ConnAck(ack)) => {
                 s.connack = true;
                 if ack.code != ConnectReturnCode::Success {
-                    return Some(SessionEnd::Lost(NorthboundError::Refused(ack.code)));
+                    return Some(SessionEnd::Lost(NorthboundError::Refused(
+                        crate::northbound::mqtt::connect_refusal_v4(ack.code).to_owned(),
+                    )));
                 }
                 s.connected = true;
                 self.connected_ms = now_ms();
@@ -827,6 +829,7 @@ impl SparkplugPublisher {
             received_ms: now_ms(),
             connected_ms: self.connected_ms,
             clock_synchronised: self.clock.is_synchronised(),
+            expires_ms: None,
         };
         let sent = decode_payload(payload).ok().and_then(|p| p.timestamp);
         if let Err(r) = admit(&self.nb.commands, &arrival, sent) {

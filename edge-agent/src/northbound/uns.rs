@@ -23,45 +23,42 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use edge_config::{BrokerUrl, Northbound};
+use edge_config::{BrokerUrl, MqttVersion, Northbound};
 use edge_driver::Backoff;
 use edge_store::{RecordId, Store};
-use futures::FutureExt;
 use mes_bridge::command::{
     command_filters, request_id_of, Answer, MAX_COMMAND_BYTES, RESPONSE_LEVEL,
 };
 use mes_bridge::gate::Arrival;
-use mes_bridge::{Catalog, MesBridge, Message, UnsEncoder};
-use rumqttc::{
-    AsyncClient, ConnectReturnCode, ConnectionError, Event, Incoming, LastWill, MqttOptions,
-    Outgoing as MqttOutgoing, QoS, StateError, SubscribeFilter, Transport,
-};
+use mes_bridge::{Catalog, MesBridge, UnsEncoder};
+use rumqttc::Transport;
 use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, error, info, warn};
 
 use crate::daemon::clock::ClockStatus;
 use crate::northbound::acks::CursorWriter;
-use crate::northbound::commands::CommandRequest;
+use crate::northbound::commands::{CommandRequest, Reply, ReplyTo};
 pub use crate::northbound::encode::EncoderSlot;
 use crate::northbound::encode::{Encoded, RecordEncoder};
-use crate::northbound::link::{self, Link};
+use crate::northbound::link;
+use crate::northbound::mqtt::{self, Client, Connect, Event, Events, Granted, Isa95, Received};
 use crate::northbound::pace::{Cap, Pacer};
 use crate::northbound::walk::BrokerWalk;
 use crate::northbound::window::{Budget, Window};
 pub use crate::northbound::TransportError as PublisherError;
 use crate::northbound::{
-    certificate_problem, reconnect_wait, set_credentials, stopped, transport, CertificateReport,
-    NorthboundError, SessionEnd, StoreReader,
+    reconnect_wait, stopped, transport, CertificateReport, NorthboundError, SessionEnd, StoreReader,
 };
 
 /// Answers to commands waiting for room in the MQTT client; beyond it the oldest is dropped
 /// (it is remembered by the command task: a retry with the same request id gets it again).
 const PENDING_ANSWERS: usize = 256;
-/// Incoming MQTT packets larger than this end the connection (rumqttc's limit; MQTT 3.1.1
-/// cannot tell a broker to drop them). Anything up to it is read and, when larger than a
-/// command may be (`MAX_COMMAND_BYTES`), dropped with an answer, the session untouched: a
-/// stray message of a few megabytes on a command topic does not disturb publishing.
+/// Incoming MQTT packets larger than this end an MQTT 3.1.1 connection (rumqttc's limit; MQTT
+/// 3.1.1 cannot tell a broker to drop them; MQTT 5 tells the broker, which drops them).
+/// Anything up to it is read and, when larger than a command may be (`MAX_COMMAND_BYTES`),
+/// dropped with an answer, the session untouched: a stray message of a few megabytes on a
+/// command topic does not disturb publishing.
 const MAX_INCOMING_PACKET: usize = 8 << 20;
 
 /// Live counters of one publisher, for status lines, health and metrics.
@@ -123,12 +120,12 @@ struct PreferredProbe {
 const PROBE_LIMIT: Duration = Duration::from_secs(3);
 
 impl PreferredProbe {
-    fn start(options: MqttOptions, every: Duration) -> PreferredProbe {
+    fn start(probe: ProbeSpec, every: Duration) -> PreferredProbe {
         let (tx, back) = tokio::sync::oneshot::channel();
         let task = tokio::spawn(async move {
             loop {
                 tokio::time::sleep(every).await;
-                if broker_answers(options.clone()).await {
+                if broker_answers(&probe).await {
                     let _ = tx.send(());
                     return;
                 }
@@ -156,17 +153,41 @@ impl Drop for PreferredProbe {
     }
 }
 
-/// Whether the broker of `options` accepts an MQTT connection within [`PROBE_LIMIT`].
-async fn broker_answers(options: MqttOptions) -> bool {
-    let (client, mut eventloop) = AsyncClient::new(options, 4);
+/// What a probe of the preferred broker connects with: the northbound's settings (protocol,
+/// TLS, credentials) under the client id with `-probe` appended.
+struct ProbeSpec {
+    nb: Northbound,
+    transport: Transport,
+}
+
+impl std::fmt::Debug for ProbeSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProbeSpec")
+            .field("url", &self.nb.url)
+            .finish()
+    }
+}
+
+/// Whether the preferred broker accepts an MQTT connection within [`PROBE_LIMIT`].
+async fn broker_answers(probe: &ProbeSpec) -> bool {
+    let mut nb = probe.nb.clone();
+    nb.client_id = format!("{}-probe", nb.client_id);
+    nb.keep_alive = Duration::from_secs(5);
+    let (client, mut events) = mqtt::open(Connect {
+        nb: &nb,
+        broker: &probe.nb.url,
+        transport: probe.transport.clone(),
+        clean: true,
+        ids: 4,
+        max_incoming: 1 << 16,
+        will: None,
+    });
     let connack = async {
         loop {
-            match eventloop.poll().await {
-                Ok(Event::Incoming(Incoming::ConnAck(ack))) => {
-                    return ack.code == ConnectReturnCode::Success
-                }
-                Ok(_) => {}
-                Err(_) => return false,
+            match events.next().await {
+                Some(Ok(Event::Connected(_))) => return true,
+                Some(Ok(_)) => {}
+                Some(Err(_)) | None => return false,
             }
         }
     };
@@ -174,8 +195,8 @@ async fn broker_answers(options: MqttOptions) -> bool {
         .await
         .unwrap_or(false);
     if ok {
-        let _ = client.try_disconnect();
-        let _ = tokio::time::timeout(Duration::from_millis(500), eventloop.poll()).await;
+        client.try_disconnect();
+        let _ = tokio::time::timeout(Duration::from_millis(500), events.next()).await;
     }
     ok
 }
@@ -186,6 +207,8 @@ pub struct GatewayInfo {
     pub id: String,
     pub version: String,
     pub started_ms: u64,
+    /// The ISA-95 levels of the gateway, carried by MQTT 5 data messages.
+    pub isa95: Isa95,
 }
 
 /// The publisher of one northbound.
@@ -218,10 +241,13 @@ pub struct Publisher {
     pacer: Pacer,
     held: Option<(RecordId, Encoded)>,
     paced_until: Option<std::time::Instant>,
+    /// MQTT 5: the largest packet the broker of this connection takes.
+    max_packet: Option<u32>,
 }
 
 impl Publisher {
     pub fn new(nb: Northbound, store: Store, encoder: UnsEncoder, gateway: GatewayInfo) -> Self {
+        let protocol = nb.protocol;
         let start_next_id = store.next_id();
         let budget = Budget {
             messages: usize::from(nb.max_inflight),
@@ -236,6 +262,7 @@ impl Publisher {
             pacer,
             held: None,
             paced_until: None,
+            max_packet: None,
             start_next_id,
             never_failed: true,
             window: Window::new(0, budget),
@@ -244,7 +271,10 @@ impl Publisher {
             acked_checkpoint: None,
             nb,
             store,
-            encoder: RecordEncoder::new(encoder),
+            encoder: RecordEncoder::new(match protocol {
+                MqttVersion::V5 => encoder.with_keys(),
+                MqttVersion::V311 => encoder,
+            }),
             gateway,
             stats: Arc::new(PublisherStats::default()),
             intake: None,
@@ -378,17 +408,12 @@ impl Publisher {
         }
     }
 
-    /// The options of a probe of the preferred broker (see [`PreferredProbe`]).
-    fn probe_options(&self) -> MqttOptions {
-        let url = &self.nb.url;
-        let mut o = MqttOptions::new(format!("{}-probe", self.nb.client_id), &url.host, url.port);
-        o.set_clean_session(true);
-        o.set_keep_alive(Duration::from_secs(5));
-        if let Ok(t) = transport(url, self.nb.tls.as_ref()) {
-            o.set_transport(t);
+    /// What a probe of the preferred broker connects with (see [`PreferredProbe`]).
+    fn probe_spec(&self) -> ProbeSpec {
+        ProbeSpec {
+            nb: self.nb.clone(),
+            transport: transport(&self.nb.url, self.nb.tls.as_ref()).unwrap_or(Transport::Tcp),
         }
-        set_credentials(&mut o, &self.nb);
-        o
     }
 
     /// The broker in use.
@@ -396,30 +421,23 @@ impl Publisher {
         self.walk.current()
     }
 
-    fn options(&self, transport: Transport) -> MqttOptions {
-        let broker = self.broker();
-        let mut o = MqttOptions::new(&self.nb.client_id, &broker.host, broker.port);
+    /// Opens a connection to the broker in use.
+    fn open(&self, transport: Transport) -> (Client, Events) {
         // A persistent session keeps our subscriptions across reconnects; our own outgoing
         // messages are resent from the window, not from the session.
         // Untimed commands are only safe on a session the broker does not keep: nothing can be
         // queued for the gateway while it is away.
-        o.set_clean_session(self.clean_next || self.nb.commands.allow_untimed);
-        o.set_keep_alive(self.nb.keep_alive);
-        // The window bounds what awaits a PUBACK; the client gets packet ids to spare.
-        let ids = link::packet_ids(self.nb.max_inflight, PENDING_ANSWERS + 2);
-        o.set_inflight(ids);
-        o.set_request_channel_capacity(usize::from(ids) + 16);
-        o.set_max_packet_size(MAX_INCOMING_PACKET, 1 << 20);
-        o.set_transport(transport);
-        let offline = self.encoder.uns().status_offline(&self.gateway.id);
-        o.set_last_will(LastWill::new(
-            offline.topic,
-            offline.payload,
-            QoS::AtLeastOnce,
-            true,
-        ));
-        set_credentials(&mut o, &self.nb);
-        o
+        let clean = self.clean_next || self.nb.commands.allow_untimed;
+        mqtt::open(Connect {
+            nb: &self.nb,
+            broker: self.broker(),
+            transport,
+            clean,
+            // The window bounds what awaits a PUBACK; the client gets packet ids to spare.
+            ids: link::packet_ids(self.nb.max_inflight, PENDING_ANSWERS + 2),
+            max_incoming: MAX_INCOMING_PACKET,
+            will: Some(self.encoder.uns().status_offline(&self.gateway.id)),
+        })
     }
 
     /// One MQTT connection, from CONNECT to its loss or to shutdown.
@@ -430,13 +448,7 @@ impl Publisher {
         drain: Duration,
         acks: &CursorWriter,
     ) -> SessionEnd {
-        let options = self.options(transport);
-        let capacity = options.request_channel_capacity();
-        let (client, mut eventloop) = AsyncClient::new(options, capacity);
-        eventloop
-            .network_options
-            .set_connection_timeout(self.nb.connect_timeout.as_secs().max(1));
-        let mut link = Link::start(eventloop);
+        let (client, mut link) = self.open(transport);
         self.clean_next = false;
         if !self.resumed {
             let (cursor, checkpoint) = self.resume();
@@ -498,9 +510,9 @@ impl Publisher {
 
     async fn connection(
         &mut self,
-        client: &AsyncClient,
-        link: &mut Link,
-        answers: &mut Option<mpsc::Receiver<Message>>,
+        client: &Client,
+        link: &mut Events,
+        answers: &mut Option<mpsc::Receiver<Reply>>,
         shutdown: &mut watch::Receiver<bool>,
         drain: Duration,
         acks: &CursorWriter,
@@ -512,7 +524,7 @@ impl Publisher {
         // On a fallback broker: told when the preferred one accepts connections again.
         let mut preferred_back = match (self.walk.index(), self.nb.return_to_preferred) {
             (0, _) | (_, None) => None,
-            (_, Some(every)) => Some(PreferredProbe::start(self.probe_options(), every)),
+            (_, Some(every)) => Some(PreferredProbe::start(self.probe_spec(), every)),
         };
 
         loop {
@@ -541,14 +553,16 @@ impl Publisher {
                 }
                 event = link.next() => match event {
                     None => return SessionEnd::Lost(NorthboundError::LinkClosed),
-                    Some(Ok(Event::Incoming(Incoming::ConnAck(ack)))) => {
-                        if ack.code != ConnectReturnCode::Success {
-                            return SessionEnd::Lost(NorthboundError::Refused(ack.code));
-                        }
+                    Some(Ok(Event::Connected(granted))) => {
                         connected = true;
-                        replay_below = self.connected(client, ack.session_present);
+                        replay_below = self.connected(client, &granted);
                     }
-                    Some(Ok(event)) => self.on_event(event, acks),
+                    Some(Ok(event)) => {
+                        if let Err(reason) = self.on_event(event, acks) {
+                            client.try_disconnect();
+                            return SessionEnd::Lost(reason);
+                        }
+                    }
                     Some(Err(e)) => return SessionEnd::Lost(self.connection_lost(e)),
                 },
                 changed = head.changed(), if wants_records => {
@@ -562,7 +576,7 @@ impl Publisher {
                 }
                 _ = PreferredProbe::back(&mut preferred_back), if connected => {
                     // A clean DISCONNECT: no last will (an offline status) on the way out.
-                    let _ = client.try_disconnect();
+                    client.try_disconnect();
                     let _ = tokio::time::timeout(Duration::from_secs(1), async {
                         while let Some(Ok(_)) = link.next().await {}
                     })
@@ -575,7 +589,9 @@ impl Publisher {
 
     /// The broker accepted the connection: the online status, the command subscriptions.
     /// Returns the id below which records are the backlog.
-    fn connected(&mut self, client: &AsyncClient, session_present: bool) -> RecordId {
+    fn connected(&mut self, client: &Client, granted: &Granted) -> RecordId {
+        let session_present = granted.session_present;
+        self.granted(granted);
         if let Some(intake) = self.intake.as_mut() {
             intake.connected_ms = edge_model::now_ms();
         }
@@ -599,10 +615,7 @@ impl Publisher {
             &self.gateway.version,
             self.gateway.started_ms,
         );
-        if client
-            .try_publish(online.topic, QoS::AtLeastOnce, true, online.payload)
-            .is_ok()
-        {
+        if client.try_publish(&online, None) {
             self.window.handed_other();
         }
         if let Some(intake) = &self.intake {
@@ -611,17 +624,51 @@ impl Publisher {
         replay_below
     }
 
-    /// Every event but the CONNACK.
-    fn on_event(&mut self, event: Event, acks: &CursorWriter) {
+    /// What the broker granted at CONNACK: MQTT 5 limits bound the window and the messages,
+    /// and are logged in words.
+    fn granted(&mut self, g: &Granted) {
+        self.window.limit_inflight(g.receive_max.map(usize::from));
+        self.max_packet = g.max_packet;
+        if self.nb.protocol == MqttVersion::V5 {
+            let words = |v: Option<String>| v.unwrap_or_else(|| "not limited".to_owned());
+            info!(northbound = %self.nb.name, url = %self.broker(),
+                receive_maximum = %words(g.receive_max.map(|r| format!("{r} messages"))),
+                maximum_packet_size = %words(g.max_packet.map(|m| format!("{m} bytes"))),
+                session_expiry = %g.session_expiry_s.map_or_else(
+                    || format!("{} s as asked", self.nb.session_expiry.as_secs()),
+                    |s| format!("{s} s, set by the broker")),
+                keep_alive = %g.keep_alive_s.map_or_else(
+                    || format!("{} s as asked", self.nb.keep_alive.as_secs()),
+                    |s| format!("{s} s, set by the broker")),
+                "MQTT 5 limits of the broker");
+            if g.receive_max
+                .is_some_and(|r| usize::from(r) < usize::from(self.nb.max_inflight))
+            {
+                info!(northbound = %self.nb.name, max_inflight = self.nb.max_inflight, receive_maximum = g.receive_max,
+                    "the broker takes fewer messages awaiting PUBACK than max_inflight: the window keeps to the broker's receive maximum");
+            }
+        }
+    }
+
+    /// Every event but the CONNACK; an error ends the connection.
+    fn on_event(&mut self, event: Event, acks: &CursorWriter) -> Result<(), NorthboundError> {
         match event {
-            Event::Incoming(Incoming::Publish(p)) => {
+            Event::Received(p) => {
                 if let Some(intake) = self.intake.as_mut() {
                     intake.route(p);
                 }
             }
-            Event::Outgoing(MqttOutgoing::Publish(pkid)) => self.window.on_outgoing(pkid),
-            Event::Incoming(Incoming::PubAck(ack)) => {
-                if self.window.on_puback(ack.pkid) {
+            Event::Sent(pkid) => self.window.on_outgoing(pkid),
+            Event::Acked { pkid, refused } => {
+                if let Some(why) = refused {
+                    // Not acknowledged: the message stays in the window and goes again on the
+                    // next connection; the store keeps it until the broker takes it.
+                    let topic = self.window.topic_of(pkid).unwrap_or_default();
+                    error!(northbound = %self.nb.name, url = %self.broker(), topic = %topic, reason = %why,
+                        "the broker did not take a message; it is sent again after reconnecting, nothing is dropped");
+                    return Err(NorthboundError::MessageRefused { topic, why });
+                }
+                if self.window.on_puback(pkid) {
                     self.stats.acked.fetch_add(1, Ordering::Relaxed);
                     self.stats
                         .last_ack_ms
@@ -629,40 +676,55 @@ impl Publisher {
                     self.release(acks);
                 }
             }
+            Event::Subscribed { refused } => {
+                for why in refused {
+                    warn!(northbound = %self.nb.name, url = %self.broker(), reason = %why,
+                        "the broker refused a command subscription; commands on it are not received");
+                }
+            }
             other => debug!(northbound = %self.nb.name, event = ?other, "mqtt event"),
         }
+        Ok(())
     }
 
     /// Why the connection ended, and what to do about a message too large to read.
-    fn connection_lost(&mut self, e: ConnectionError) -> NorthboundError {
-        if too_large(&e) && self.intake.is_some() {
+    fn connection_lost(&mut self, e: mqtt::LinkError) -> NorthboundError {
+        if e.too_large() && self.intake.is_some() {
             // With a persistent session the broker would send it again at every reconnect.
             warn!(northbound = %self.nb.name, limit_bytes = MAX_INCOMING_PACKET,
                 "the broker sent a message larger than the agent reads (a command over the size limit?); reconnecting with a clean session so that the broker drops it");
             self.clean_next = true;
         }
-        match certificate_problem(&e, self.nb.tls.as_ref()) {
-            Some(problem) => NorthboundError::Certificate(problem),
-            None => NorthboundError::from(e),
-        }
+        e.into_error(self.nb.tls.as_ref())
     }
 
     /// Hands messages to the client while the window allows, reading and encoding further
     /// records from the store when it wants more.
     fn fill(
         &mut self,
-        client: &AsyncClient,
+        client: &Client,
         replay_below: RecordId,
         acks: &CursorWriter,
     ) -> Result<(), NorthboundError> {
         loop {
             while let Some(m) = self.window.next() {
+                let properties = match self.nb.protocol {
+                    MqttVersion::V5 => mqtt::user_properties(&m.keys, &self.gateway.isa95),
+                    MqttVersion::V311 => Vec::new(),
+                };
+                if let Some(max) = self.max_packet {
+                    let bytes = mqtt::publish_size(&m.topic, m.payload.len(), &properties);
+                    if bytes > max as usize {
+                        return Err(NorthboundError::TooLargeForBroker {
+                            topic: m.topic,
+                            bytes,
+                            max,
+                        });
+                    }
+                }
                 // The request queue has room for every packet id; a full one only means the
                 // I/O task is behind, and the message goes at the next event.
-                match client
-                    .publish_bytes(m.topic, QoS::AtLeastOnce, m.retain, m.payload)
-                    .now_or_never()
-                {
+                match client.publish_now(&m, properties) {
                     None => break,
                     Some(Err(e)) => return Err(e.into()),
                     Some(Ok(())) => {}
@@ -736,8 +798,8 @@ impl Publisher {
     /// status, disconnect.
     async fn drain(
         &mut self,
-        client: &AsyncClient,
-        link: &mut Link,
+        client: &Client,
+        link: &mut Events,
         connected: bool,
         limit: Duration,
         replay_below: RecordId,
@@ -758,18 +820,10 @@ impl Publisher {
             let caught_up =
                 self.window.is_empty() && self.reader.position() >= self.store.next_id();
             if self.window.inflight() == 0 && caught_up && !status_sent {
-                if client
-                    .try_publish(
-                        offline.topic.clone(),
-                        QoS::AtLeastOnce,
-                        true,
-                        offline.payload.clone(),
-                    )
-                    .is_ok()
-                {
+                if client.try_publish(&offline, None) {
                     self.window.handed_other();
                 }
-                let _ = client.try_disconnect();
+                client.try_disconnect();
                 status_sent = true;
             }
             match tokio::time::timeout_at(deadline, link.next()).await {
@@ -779,10 +833,11 @@ impl Publisher {
                     return;
                 }
                 Ok(None | Some(Err(_))) => return,
-                Ok(Some(Ok(Event::Outgoing(MqttOutgoing::Disconnect)))) => return,
-                Ok(Some(Ok(event @ Event::Outgoing(MqttOutgoing::Publish(_)))))
-                | Ok(Some(Ok(event @ Event::Incoming(Incoming::PubAck(_))))) => {
-                    self.on_event(event, acks)
+                Ok(Some(Ok(Event::Disconnected))) => return,
+                Ok(Some(Ok(event @ (Event::Sent(_) | Event::Acked { .. })))) => {
+                    if self.on_event(event, acks).is_err() {
+                        return;
+                    }
                 }
                 Ok(Some(Ok(_))) => {}
             }
@@ -803,11 +858,11 @@ struct CommandIntake {
     /// before it waited in the broker's session.
     connected_ms: u64,
     /// Answers from the command task for this northbound.
-    answers_tx: mpsc::Sender<Message>,
+    answers_tx: mpsc::Sender<Reply>,
     /// `None` while a connection has it.
-    answers_rx: Option<mpsc::Receiver<Message>>,
+    answers_rx: Option<mpsc::Receiver<Reply>>,
     /// Answers not yet accepted by the MQTT client.
-    pending: VecDeque<Message>,
+    pending: VecDeque<Reply>,
     stats: Arc<PublisherStats>,
 }
 
@@ -835,11 +890,8 @@ impl CommandIntake {
 
     /// Subscribes to the command topics (again at every connect: the broker may have lost
     /// the session).
-    fn subscribe(&self, client: &AsyncClient) {
-        let filters = command_filters(&self.root)
-            .into_iter()
-            .map(|f| SubscribeFilter::new(f, QoS::AtLeastOnce));
-        if let Err(e) = client.try_subscribe_many(filters) {
+    fn subscribe(&self, client: &Client) {
+        if let Err(e) = client.subscribe(command_filters(&self.root)) {
             warn!(northbound = %self.northbound, error = %e,
                 "cannot subscribe to the command topics; commands are not taken until the next connect");
         }
@@ -847,27 +899,33 @@ impl CommandIntake {
 
     /// Hands a message from a command topic to the command task, never waiting: a full
     /// queue is answered `failed` at once.
-    fn route(&mut self, p: rumqttc::Publish) {
+    fn route(&mut self, p: Received) {
         if p.topic.ends_with(RESPONSE_LEVEL) {
             return;
         }
         self.stats.commands.fetch_add(1, Ordering::Relaxed);
         let len = p.payload.len();
         let keep = len.min(MAX_COMMAND_BYTES + 1);
+        let received_ms = edge_model::now_ms();
+        let reply_to = ReplyTo::of(&p, &self.northbound);
         let request = CommandRequest {
             northbound: self.northbound.clone(),
             policy: self.policy,
             arrival: Arrival {
                 retained: p.retain,
-                received_ms: edge_model::now_ms(),
+                received_ms,
                 connected_ms: self.connected_ms,
                 clock_synchronised: self.clock.is_synchronised(),
+                expires_ms: p
+                    .expiry_s
+                    .map(|s| received_ms.saturating_add(u64::from(s) * 1000)),
             },
             root: self.root.clone(),
             topic: p.topic,
             payload: p.payload.get(..keep).unwrap_or_default().to_vec(),
             len,
             reply: self.answers_tx.clone(),
+            reply_to,
         };
         match self.commands.try_send(request) {
             Ok(()) => {}
@@ -884,16 +942,16 @@ impl CommandIntake {
                     ),
                 };
                 warn!(northbound = %self.northbound, topic = %request.topic, "command queue full; command refused");
-                self.queue_answer(answer.message(&request.topic));
+                self.queue_answer(Reply::to(&request, answer.message(&request.topic)));
             }
             Err(TrySendError::Closed(_)) => {}
         }
     }
 
-    fn queue_answer(&mut self, answer: Message) {
+    fn queue_answer(&mut self, answer: Reply) {
         if self.pending.len() >= PENDING_ANSWERS {
             if let Some(dropped) = self.pending.pop_front() {
-                warn!(northbound = %self.northbound, topic = %dropped.topic,
+                warn!(northbound = %self.northbound, topic = %dropped.message.topic,
                     "too many command answers waiting for the broker; dropped the oldest");
             }
         }
@@ -901,17 +959,9 @@ impl CommandIntake {
     }
 
     /// Publishes waiting answers (QoS 1) while the MQTT client takes them.
-    fn flush_answers(&mut self, client: &AsyncClient, window: &mut Window) {
+    fn flush_answers(&mut self, client: &Client, window: &mut Window) {
         while let Some(answer) = self.pending.front() {
-            if client
-                .try_publish(
-                    answer.topic.clone(),
-                    QoS::AtLeastOnce,
-                    false,
-                    answer.payload.clone(),
-                )
-                .is_err()
-            {
+            if !client.try_publish(&answer.message, answer.correlation.clone()) {
                 break;
             }
             window.handed_other();
@@ -921,22 +971,13 @@ impl CommandIntake {
 }
 
 /// The next answer from the command task; never resolves without one.
-async fn next_answer(answers: &mut Option<mpsc::Receiver<Message>>) -> Option<Message> {
+async fn next_answer(answers: &mut Option<mpsc::Receiver<Reply>>) -> Option<Reply> {
     match answers {
         Some(rx) => rx.recv().await,
         None => std::future::pending().await,
     }
 }
 
-/// The broker sent a packet over the incoming size limit.
-fn too_large(e: &ConnectionError) -> bool {
-    matches!(
-        e,
-        ConnectionError::MqttState(StateError::Deserialization(
-            rumqttc::mqttbytes::Error::PayloadSizeLimitExceeded(_)
-        ))
-    )
-}
 /// The units of every tag of a config, published with its values.
 pub fn catalog(cfg: &edge_config::Config) -> Catalog {
     let mut c = Catalog::new();

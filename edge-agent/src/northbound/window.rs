@@ -24,7 +24,7 @@ use std::collections::{HashMap, VecDeque};
 
 use bytes::Bytes;
 use edge_store::RecordId;
-use mes_bridge::Message;
+use mes_bridge::{Keys, Message};
 
 /// How much the window may hold.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,6 +42,8 @@ pub struct Outgoing {
     pub topic: String,
     pub payload: Bytes,
     pub retain: bool,
+    /// What the message is about (MQTT 5 user properties).
+    pub keys: Keys,
     /// Sent on an earlier connection already.
     pub resend: bool,
 }
@@ -68,6 +70,7 @@ struct Held {
     topic: String,
     payload: Bytes,
     retain: bool,
+    keys: Keys,
     state: State,
     /// Handed to an earlier connection.
     sent_before: bool,
@@ -92,6 +95,8 @@ enum Handed {
 #[derive(Debug)]
 pub struct Window {
     budget: Budget,
+    /// `budget.messages` as configured; the broker of a connection may allow fewer.
+    configured_messages: usize,
     records: VecDeque<Record>,
     /// The first record id not yet released.
     cursor: RecordId,
@@ -112,6 +117,7 @@ impl Window {
                 messages: budget.messages.max(1),
                 bytes: budget.bytes.max(1),
             },
+            configured_messages: budget.messages.max(1),
             records: VecDeque::new(),
             cursor,
             next_id: cursor,
@@ -121,6 +127,22 @@ impl Window {
             inflight: 0,
             held_bytes: 0,
         }
+    }
+
+    /// The broker of this connection takes at most `limit` messages awaiting a PUBACK (MQTT 5
+    /// Receive Maximum); `None` leaves the configured budget.
+    pub fn limit_inflight(&mut self, limit: Option<usize>) {
+        self.budget.messages = match limit {
+            Some(l) => self.configured_messages.min(l.max(1)),
+            None => self.configured_messages,
+        };
+    }
+
+    /// The topic of the message sent with packet id `pkid`, while it awaits its PUBACK.
+    pub fn topic_of(&self, pkid: u16) -> Option<String> {
+        let (record, index) = *self.by_pkid.get(&pkid)?;
+        let rec = self.records.get(self.position(record)?)?;
+        rec.messages.get(index).map(|m| m.topic.clone())
     }
 
     /// The first record id not yet released (the northbound's cursor as far as this window
@@ -173,6 +195,7 @@ impl Window {
                 topic: m.topic,
                 payload: Bytes::from(m.payload),
                 retain: m.retain,
+                keys: m.keys,
                 state: State::Unsent,
                 sent_before: false,
             })
@@ -215,6 +238,7 @@ impl Window {
             topic: msg.topic.clone(),
             payload: msg.payload.clone(),
             retain: msg.retain,
+            keys: msg.keys.clone(),
             resend: msg.sent_before,
         })
     }
@@ -347,6 +371,7 @@ mod tests {
             topic: topic.to_owned(),
             payload: vec![b'x'; bytes],
             retain: false,
+            keys: Default::default(),
         }
     }
 
@@ -423,6 +448,26 @@ mod tests {
         w.on_puback(1);
         let r = w.release().expect("released");
         assert_eq!((r.cursor, r.checkpoint), (2, Some(vec![9])));
+    }
+
+    #[test]
+    fn a_broker_limit_lowers_the_message_budget_and_never_raises_it() {
+        let mut w = Window::new(0, budget(4, 1 << 20));
+        let six = (0..6).map(|i| msg(&format!("t{i}"), 1)).collect();
+        w.push(0, six, None);
+        let hand = |w: &mut Window| {
+            let mut n = 0;
+            while w.next().is_some() {
+                w.handed();
+                n += 1;
+            }
+            n
+        };
+        w.limit_inflight(Some(2));
+        assert_eq!(hand(&mut w), 2, "the broker's receive maximum holds");
+        w.limit_inflight(Some(100));
+        assert_eq!(hand(&mut w), 2, "back to the configured 4, not 100");
+        assert_eq!(w.inflight(), 4);
     }
 
     #[test]

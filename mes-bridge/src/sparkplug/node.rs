@@ -648,6 +648,7 @@ fn message(topic: &str, payload: &Payload) -> Message {
         topic: topic.to_owned(),
         payload: payload.encode_to_vec(),
         retain: false,
+        keys: Default::default(),
     }
 }
 
