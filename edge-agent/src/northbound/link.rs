@@ -32,37 +32,12 @@ pub fn packet_ids(max_inflight: u16, others: usize) -> u16 {
         .min(u16::MAX - 1)
 }
 
-/// The I/O task of one connection and the events it reports (MQTT 3.1.1 by default; MQTT 5
-/// with [`Link::start_v5`]).
+/// The I/O task of one connection and the events it reports, for either client
+/// ([`EventSource`]; MQTT 3.1.1 by default).
 #[derive(Debug)]
 pub struct Link<T = Result<Event, ConnectionError>> {
     events: mpsc::Receiver<T>,
     task: JoinHandle<()>,
-}
-
-impl Link<Result<rumqttc::v5::Event, rumqttc::v5::ConnectionError>> {
-    /// Runs an MQTT 5 `eventloop` until its first error or until the link is dropped.
-    pub fn start_v5(mut eventloop: rumqttc::v5::EventLoop) -> Self {
-        let (tx, events) = mpsc::channel(EVENTS);
-        let task = tokio::spawn(async move {
-            loop {
-                let event = eventloop.poll().await;
-                let failed = event.is_err();
-                if tx.send(event).await.is_err() || failed {
-                    return;
-                }
-            }
-        });
-        Link { events, task }
-    }
-}
-
-impl<T> Link<T> {
-    /// The next event of the connection; `None` once the I/O task has ended after reporting
-    /// its error. Safe to cancel: nothing is lost when another branch of a `select!` wins.
-    pub async fn next(&mut self) -> Option<T> {
-        self.events.recv().await
-    }
 }
 
 impl Link {
@@ -76,20 +51,56 @@ impl Link {
             .set_connection_timeout(connect_timeout_s.max(1));
         (client, Link::start(eventloop))
     }
+}
 
+/// An event loop of either rumqttc client, as a [`Link`] runs it.
+pub trait EventSource: Send + 'static {
+    type Item: Send + 'static;
+    /// The next event or error of the connection.
+    fn poll(&mut self) -> impl std::future::Future<Output = Self::Item> + Send;
+    fn failed(item: &Self::Item) -> bool;
+}
+
+impl EventSource for EventLoop {
+    type Item = Result<Event, ConnectionError>;
+    fn poll(&mut self) -> impl std::future::Future<Output = Self::Item> + Send {
+        EventLoop::poll(self)
+    }
+    fn failed(item: &Self::Item) -> bool {
+        item.is_err()
+    }
+}
+
+impl EventSource for rumqttc::v5::EventLoop {
+    type Item = Result<rumqttc::v5::Event, rumqttc::v5::ConnectionError>;
+    fn poll(&mut self) -> impl std::future::Future<Output = Self::Item> + Send {
+        rumqttc::v5::EventLoop::poll(self)
+    }
+    fn failed(item: &Self::Item) -> bool {
+        item.is_err()
+    }
+}
+
+impl<T: Send + 'static> Link<T> {
     /// Runs `eventloop` until its first error or until the link is dropped.
-    pub fn start(mut eventloop: EventLoop) -> Link {
+    pub fn start<S: EventSource<Item = T>>(mut eventloop: S) -> Link<T> {
         let (tx, events) = mpsc::channel(EVENTS);
         let task = tokio::spawn(async move {
             loop {
                 let event = eventloop.poll().await;
-                let failed = event.is_err();
+                let failed = S::failed(&event);
                 if tx.send(event).await.is_err() || failed {
                     return;
                 }
             }
         });
         Link { events, task }
+    }
+
+    /// The next event of the connection; `None` once the I/O task has ended after reporting
+    /// its error. Safe to cancel: nothing is lost when another branch of a `select!` wins.
+    pub async fn next(&mut self) -> Option<T> {
+        self.events.recv().await
     }
 }
 

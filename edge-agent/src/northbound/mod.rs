@@ -121,11 +121,17 @@ impl From<ConnectionError> for NorthboundError {
     }
 }
 
+/// The northbound's username and password, when it has them (for either MQTT client).
+pub fn credentials(nb: &edge_config::Northbound) -> Option<(String, &str)> {
+    let c = nb.credentials.as_ref()?;
+    let password = c.password.as_ref().map(|p| p.expose()).unwrap_or("");
+    Some((c.username.clone(), password))
+}
+
 /// The northbound's username and password on `o`, when it has them.
 pub fn set_credentials(o: &mut rumqttc::MqttOptions, nb: &edge_config::Northbound) {
-    if let Some(c) = &nb.credentials {
-        let password = c.password.as_ref().map(|p| p.expose()).unwrap_or("");
-        o.set_credentials(c.username.clone(), password);
+    if let Some((user, password)) = credentials(nb) {
+        o.set_credentials(user, password);
     }
 }
 

@@ -243,12 +243,11 @@ pub fn open(c: Connect<'_>) -> (Client, Events) {
                     None,
                 ));
             }
-            if let Some(cr) = &c.nb.credentials {
-                let password = cr.password.as_ref().map(|p| p.expose()).unwrap_or("");
-                o.set_credentials(cr.username.clone(), password);
+            if let Some((user, password)) = crate::northbound::credentials(c.nb) {
+                o.set_credentials(user, password);
             }
             let (client, eventloop) = v5::AsyncClient::new(o, capacity);
-            (Client::V5(client), Events::V5(Link::start_v5(eventloop)))
+            (Client::V5(client), Events::V5(Link::start(eventloop)))
         }
     }
 }
